@@ -5,9 +5,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use crate::bindings::kwasm::plugin::types::{
-    Batch, BatchResult, Header, Message as WitMessage, Outcome, OutputRecord, Span,
-};
+use std::ops::Range;
+
+use crate::bindings::kwasm::plugin::types::{Batch, BatchResult, ErrorKind, MessageError};
 use crate::message::{Headers, RawHeader};
 use crate::{Config, Error, IntoOutputs, Message, Output};
 
@@ -44,68 +44,101 @@ pub fn run_batch<T: IntoOutputs>(
     batch: Batch,
     mut handle: impl FnMut(&Message) -> Result<T, Error>,
 ) -> BatchResult {
-    let Batch {
-        topic,
-        partition,
-        messages,
-        headers,
-        data,
-    } = batch;
-    let data = Bytes::from(data);
-    let topic: Rc<str> = Rc::from(topic);
-    let header_table: Rc<[RawHeader]> = headers
-        .iter()
-        .map(|h| RawHeader {
-            name: slice(&data, h.name),
-            value: h.value.map(|v| slice(&data, v)),
-        })
-        .collect();
-
-    let mut out = ResultEncoder::with_capacity(messages.len(), data.len());
-    for m in &messages {
-        let msg = decode_message(m, &topic, partition, &data, &header_table);
+    let messages = decode(batch);
+    let mut out = ResultEncoder::with_capacity(messages.len(), messages.data_len);
+    for (index, msg) in messages.iter().enumerate() {
         crate::log::set_current_offset(Some(msg.offset));
-        let outcome = match handle(&msg) {
-            Ok(outputs) => Outcome::Ok(out.encode(outputs)),
-            Err(Error::Retryable(reason)) => Outcome::Retryable(reason),
-            Err(Error::Permanent(reason)) => Outcome::Permanent(reason),
-        };
-        out.result.outcomes.push(outcome);
+        match handle(&msg) {
+            Ok(outputs) => out.encode(outputs),
+            Err(e) => out.fail(index, e),
+        }
     }
     crate::log::set_current_offset(None);
     out.result
 }
 
-fn decode_message(
-    m: &WitMessage,
-    topic: &Rc<str>,
+/// A batch split back into messages that share its buffers.
+struct Decoded {
+    topic: Rc<str>,
     partition: i32,
-    data: &Bytes,
-    header_table: &Rc<[RawHeader]>,
-) -> Message {
-    let start = m.headers.start as usize;
-    Message {
-        topic: topic.clone(),
-        partition,
-        offset: m.offset,
-        timestamp_ms: (m.timestamp_ms >= 0).then_some(m.timestamp_ms),
-        key: m.key.map(|s| slice(data, s)),
-        value: m.value.map(|s| slice(data, s)),
-        headers: Headers {
-            table: header_table.clone(),
-            range: start..start + m.headers.len as usize,
-        },
+    offsets: Vec<i64>,
+    timestamps: Vec<i64>,
+    /// Key, value and header range of each message.
+    parts: Vec<(Option<Bytes>, Option<Bytes>, Range<usize>)>,
+    headers: Rc<[RawHeader]>,
+    data_len: usize,
+}
+
+impl Decoded {
+    fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Message> + '_ {
+        self.parts.iter().enumerate().map(|(i, (key, value, headers))| Message {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offsets[i],
+            timestamp_ms: (self.timestamps[i] >= 0).then_some(self.timestamps[i]),
+            key: key.clone(),
+            value: value.clone(),
+            headers: Headers {
+                table: self.headers.clone(),
+                range: headers.clone(),
+            },
+        })
     }
 }
 
-/// A span the host produced is always inside the buffer; a bad one would be
-/// a host bug, and panicking (a trap) fails the batch loudly.
-fn slice(data: &Bytes, span: Span) -> Bytes {
-    let start = span.start as usize;
-    data.slice(start..start + span.len as usize)
+/// Walks the columns once. The host produced them, so lengths are
+/// consistent; were they not, slicing panics and the batch fails loudly.
+fn decode(batch: Batch) -> Decoded {
+    let data = Bytes::from(batch.data);
+    let mut reader = Reader { data: &data, pos: 0 };
+    let mut header_lengths = batch.header_lengths.chunks_exact(2);
+    let mut headers = Vec::new();
+    let parts = (0..batch.offsets.len())
+        .map(|i| {
+            let first = headers.len();
+            for _ in 0..batch.header_counts[i] {
+                let [name, value] = header_lengths.next().map_or([0, -1], |p| [p[0], p[1]]);
+                headers.push(RawHeader {
+                    name: reader.take(name).unwrap_or_default(),
+                    value: reader.take(value),
+                });
+            }
+            let key = reader.take(batch.key_lengths[i]);
+            let value = reader.take(batch.value_lengths[i]);
+            (key, value, first..headers.len())
+        })
+        .collect();
+    Decoded {
+        topic: Rc::from(batch.topic),
+        partition: batch.partition,
+        offsets: batch.offsets,
+        timestamps: batch.timestamps,
+        parts,
+        headers: Rc::from(headers),
+        data_len: data.len(),
+    }
 }
 
-/// Accumulates the batch result: records, headers and bytes in shared lists.
+struct Reader<'a> {
+    data: &'a Bytes,
+    pos: usize,
+}
+
+impl Reader<'_> {
+    /// The next `len` bytes; a negative length is a null.
+    fn take(&mut self, len: i32) -> Option<Bytes> {
+        let len = usize::try_from(len).ok()?;
+        let bytes = self.data.slice(self.pos..self.pos + len);
+        self.pos += len;
+        Some(bytes)
+    }
+}
+
+/// Accumulates the batch result column by column.
 struct ResultEncoder {
     result: BatchResult,
 }
@@ -114,64 +147,78 @@ impl ResultEncoder {
     fn with_capacity(messages: usize, data_bytes: usize) -> Self {
         ResultEncoder {
             result: BatchResult {
-                outcomes: Vec::with_capacity(messages),
-                records: Vec::with_capacity(messages),
-                headers: Vec::new(),
+                record_counts: Vec::with_capacity(messages),
+                errors: Vec::new(),
+                record_topics: Vec::with_capacity(messages),
+                timestamps: Vec::with_capacity(messages),
+                key_lengths: Vec::with_capacity(messages),
+                value_lengths: Vec::with_capacity(messages),
+                header_counts: Vec::with_capacity(messages),
+                header_lengths: Vec::new(),
                 topics: Vec::new(),
                 data: Vec::with_capacity(data_bytes),
             },
         }
     }
 
-    /// Encodes one message's outputs; returns their range of `records`.
-    fn encode(&mut self, outputs: impl IntoOutputs) -> Span {
-        let first = self.result.records.len();
+    /// Encodes one message's outputs.
+    fn encode(&mut self, outputs: impl IntoOutputs) {
+        let mut count = 0u32;
         outputs.into_outputs(&mut |o| {
-            let record = self.encode_record(o);
-            self.result.records.push(record);
+            self.encode_record(o);
+            count += 1;
         });
-        Span {
-            start: first as u32,
-            len: (self.result.records.len() - first) as u32,
-        }
+        self.result.record_counts.push(count);
     }
 
-    fn encode_record(&mut self, o: Output) -> OutputRecord {
-        let headers_start = self.result.headers.len();
+    /// Records that message `index` failed.
+    fn fail(&mut self, index: usize, error: Error) {
+        let (kind, message) = match error {
+            Error::Retryable(m) => (ErrorKind::Retryable, m),
+            Error::Permanent(m) => (ErrorKind::Permanent, m),
+        };
+        self.result.record_counts.push(0);
+        self.result.errors.push(MessageError {
+            index: index as u32,
+            kind,
+            message,
+        });
+    }
+
+    fn encode_record(&mut self, o: Output) {
+        let r = &mut self.result;
+        r.header_counts.push(o.headers.len() as u32);
         for (name, value) in &o.headers {
-            let name = self.push_bytes(name.as_bytes());
-            let value = value.as_deref().map(|v| self.push_bytes(v));
-            self.result.headers.push(Header { name, value });
+            r.header_lengths.push(push(&mut r.data, Some(name.as_bytes())));
+            r.header_lengths.push(push(&mut r.data, value.as_deref()));
         }
-        OutputRecord {
-            topic: o.topic.map(|t| self.topic_index(t)),
-            key: o.key.as_deref().map(|k| self.push_bytes(k)),
-            value: o.value.as_deref().map(|v| self.push_bytes(v)),
-            headers: Span {
-                start: headers_start as u32,
-                len: (self.result.headers.len() - headers_start) as u32,
-            },
-            timestamp_ms: o.timestamp_ms,
-        }
-    }
-
-    fn push_bytes(&mut self, bytes: &[u8]) -> Span {
-        let start = self.result.data.len();
-        self.result.data.extend_from_slice(bytes);
-        Span {
-            start: start as u32,
-            len: bytes.len() as u32,
-        }
+        r.key_lengths.push(push(&mut r.data, o.key.as_deref()));
+        r.value_lengths.push(push(&mut r.data, o.value.as_deref()));
+        r.timestamps.push(o.timestamp_ms.unwrap_or(-1));
+        let topic = o.topic.map_or(-1, |t| self.topic_index(t));
+        self.result.record_topics.push(topic);
     }
 
     /// Output topics are few per batch; a linear scan beats hashing here.
-    fn topic_index(&mut self, topic: String) -> u32 {
-        match self.result.topics.iter().position(|t| *t == topic) {
-            Some(i) => i as u32,
+    fn topic_index(&mut self, topic: String) -> i32 {
+        let topics = &mut self.result.topics;
+        match topics.iter().position(|t| *t == topic) {
+            Some(i) => i as i32,
             None => {
-                self.result.topics.push(topic);
-                (self.result.topics.len() - 1) as u32
+                topics.push(topic);
+                (topics.len() - 1) as i32
             }
         }
+    }
+}
+
+/// Appends `bytes` to `data`; returns the length to record (-1 for null).
+fn push(data: &mut Vec<u8>, bytes: Option<&[u8]>) -> i32 {
+    match bytes {
+        Some(b) => {
+            data.extend_from_slice(b);
+            b.len() as i32
+        }
+        None => -1,
     }
 }

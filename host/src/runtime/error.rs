@@ -1,0 +1,143 @@
+//! Errors of the runtime, each with enough context for an operator to act.
+
+use std::fmt;
+
+/// Where a failing call was: plugin, digest, topic-partition, offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchContext {
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin digest (sha256 hex).
+    pub digest: String,
+    /// Input topic of the batch (empty for `init`).
+    pub topic: String,
+    /// Input partition of the batch.
+    pub partition: i32,
+    /// First and last offset of the batch; `None` for `init`.
+    pub offsets: Option<(i64, i64)>,
+}
+
+impl fmt::Display for BatchContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = &self.digest[..self.digest.len().min(12)];
+        write!(f, "plugin `{}` (sha256:{short})", self.plugin)?;
+        match self.offsets {
+            Some((first, last)) if first == last => {
+                write!(f, " at offset {first} of {}/{}", self.topic, self.partition)
+            }
+            Some((first, last)) => write!(
+                f,
+                " at offsets {first}..={last} of {}/{}",
+                self.topic, self.partition
+            ),
+            None => write!(f, " during init"),
+        }
+    }
+}
+
+/// A plugin call that did not produce a usable result.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{context}: {kind}")]
+pub struct PluginError {
+    /// Where it happened.
+    pub context: BatchContext,
+    /// What happened.
+    pub kind: PluginErrorKind,
+}
+
+/// What went wrong in a plugin call. Every kind but `InitRejected` leaves the
+/// instance unusable; the handler replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginErrorKind {
+    /// The guest trapped (a panic, `unreachable`, a bad memory access...).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The call ran past its wall-clock deadline.
+    #[error("exceeded its {limit_ms} ms deadline")]
+    Timeout {
+        /// The configured deadline.
+        limit_ms: u64,
+    },
+    /// The guest tried to grow its memory past the cap and died of it.
+    #[error("exceeded its {limit_bytes}-byte memory limit")]
+    MemoryLimit {
+        /// The configured cap.
+        limit_bytes: usize,
+    },
+    /// Unbounded recursion ran out of wasm stack.
+    #[error("overflowed its stack")]
+    StackOverflow,
+    /// The batch returned more output than allowed.
+    #[error("returned {bytes} bytes of output, over the {limit_bytes}-byte limit ({what})")]
+    OutputTooLarge {
+        /// Bytes found.
+        bytes: usize,
+        /// The limit crossed.
+        limit_bytes: usize,
+        /// Which limit: per batch or per record.
+        what: &'static str,
+    },
+    /// The guest's answer broke the contract (wrong outcome count, a span
+    /// outside its buffer...): a bug in the plugin or its SDK.
+    #[error("returned an invalid result: {0}")]
+    BadOutput(String),
+    /// `init` rejected the configuration, with the plugin's message.
+    #[error("rejected its configuration: {0}")]
+    InitRejected(String),
+    /// The instance could not be created.
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl PluginErrorKind {
+    /// A short stable name for headers, metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PluginErrorKind::Trap(_) => "trap",
+            PluginErrorKind::Timeout { .. } => "timeout",
+            PluginErrorKind::MemoryLimit { .. } => "memory-limit",
+            PluginErrorKind::StackOverflow => "stack-overflow",
+            PluginErrorKind::OutputTooLarge { .. } => "output-too-large",
+            PluginErrorKind::BadOutput(_) => "bad-output",
+            PluginErrorKind::InitRejected(_) => "init-rejected",
+            PluginErrorKind::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// Why bytes offered as a plugin were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly file: it does not start with the `\\0asm` magic")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error(
+        "this is a core WebAssembly module, not a component: build the plugin with \
+         `cargo build --target wasm32-wasip2` and the kwasm-guest SDK"
+    )]
+    CoreModule,
+    /// The compiler refused it.
+    #[error("invalid WebAssembly component: {0}")]
+    Compile(String),
+    /// A component, but not of the kwasm world.
+    #[error("not a kwasm plugin: {0}")]
+    WrongWorld(String),
+    /// Its imports could not be satisfied.
+    #[error("cannot link the plugin: {0}")]
+    Link(String),
+}
+
+/// The runtime itself could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    /// Engine or linker setup failed.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+impl RuntimeError {
+    pub(crate) fn engine(e: wasmtime::Error) -> Self {
+        RuntimeError::Engine(format!("{e:#}"))
+    }
+}

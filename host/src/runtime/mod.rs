@@ -1,0 +1,260 @@
+//! The WebAssembly runtime: one wasmtime [`Engine`] per host, plugins
+//! compiled once (and cached on disk), instances that run a batch under hard
+//! limits.
+//!
+//! Invariants:
+//! - A plugin can only reach the host through the kwasm WIT imports (logging)
+//!   and a WASI context that grants nothing: no files, sockets, environment
+//!   or arguments.
+//! - Every call runs under a memory cap, a wall-clock deadline (epoch
+//!   interruption) and an output cap; hitting one yields a [`PluginError`]
+//!   naming the plugin, the limit and the batch's offsets, never a host crash.
+//! - An instance that failed is never entered again: [`PluginHandler`]
+//!   replaces it before the next batch.
+//!
+//! `wasmtime::Error` does not leave this module: callers see [`PluginError`]
+//! and [`ValidationError`].
+
+mod batch;
+mod bindings;
+mod cache;
+mod error;
+mod guest_output;
+mod handler;
+mod host_state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+pub use batch::{BatchOutput, InputBatch, InputMessage, OutcomeView, OutputView};
+pub use error::{BatchContext, PluginError, PluginErrorKind, RuntimeError, ValidationError};
+pub use handler::PluginHandler;
+
+use bindings::PluginPre;
+use host_state::HostState;
+
+/// The WIT interface every plugin must export, with its version.
+pub const HANDLER_EXPORT: &str = "kwasm:plugin/handler@0.1.0";
+/// The non-WASI interfaces a plugin may import (types come along with the
+/// handler export; logging is the one capability granted).
+pub const KWASM_IMPORTS: [&str; 2] = ["kwasm:plugin/types@0.1.0", "kwasm:plugin/log@0.1.0"];
+
+/// How often the epoch ticker advances. Deadlines are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Per-plugin limits. Defaults suit a 100-byte-message pipeline with
+/// batches of up to a few thousand messages.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory an instance may grow to. Default 64 MiB.
+    pub memory_bytes: usize,
+    /// Wall-clock time one batch call (or `init`) may take. Default 5 s.
+    pub batch_timeout_ms: u64,
+    /// Bytes of output (keys, values, headers) one batch may return.
+    /// Default 32 MiB.
+    pub max_output_bytes: usize,
+    /// Bytes of key plus value of one output record. Default 1 MiB, the
+    /// broker's default `message.max.bytes`: larger records would fail at
+    /// produce time anyway, so they are stopped here with a clearer error.
+    pub max_record_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            batch_timeout_ms: 5_000,
+            max_output_bytes: 32 << 20,
+            max_record_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// Epoch ticks for the deadline: at least one full tick past the limit.
+    fn deadline_ticks(&self) -> u64 {
+        self.batch_timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1
+    }
+}
+
+/// Runtime settings fixed at host start.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Where compiled plugins are cached; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The host's wasmtime engine, linker and compile cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: cache::CompileCache,
+}
+
+/// A plugin compiled and linked, ready to instantiate. Cheap to share.
+pub struct CompiledPlugin {
+    name: String,
+    digest: String,
+    size_bytes: usize,
+    pre: PluginPre<HostState>,
+    engine: Engine,
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker thread.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            // Traps carry wasm backtraces; names are kept by debug builds of
+            // plugins and help authors find the failing line.
+            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
+        let engine = Engine::new(&wasm).map_err(RuntimeError::engine)?;
+        let linker = host_state::linker(&engine).map_err(RuntimeError::engine)?;
+        spawn_epoch_ticker(&engine)?;
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                cache: cache::CompileCache::new(config.cache_dir, &engine),
+                engine,
+                linker,
+            }),
+        })
+    }
+
+    /// Validates and compiles `bytes` as plugin `name`. Rejects anything that
+    /// is not a component of the kwasm world with an error saying what is
+    /// missing. Compiled code is cached on disk by digest.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<CompiledPlugin>, ValidationError> {
+        check_header(bytes)?;
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = self.inner.cache.load_or_compile(&self.inner.engine, &digest, bytes)?;
+        self.check_world(&component)?;
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| ValidationError::Link(format!("{e:#}")))?;
+        let pre = PluginPre::new(instance_pre)
+            .map_err(|e| ValidationError::WrongWorld(format!("{e:#}")))?;
+        Ok(Arc::new(CompiledPlugin {
+            name: name.to_owned(),
+            digest,
+            size_bytes: bytes.len(),
+            pre,
+            engine: self.inner.engine.clone(),
+        }))
+    }
+
+    /// Names the export or import that makes a component not a kwasm plugin.
+    fn check_world(&self, component: &Component) -> Result<(), ValidationError> {
+        let engine = &self.inner.engine;
+        let ty = component.component_type();
+        let exports: Vec<&str> = ty.exports(engine).map(|(n, _)| n).collect();
+        if !exports.contains(&HANDLER_EXPORT) {
+            return Err(ValidationError::WrongWorld(format!(
+                "the component does not export `{HANDLER_EXPORT}` (it exports: {}); \
+                 build it with the kwasm-guest SDK's #[handler]",
+                list_or_none(&exports)
+            )));
+        }
+        let foreign: Vec<&str> = ty
+            .imports(engine)
+            .map(|(n, _)| n)
+            .filter(|n| !KWASM_IMPORTS.contains(n) && !n.starts_with("wasi:"))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(ValidationError::WrongWorld(format!(
+                "the component imports {}, which kwasm does not provide (allowed: {} and WASI)",
+                list_or_none(&foreign),
+                list_or_none(&KWASM_IMPORTS)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "nothing".to_owned()
+    } else {
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Cheap checks with precise messages before handing bytes to the compiler.
+fn check_header(bytes: &[u8]) -> Result<(), ValidationError> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(ValidationError::NotWasm);
+    }
+    if bytes[4..8] == CORE_VERSION {
+        return Err(ValidationError::CoreModule);
+    }
+    Ok(())
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] so deadlines fire. Holds
+/// only a weak engine reference: the thread ends when the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) -> Result<(), RuntimeError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("kwasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker thread: {e}")))
+}
+
+impl CompiledPlugin {
+    /// The name the plugin was loaded under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sha256 of the component's bytes, in hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The component's size in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.size_bytes
+    }
+
+    /// A handler with its own instance, initialised with `config` now, so a
+    /// bad configuration fails here rather than on the first message.
+    pub fn handler(
+        self: &Arc<Self>,
+        config: Vec<(String, String)>,
+        limits: Limits,
+    ) -> Result<PluginHandler, PluginError> {
+        PluginHandler::new(self.clone(), config, limits)
+    }
+}
+
+impl std::fmt::Debug for CompiledPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPlugin")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("size_bytes", &self.size_bytes)
+            .finish()
+    }
+}
