@@ -167,6 +167,16 @@ impl InputBatch {
 }
 
 impl<'a> InputMessage<'a> {
+    /// The topic it was read from.
+    pub fn topic(&self) -> &'a str {
+        &self.batch.topic
+    }
+
+    /// The partition it was read from.
+    pub fn partition(&self) -> i32 {
+        self.batch.partition
+    }
+
     /// The message's offset.
     pub fn offset(&self) -> i64 {
         self.batch.offsets[self.index]

@@ -1,0 +1,168 @@
+//! [`OffsetTracker`]: what is safe to commit for one assigned partition.
+//!
+//! The rule (at-least-once): offset `o + 1` may be committed only when
+//! message `o` and every earlier message of the partition have had all their
+//! outputs (or their dead-letter record) acknowledged by the broker.
+//!
+//! Writers: the partition's worker calls [`OffsetTracker::processed`] in
+//! offset order as it hands a message's records to the producer; the
+//! producer's delivery callback calls [`OffsetTracker::acked`] or
+//! [`OffsetTracker::failed`], in any order. Reader: the consumer thread asks
+//! [`OffsetTracker::committable`] when it commits. A mutex is enough: each
+//! call is a few operations on a short queue.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// Offsets in flight for one partition.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    state: Mutex<TrackerState>,
+}
+
+#[derive(Debug, Default)]
+struct TrackerState {
+    /// Processed messages whose records are not all acknowledged, in
+    /// offset order, with how many acknowledgements each still awaits.
+    waiting: VecDeque<(i64, u32)>,
+    /// The offset to commit: one past the newest message that is done with
+    /// everything before it done too. `None` until something is done.
+    committable: Option<i64>,
+    /// A delivery failed at this offset: nothing at or past it may ever be
+    /// committed by this owner.
+    failed_at: Option<i64>,
+}
+
+impl OffsetTracker {
+    /// A tracker with nothing in flight.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        // The state is a queue and two numbers, each left consistent by every
+        // call; a panic elsewhere while holding the lock cannot break it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Message `offset` was handled and `records` records for it were handed
+    /// to the producer. Calls come in increasing offset order.
+    pub fn processed(&self, offset: i64, records: u32) {
+        let mut s = self.lock();
+        if records == 0 && s.waiting.is_empty() {
+            s.advance_to(offset + 1);
+        } else {
+            s.waiting.push_back((offset, records));
+            s.pop_done();
+        }
+    }
+
+    /// The broker acknowledged one record produced for `offset`.
+    pub fn acked(&self, offset: i64) {
+        let mut s = self.lock();
+        if let Ok(i) = s.waiting.binary_search_by_key(&offset, |&(o, _)| o)
+            && let Some(entry) = s.waiting.get_mut(i)
+        {
+            entry.1 = entry.1.saturating_sub(1);
+        }
+        s.pop_done();
+    }
+
+    /// A record produced for `offset` could not be delivered: the partition
+    /// must not commit past it.
+    pub fn failed(&self, offset: i64) {
+        let mut s = self.lock();
+        s.failed_at = Some(s.failed_at.map_or(offset, |f| f.min(offset)));
+        s.pop_done();
+    }
+
+    /// The offset safe to commit now, if any.
+    pub fn committable(&self) -> Option<i64> {
+        self.lock().committable
+    }
+
+    /// Whether a delivery failed (the partition has stopped advancing).
+    pub fn has_failed(&self) -> bool {
+        self.lock().failed_at.is_some()
+    }
+
+    /// Messages processed but not yet fully acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.lock().waiting.iter().filter(|(_, n)| *n > 0).count()
+    }
+}
+
+impl TrackerState {
+    fn pop_done(&mut self) {
+        while let Some(&(offset, 0)) = self.waiting.front() {
+            self.waiting.pop_front();
+            self.advance_to(offset + 1);
+        }
+    }
+
+    fn advance_to(&mut self, next: i64) {
+        let capped = match self.failed_at {
+            Some(f) => next.min(f),
+            None => next,
+        };
+        if self.committable.is_none_or(|c| capped > c) {
+            self.committable = Some(capped);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_committable_before_the_first_ack() {
+        let t = OffsetTracker::new();
+        t.processed(10, 2);
+        assert_eq!(t.committable(), None);
+        t.acked(10);
+        assert_eq!(t.committable(), None);
+        t.acked(10);
+        assert_eq!(t.committable(), Some(11));
+    }
+
+    #[test]
+    fn out_of_order_acks_commit_only_the_contiguous_prefix() {
+        let t = OffsetTracker::new();
+        for o in 0..3 {
+            t.processed(o, 1);
+        }
+        t.acked(2);
+        t.acked(1);
+        assert_eq!(t.committable(), None, "offset 0 is still waiting");
+        t.acked(0);
+        assert_eq!(t.committable(), Some(3));
+    }
+
+    #[test]
+    fn dropped_messages_advance_only_behind_earlier_ones() {
+        let t = OffsetTracker::new();
+        t.processed(0, 0);
+        assert_eq!(t.committable(), Some(1));
+        t.processed(1, 1);
+        t.processed(2, 0);
+        assert_eq!(t.committable(), Some(1), "2 is done but 1 is not");
+        t.acked(1);
+        assert_eq!(t.committable(), Some(3));
+    }
+
+    #[test]
+    fn a_failed_delivery_caps_the_commit_forever() {
+        let t = OffsetTracker::new();
+        t.processed(0, 1);
+        t.processed(1, 1);
+        t.processed(2, 1);
+        t.acked(0);
+        t.failed(1);
+        t.acked(2);
+        assert_eq!(t.committable(), Some(1));
+        t.processed(3, 0);
+        assert_eq!(t.committable(), Some(1));
+        assert!(t.has_failed());
+    }
+}

@@ -1,0 +1,324 @@
+//! The consumer thread of one pipeline: it alone owns the `BaseConsumer`
+//! and the table of assigned partitions.
+//!
+//! Why a thread polling a `BaseConsumer` and not a `StreamConsumer`: the
+//! rebalance callbacks run inside `poll`, and commit-on-revoke must happen
+//! synchronously there (rust-rdkafka 627, 738); a dedicated thread also
+//! avoids the waker stalls seen with `StreamConsumer` (638, 665).
+//!
+//! Life of a partition: assigned (post_rebalance spawns its worker) →
+//! running (messages are appended to its open batch, which is sent to the
+//! worker when full or `max_wait_ms` old; a full worker queue pauses the
+//! partition) → revoked (pre_rebalance: the worker finishes its current
+//! batch, the producer is flushed, done offsets are committed synchronously,
+//! and only then does librdkafka give the partition away).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::PipelineShared;
+use super::worker::{Worker, WorkerContext};
+use crate::kafka::OffsetTracker;
+use crate::runtime::InputBatch;
+
+/// Batches queued to a worker beyond the one it is running.
+const WORKER_QUEUE_BATCHES: usize = 2;
+
+type PartitionKey = (String, i32);
+
+/// A partition this host holds, as the consumer thread sees it.
+struct Assigned {
+    tx: Option<SyncSender<InputBatch>>,
+    stop: Arc<AtomicBool>,
+    tracker: Arc<OffsetTracker>,
+    thread: Option<JoinHandle<()>>,
+    /// The batch being filled, and when its first message arrived.
+    open: InputBatch,
+    opened_at: Option<Instant>,
+    /// A batch the worker had no room for; sent before anything newer.
+    held: Option<InputBatch>,
+    paused: bool,
+    committed: Option<i64>,
+}
+
+/// The consumer's context: rebalance callbacks and the partition table.
+pub(crate) struct PipelineContext {
+    shared: Arc<PipelineShared>,
+    partitions: Mutex<HashMap<PartitionKey, Assigned>>,
+}
+
+impl ClientContext for PipelineContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(pipeline = %self.shared.spec.name, %error, reason, "kafka client error");
+        self.shared.status.set_broker_ok(false);
+    }
+}
+
+impl ConsumerContext for PipelineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => self.revoke(consumer, &keys(tpl), "revoked by rebalance"),
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::error!(pipeline = %self.shared.spec.name, error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            for key in keys(tpl) {
+                self.assign(key);
+            }
+        }
+    }
+}
+
+fn keys(tpl: &TopicPartitionList) -> Vec<PartitionKey> {
+    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+}
+
+impl PipelineContext {
+    pub(crate) fn new(shared: Arc<PipelineShared>) -> Self {
+        PipelineContext {
+            shared,
+            partitions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &PipelineShared {
+        &self.shared
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<PartitionKey, Assigned>> {
+        // Only the consumer thread locks it; poisoning would need a panic
+        // here, after which the table is still structurally sound.
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a worker for a newly assigned partition.
+    fn assign(&self, key: PartitionKey) {
+        let s = &self.shared;
+        let handler = match s.plugin.handler(s.plugin_config(), s.limits.clone()) {
+            Ok(h) => h,
+            Err(e) => {
+                // Without a worker the partition's messages are dropped
+                // uncommitted: it stalls here and resumes on another owner.
+                tracing::error!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, error = %e, "cannot start the plugin for partition");
+                return;
+            }
+        };
+        let (tx, rx) = sync_channel(WORKER_QUEUE_BATCHES);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tracker = Arc::new(OffsetTracker::new());
+        let worker = Worker::new(
+            WorkerContext {
+                pipeline: s.spec.name.clone(),
+                output_topic: s.spec.output.clone(),
+                dead_letter_topic: s.spec.dead_letter_topic(),
+                retry: s.spec.retry.clone(),
+                producer: s.producer.clone(),
+                tracker: tracker.clone(),
+                stop: stop.clone(),
+                permits: s.permits.clone(),
+                runtime: s.runtime.clone(),
+            },
+            handler,
+        );
+        let thread = spawn_worker(&s.spec.name, &key, worker, rx);
+        tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, host = %s.host_id, "partition assigned");
+        s.status.assigned(&key.0, key.1);
+        self.table().insert(
+            key.clone(),
+            Assigned {
+                tx: Some(tx),
+                stop,
+                tracker,
+                thread,
+                open: InputBatch::new(key.0, key.1),
+                opened_at: None,
+                held: None,
+                paused: false,
+                committed: None,
+            },
+        );
+    }
+
+    /// Stops the workers of `keys`, waits for their deliveries, commits what
+    /// is done. Runs inside `poll` (a rebalance) or at shutdown.
+    pub(crate) fn revoke(&self, consumer: &BaseConsumer<Self>, keys: &[PartitionKey], reason: &str) {
+        let s = &self.shared;
+        let mut leaving: Vec<(PartitionKey, Assigned)> = {
+            let mut table = self.table();
+            keys.iter().filter_map(|k| table.remove(k).map(|a| (k.clone(), a))).collect()
+        };
+        if leaving.is_empty() {
+            return;
+        }
+        for (_, a) in &mut leaving {
+            a.stop.store(true, Ordering::Release);
+            a.tx = None; // closes the queue; queued batches are abandoned
+        }
+        let deadline = Instant::now() + s.grace;
+        for (key, a) in &mut leaving {
+            if let Some(t) = a.thread.take()
+                && !join_until(t, deadline)
+            {
+                tracing::warn!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, "worker still busy at the grace deadline; committing what is done");
+            }
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if !s.producer.flush(remaining.max(Duration::from_millis(100))) {
+            tracing::warn!(pipeline = %s.spec.name, "producer not flushed within the grace period; committing only acknowledged work");
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (key, a) in &leaving {
+            if let Some(next) = a.tracker.committable()
+                && a.committed != Some(next)
+                && let Err(e) = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(next))
+            {
+                tracing::error!(error = %e, "cannot build commit list");
+            }
+        }
+        if tpl.count() > 0 {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => {}
+                Err(e) => tracing::error!(pipeline = %s.spec.name, error = %e, "commit on revoke failed; the next owner may redo some work"),
+            }
+        }
+        for (key, a) in &leaving {
+            tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, host = %s.host_id,
+                committed = ?a.tracker.committable(), reason, "partition released");
+            s.status.released(&key.0, key.1);
+        }
+    }
+
+    /// Appends a fetched message to its partition's open batch.
+    pub(crate) fn route(&self, consumer: &BaseConsumer<Self>, msg: &BorrowedMessage<'_>) {
+        let mut table = self.table();
+        let key = (msg.topic().to_owned(), msg.partition());
+        let Some(a) = table.get_mut(&key) else {
+            // Not ours (any more): never processed, never committed.
+            return;
+        };
+        let headers = msg.headers();
+        let header_iter = headers.into_iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value));
+        a.open.push(msg.offset(), msg.timestamp().to_millis(), msg.key(), msg.payload(), header_iter);
+        a.opened_at.get_or_insert_with(Instant::now);
+        if a.open.len() >= self.shared.spec.batch.max_messages {
+            dispatch(consumer, &key, a);
+        }
+        self.shared.status.fetched(&key.0, key.1, msg.offset());
+    }
+
+    /// Sends batches that waited long enough, retries held ones, resumes
+    /// partitions whose worker caught up.
+    pub(crate) fn dispatch_due(&self, consumer: &BaseConsumer<Self>) {
+        let max_wait = Duration::from_millis(self.shared.spec.batch.max_wait_ms);
+        let mut table = self.table();
+        for (key, a) in table.iter_mut() {
+            let due = a.opened_at.is_some_and(|t| t.elapsed() >= max_wait);
+            if a.held.is_some() || due {
+                dispatch(consumer, key, a);
+            }
+        }
+    }
+
+    /// Commits every partition's done offset (asynchronously).
+    pub(crate) fn commit_done(&self, consumer: &BaseConsumer<Self>) {
+        let mut tpl = TopicPartitionList::new();
+        let mut table = self.table();
+        for (key, a) in table.iter_mut() {
+            if let Some(next) = a.tracker.committable()
+                && a.committed != Some(next)
+                && tpl.add_partition_offset(&key.0, key.1, Offset::Offset(next)).is_ok()
+            {
+                a.committed = Some(next);
+                self.shared.status.committed(&key.0, key.1, next);
+            }
+        }
+        drop(table);
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::warn!(pipeline = %self.shared.spec.name, error = %e, "periodic commit failed; will retry");
+        }
+    }
+
+    /// Every partition held now.
+    pub(crate) fn assigned_keys(&self) -> Vec<PartitionKey> {
+        self.table().keys().cloned().collect()
+    }
+}
+
+/// Hands the held batch, then the open one, to the worker; pauses the
+/// partition when the worker's queue is full. Order is kept: nothing newer
+/// is sent while a batch is held.
+fn dispatch(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, a: &mut Assigned) {
+    let Some(tx) = &a.tx else { return };
+    loop {
+        let batch = match a.held.take() {
+            Some(b) => b,
+            None if !a.open.is_empty() => {
+                a.opened_at = None;
+                std::mem::replace(&mut a.open, InputBatch::new(key.0.clone(), key.1))
+            }
+            None => break,
+        };
+        match tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => {
+                a.held = Some(batch);
+                if !a.paused {
+                    set_paused(consumer, key, true);
+                    a.paused = true;
+                }
+                return;
+            }
+        }
+    }
+    if a.paused {
+        set_paused(consumer, key, false);
+        a.paused = false;
+    }
+}
+
+fn set_paused(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, pause: bool) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&key.0, key.1);
+    let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    match result {
+        Ok(()) => tracing::debug!(topic = %key.0, partition = key.1, paused = pause, reason = "worker queue", "backpressure"),
+        Err(e) => tracing::warn!(topic = %key.0, partition = key.1, error = %e, "cannot pause/resume partition"),
+    }
+}
+
+fn spawn_worker(pipeline: &str, key: &PartitionKey, worker: Worker, rx: Receiver<InputBatch>) -> Option<JoinHandle<()>> {
+    let name = format!("kwasm-{}-{}", key.0, key.1);
+    match std::thread::Builder::new().name(name).spawn(move || worker.run(rx)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(pipeline, topic = %key.0, partition = key.1, error = %e, "cannot start worker thread");
+            None
+        }
+    }
+}
+
+/// Joins `thread` unless `deadline` passes first (std has no timed join).
+fn join_until(thread: JoinHandle<()>, deadline: Instant) -> bool {
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = thread.join();
+    true
+}

@@ -1,0 +1,182 @@
+//! Pipelines: one consumer group each. [`Pipeline::start`] spawns the
+//! consumer thread (see `consumer`), which spawns one worker per assigned
+//! partition (see `worker`).
+//!
+//! How a record flows: `poll` → appended to its partition's open batch →
+//! batch sent to the partition's worker → plugin → outputs handed to the
+//! producer, each carrying a token for the input offset → delivery report
+//! acknowledges it in the partition's `OffsetTracker` → the consumer thread
+//! commits the tracker's committable offset (periodically, on revoke, at
+//! shutdown).
+
+mod consumer;
+mod status;
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+pub use status::{PartitionStatus, PipelineStatus};
+
+use crate::config::{HostConfig, KafkaConfig, PipelineSpec};
+use crate::kafka::{OutputProducer, consumer_config};
+use crate::runtime::{CompiledPlugin, Limits};
+use consumer::PipelineContext;
+
+/// What every part of one pipeline shares. Immutable but for `status`.
+pub(crate) struct PipelineShared {
+    spec: PipelineSpec,
+    plugin: Arc<CompiledPlugin>,
+    limits: Limits,
+    producer: OutputProducer,
+    permits: Arc<tokio::sync::Semaphore>,
+    runtime: tokio::runtime::Handle,
+    grace: Duration,
+    host_id: String,
+    status: Arc<PipelineStatus>,
+}
+
+impl PipelineShared {
+    fn plugin_config(&self) -> Vec<(String, String)> {
+        self.spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Everything a pipeline needs from the host.
+pub struct PipelineDeps {
+    /// The host's settings.
+    pub host: HostConfig,
+    /// Kafka settings.
+    pub kafka: KafkaConfig,
+    /// The host's one producer.
+    pub producer: OutputProducer,
+    /// Shared cap on plugin calls running at once.
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// Handle to the host's tokio runtime.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    name: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    status: Arc<PipelineStatus>,
+}
+
+/// A pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The Kafka consumer could not be created or subscribed.
+    #[error("pipeline `{pipeline}`: {message}")]
+    Kafka {
+        /// Pipeline name.
+        pipeline: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl Pipeline {
+    /// Joins the pipeline's consumer group and starts processing.
+    pub fn start(spec: PipelineSpec, plugin: Arc<CompiledPlugin>, limits: Limits, deps: &PipelineDeps) -> Result<Pipeline, PipelineError> {
+        let pipeline = spec.name.clone();
+        let kafka_err = |message: String| PipelineError::Kafka { pipeline: pipeline.clone(), message };
+        let status = Arc::new(PipelineStatus::new(&spec, &plugin));
+        let shared = Arc::new(PipelineShared {
+            plugin,
+            limits,
+            producer: deps.producer.clone(),
+            permits: deps.permits.clone(),
+            runtime: deps.runtime.clone(),
+            grace: Duration::from_millis(deps.host.shutdown_grace_ms),
+            host_id: deps.host.id.clone(),
+            status: status.clone(),
+            spec,
+        });
+        let instance_id = deps.host.static_membership.then(|| format!("{}-{}", deps.host.id, shared.spec.name));
+        let config = consumer_config(&deps.kafka, &shared.spec.group_id(), &deps.host.id, instance_id.as_deref());
+        let consumer: BaseConsumer<PipelineContext> = config
+            .create_with_context(PipelineContext::new(shared.clone()))
+            .map_err(|e| kafka_err(format!("cannot create consumer: {e}")))?;
+        let topics = shared.spec.subscription();
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topic_refs)
+            .map_err(|e| kafka_err(format!("cannot subscribe to {topics:?}: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = shared.spec.name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("kwasm-consumer-{name}"))
+            .spawn({
+                let stop = stop.clone();
+                let interval = Duration::from_millis(deps.host.commit_interval_ms);
+                move || run_consumer(consumer, stop, interval)
+            })
+            .map_err(|e| kafka_err(format!("cannot start consumer thread: {e}")))?;
+        tracing::info!(pipeline = %name, group = %shared.spec.group_id(), ?topics, "pipeline started");
+        Ok(Pipeline { name, stop, thread: Some(thread), status })
+    }
+
+    /// The pipeline's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What this host holds for the pipeline.
+    pub fn status(&self) -> &Arc<PipelineStatus> {
+        &self.status
+    }
+
+    /// Asks the consumer thread to drain, commit and leave the group.
+    pub fn begin_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Waits for the consumer thread to finish.
+    pub fn join(mut self) {
+        self.begin_stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The consumer thread's loop: poll, route, dispatch, commit; on stop,
+/// release every partition (drain, flush, commit) and leave the group.
+fn run_consumer(consumer: BaseConsumer<PipelineContext>, stop: Arc<AtomicBool>, commit_interval: Duration) {
+    let ctx = consumer.context();
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::Acquire) {
+        match consumer.poll(Duration::from_millis(5)) {
+            Some(Ok(msg)) => {
+                ctx.route(&consumer, &msg);
+                ctx.shared().status.set_broker_ok(true);
+            }
+            Some(Err(e)) => tracing::warn!(pipeline = %ctx.shared().spec.name, error = %e, "consume error"),
+            None => {}
+        }
+        ctx.dispatch_due(&consumer);
+        if last_commit.elapsed() >= commit_interval {
+            ctx.commit_done(&consumer);
+            last_commit = Instant::now();
+        }
+    }
+    let name = ctx.shared().spec.name.clone();
+    tracing::info!(pipeline = %name, "stopping: draining in-flight work, committing, leaving the group");
+    ctx.revoke(&consumer, &ctx.assigned_keys(), "host shutting down");
+    consumer.unsubscribe();
+    // Serve the resulting revoke callback (nothing left to commit) so the
+    // group hears of the leave promptly; `close` on drop sends LeaveGroup.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    drop(consumer);
+    tracing::info!(pipeline = %name, "stopped");
+}
+

@@ -1,0 +1,93 @@
+//! What a host holds, for the admin API and logs. Written by the consumer
+//! thread (assign, release, fetch, commit), read by HTTP handlers.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use crate::config::PipelineSpec;
+use crate::runtime::CompiledPlugin;
+
+/// One held partition.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Next offset to fetch (last fetched + 1), if anything was fetched.
+    pub position: Option<i64>,
+    /// Last committed offset, if any was committed by this host.
+    pub committed: Option<i64>,
+}
+
+/// One pipeline on this host.
+#[derive(Debug)]
+pub struct PipelineStatus {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Plugin name and digest.
+    pub plugin: String,
+    /// Plugin digest.
+    pub plugin_digest: String,
+    partitions: Mutex<BTreeMap<(String, i32), PartitionStatus>>,
+    broker_ok: AtomicBool,
+}
+
+impl PipelineStatus {
+    pub(crate) fn new(spec: &PipelineSpec, plugin: &CompiledPlugin) -> Self {
+        PipelineStatus {
+            pipeline: spec.name.clone(),
+            group_id: spec.group_id(),
+            plugin: plugin.name().to_owned(),
+            plugin_digest: plugin.digest().to_owned(),
+            partitions: Mutex::new(BTreeMap::new()),
+            broker_ok: AtomicBool::new(true),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), PartitionStatus>> {
+        self.partitions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn assigned(&self, topic: &str, partition: i32) {
+        self.table().insert(
+            (topic.to_owned(), partition),
+            PartitionStatus { topic: topic.to_owned(), partition, position: None, committed: None },
+        );
+    }
+
+    pub(crate) fn released(&self, topic: &str, partition: i32) {
+        self.table().remove(&(topic.to_owned(), partition));
+    }
+
+    pub(crate) fn fetched(&self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.table().get_mut(&(topic.to_owned(), partition)) {
+            p.position = Some(offset + 1);
+        }
+    }
+
+    pub(crate) fn committed(&self, topic: &str, partition: i32, offset: i64) {
+        if let Some(p) = self.table().get_mut(&(topic.to_owned(), partition)) {
+            p.committed = Some(offset);
+        }
+    }
+
+    pub(crate) fn set_broker_ok(&self, ok: bool) {
+        self.broker_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Whether the last client event was a success (not an error).
+    pub fn broker_ok(&self) -> bool {
+        self.broker_ok.load(Ordering::Relaxed)
+    }
+
+    /// The partitions held now, sorted.
+    pub fn partitions(&self) -> Vec<PartitionStatus> {
+        self.table().values().cloned().collect()
+    }
+}

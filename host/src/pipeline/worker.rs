@@ -1,0 +1,252 @@
+//! The partition worker: the one owner of a partition's processing. It
+//! receives batches in offset order, runs the plugin, produces the outputs
+//! (or dead letters) in that order, and tells the partition's
+//! [`OffsetTracker`] what it handed to the producer.
+//!
+//! Failure policy, per message:
+//! - `retryable`: run the message alone again, with backoff, up to the
+//!   pipeline's attempts; then dead-letter it.
+//! - `permanent`, a trap or a limit hit: dead-letter it at once. When a whole
+//!   batch traps, its messages are re-run one by one so only the guilty one
+//!   is dead-lettered.
+//! - The plugin cannot even be instantiated: wait and try again, forever;
+//!   the partition stalls visibly rather than dead-lettering everything.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::config::RetryPolicy;
+use crate::kafka::{DeliveryToken, OffsetTracker, OutRecord, OutputProducer};
+use crate::metrics_names as m;
+use crate::runtime::{InputBatch, InputMessage, OutcomeView, OutputView, PluginError, PluginErrorKind, PluginHandler};
+
+/// What a worker needs besides its plugin instance.
+pub(crate) struct WorkerContext {
+    pub pipeline: String,
+    pub output_topic: String,
+    pub dead_letter_topic: String,
+    pub retry: RetryPolicy,
+    pub producer: OutputProducer,
+    pub tracker: Arc<OffsetTracker>,
+    /// Set by the consumer thread on revocation or shutdown.
+    pub stop: Arc<AtomicBool>,
+    /// Bounds plugin calls running at once across the host.
+    pub permits: Arc<tokio::sync::Semaphore>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Why a message is dead-lettered.
+struct Failure<'a> {
+    kind: &'a str,
+    message: String,
+    attempts: u32,
+}
+
+pub(crate) struct Worker {
+    ctx: WorkerContext,
+    handler: PluginHandler,
+}
+
+impl Worker {
+    pub(crate) fn new(ctx: WorkerContext, handler: PluginHandler) -> Self {
+        Worker { ctx, handler }
+    }
+
+    /// Processes batches until the channel closes or `stop` is set. A batch
+    /// already started is finished; queued ones are abandoned (their offsets
+    /// were never committed, so the next owner reads them again).
+    pub(crate) fn run(mut self, batches: Receiver<InputBatch>) {
+        while let Ok(batch) = batches.recv() {
+            if self.stopped() {
+                break;
+            }
+            let permits = self.ctx.permits.clone();
+            let Ok(_permit) = self.ctx.runtime.block_on(permits.acquire_owned()) else {
+                break;
+            };
+            self.process(&batch);
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.ctx.stop.load(Ordering::Acquire)
+    }
+
+    fn process(&mut self, batch: &InputBatch) {
+        let started = std::time::Instant::now();
+        let result = self.handler.handle_batch(batch);
+        metrics::histogram!(m::BATCH_SECONDS, "pipeline" => self.ctx.pipeline.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::MESSAGES_IN, "pipeline" => self.ctx.pipeline.clone()).increment(batch.len() as u64);
+        match result {
+            Ok(output) => {
+                // A started batch is finished even when `stop` is set, so
+                // what reaches the producer stays a contiguous prefix.
+                for (i, outcome) in output.outcomes().enumerate() {
+                    self.settle(batch.message(i), outcome, 1);
+                }
+            }
+            Err(e) if batch.len() == 1 => self.settle_error(batch.message(0), e, 1),
+            Err(e) => {
+                tracing::warn!(pipeline = %self.ctx.pipeline, error = %e, "batch failed; re-running its messages one by one");
+                for msg in batch.messages() {
+                    self.run_single(msg, 1);
+                }
+            }
+        }
+    }
+
+    /// Runs one message alone (attempt `attempt`), until it is settled.
+    fn run_single(&mut self, msg: InputMessage<'_>, attempt: u32) {
+        let mut single = InputBatch::new(msg.topic(), msg.partition());
+        single.push_message(msg);
+        let result = self.handler.handle_batch(&single);
+        match result {
+            Ok(output) => self.settle(msg, output.outcome(0), attempt),
+            Err(e) => self.settle_error(msg, e, attempt),
+        }
+    }
+
+    /// Acts on a message's outcome from attempt `attempt`.
+    fn settle(&mut self, msg: InputMessage<'_>, outcome: OutcomeView<'_>, attempt: u32) {
+        match outcome {
+            OutcomeView::Ok(records) => self.produce(msg, records.iter()),
+            OutcomeView::Permanent(reason) => self.dead_letter(msg, Failure {
+                kind: "permanent",
+                message: reason.to_owned(),
+                attempts: attempt,
+            }),
+            OutcomeView::Retryable(reason) => {
+                if attempt >= self.ctx.retry.max_attempts {
+                    self.dead_letter(msg, Failure {
+                        kind: "retries-exhausted",
+                        message: reason.to_owned(),
+                        attempts: attempt,
+                    });
+                } else if self.backoff(attempt + 1) {
+                    self.run_single(msg, attempt + 1);
+                }
+            }
+        }
+    }
+
+    fn settle_error(&mut self, msg: InputMessage<'_>, e: PluginError, attempt: u32) {
+        metrics::counter!(m::ERRORS, "pipeline" => self.ctx.pipeline.clone(), "kind" => e.kind.code()).increment(1);
+        match &e.kind {
+            // The instance cannot be made: not this message's fault.
+            PluginErrorKind::InitRejected(_) | PluginErrorKind::Instantiate(_) => {
+                tracing::error!(pipeline = %self.ctx.pipeline, error = %e, "cannot instantiate the plugin; partition stalled, retrying");
+                if self.backoff(attempt + 1) {
+                    self.run_single(msg, attempt);
+                }
+            }
+            kind => self.dead_letter(msg, Failure {
+                kind: kind.code(),
+                message: e.to_string(),
+                attempts: attempt,
+            }),
+        }
+    }
+
+    /// Sleeps before attempt `attempt`; false when stopped meanwhile (the
+    /// message is then abandoned uncommitted, for the next owner).
+    fn backoff(&self, attempt: u32) -> bool {
+        let mut left = self.ctx.retry.backoff_ms(attempt);
+        while left > 0 {
+            if self.stopped() {
+                return false;
+            }
+            let step = left.min(20);
+            std::thread::sleep(Duration::from_millis(step));
+            left -= step;
+        }
+        !self.stopped()
+    }
+
+    /// Hands a message's records to the producer. The tracker hears of them
+    /// first: a delivery report can arrive before `send` returns.
+    fn produce<'o>(&mut self, msg: InputMessage<'_>, records: impl ExactSizeIterator<Item = OutputView<'o>>) {
+        let offset = msg.offset();
+        let count = records.len() as u32;
+        self.ctx.tracker.processed(offset, count);
+        for rec in records {
+            let out = OutRecord {
+                topic: rec.topic().unwrap_or(&self.ctx.output_topic),
+                key: rec.key(),
+                value: rec.value(),
+                headers: owned_headers(rec.headers()),
+                timestamp_ms: rec.timestamp_ms(),
+            };
+            if let Err(e) = self.ctx.producer.send(out, self.token(offset)) {
+                return self.stall(offset, &e);
+            }
+        }
+        metrics::counter!(m::MESSAGES_OUT, "pipeline" => self.ctx.pipeline.clone()).increment(count as u64);
+    }
+
+    /// Produces the original message to the dead-letter topic with headers
+    /// saying where it came from and why.
+    fn dead_letter(&mut self, msg: InputMessage<'_>, failure: Failure<'_>) {
+        let offset = msg.offset();
+        let plugin = self.handler.plugin().clone();
+        tracing::warn!(
+            pipeline = %self.ctx.pipeline, topic = msg.topic(), partition = msg.partition(), offset,
+            kind = failure.kind, attempts = failure.attempts, error = %failure.message, "dead-lettering message"
+        );
+        metrics::counter!(m::DEAD_LETTERED, "pipeline" => self.ctx.pipeline.clone(), "kind" => failure.kind.to_owned()).increment(1);
+        let partition = msg.partition().to_string();
+        let offset_text = offset.to_string();
+        let attempts = failure.attempts.to_string();
+        let kwasm_headers = [
+            ("kwasm.source.topic", msg.topic().as_bytes()),
+            ("kwasm.source.partition", partition.as_bytes()),
+            ("kwasm.source.offset", offset_text.as_bytes()),
+            ("kwasm.error.kind", failure.kind.as_bytes()),
+            ("kwasm.error.message", failure.message.as_bytes()),
+            ("kwasm.plugin.name", plugin.name().as_bytes()),
+            ("kwasm.plugin.digest", plugin.digest().as_bytes()),
+            ("kwasm.attempts", attempts.as_bytes()),
+        ];
+        let headers = msg.headers().chain(kwasm_headers.iter().map(|(k, v)| (*k, Some(*v))));
+        let record = OutRecord {
+            topic: &self.ctx.dead_letter_topic,
+            key: msg.key(),
+            value: msg.value(),
+            headers: owned_headers(headers),
+            timestamp_ms: msg.timestamp_ms(),
+        };
+        self.ctx.tracker.processed(offset, 1);
+        if let Err(e) = self.ctx.producer.send(record, self.token(offset)) {
+            self.stall(offset, &e);
+        }
+    }
+
+    /// The producer refused a record outright (not a delivery failure): the
+    /// partition must not commit past this message. It stops advancing and
+    /// says so; a restart re-reads from the last commit.
+    fn stall(&self, offset: i64, e: &crate::kafka::ProduceError) {
+        tracing::error!(pipeline = %self.ctx.pipeline, offset, error = %e,
+            "record rejected by the producer; the partition stops committing at this offset");
+        self.ctx.tracker.failed(offset);
+    }
+
+    fn token(&self, offset: i64) -> DeliveryToken {
+        DeliveryToken {
+            tracker: self.ctx.tracker.clone(),
+            offset,
+        }
+    }
+}
+
+fn owned_headers<'h>(headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>) -> Option<OwnedHeaders> {
+    let mut owned: Option<OwnedHeaders> = None;
+    for (key, value) in headers {
+        owned = Some(owned.unwrap_or_default().insert(Header { key, value }));
+    }
+    owned
+}
+

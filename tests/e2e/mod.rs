@@ -1,0 +1,148 @@
+//! Shared pieces of the end-to-end tests: host configs, the admin API,
+//! and the exactly-once accounting of an output topic.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use kwasm_tests::{HostProcess, brokers, free_port, plugin_path};
+
+/// A host running one pipeline, with its admin port.
+pub struct Host {
+    pub process: HostProcess,
+    pub admin_port: u16,
+    _config: tempfile::NamedTempFile,
+}
+
+/// What a test pipeline looks like.
+pub struct PipelineDef<'a> {
+    pub name: &'a str,
+    pub plugin: &'a str,
+    pub config: &'a [(&'a str, &'a str)],
+    pub input: &'a str,
+    pub output: &'a str,
+    pub group: &'a str,
+    pub dead_letter: Option<&'a str>,
+}
+
+impl Host {
+    /// Starts `kwasm serve` with `pipeline`, named `id`.
+    pub fn start(id: &str, pipeline: &PipelineDef<'_>) -> Host {
+        let admin_port = free_port();
+        let plugin_config: Vec<String> = pipeline.config.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+        let dead_letter = pipeline
+            .dead_letter
+            .map(|d| format!("dead_letter_topic = {d:?}\n"))
+            .unwrap_or_default();
+        let text = format!(
+            r#"
+[host]
+id = {id:?}
+admin_listen = "127.0.0.1:{admin_port}"
+commit_interval_ms = 200
+shutdown_grace_ms = 10000
+cache_dir = {cache:?}
+
+[kafka]
+brokers = {brokers:?}
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"topic.metadata.refresh.interval.ms" = "1000"
+
+[[pipeline]]
+name = {name:?}
+plugin = {plugin:?}
+inputs = [{input:?}]
+output = {output:?}
+group_id = {group:?}
+{dead_letter}[pipeline.retry]
+max_attempts = 2
+initial_backoff_ms = 10
+[pipeline.config]
+{plugin_config}
+"#,
+            cache = std::env::temp_dir().join("kwasm-e2e-cache"),
+            brokers = brokers(),
+            name = pipeline.name,
+            plugin = plugin_path(pipeline.plugin),
+            input = pipeline.input,
+            output = pipeline.output,
+            group = pipeline.group,
+            plugin_config = plugin_config.join("\n"),
+        );
+        let mut config = tempfile::NamedTempFile::new().expect("temp config file");
+        config.write_all(text.as_bytes()).expect("write config");
+        let path = config.path().to_string_lossy().into_owned();
+        let process = HostProcess::spawn(&["serve", "--config", &path], &[("KWASM_LOG", "info")], id);
+        Host { process, admin_port, _config: config }
+    }
+
+    /// Partitions of `topic` this host holds, per its admin API; `None`
+    /// while the API is not up (or the process is gone).
+    pub fn partitions(&self, topic: &str) -> Option<BTreeSet<i32>> {
+        let (status, body) = http_get(self.admin_port, "/v1/assignments")?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let parts = v["pipelines"][0]["partitions"].as_array()?;
+        Some(
+            parts
+                .iter()
+                .filter(|p| p["topic"] == topic)
+                .filter_map(|p| p["partition"].as_i64().map(|p| p as i32))
+                .collect(),
+        )
+    }
+}
+
+/// A bare HTTP/1.0 GET on 127.0.0.1; `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Some((status, body))
+}
+
+/// Lost and duplicated inputs of a passthrough run, and per-partition order.
+#[derive(Debug)]
+pub struct Accounting {
+    pub lost: usize,
+    pub duplicates: usize,
+    pub out_of_order: usize,
+}
+
+/// Compares the output (values `"{p}:{seq}"`) with what was produced.
+/// Order: within each output partition, the sequence of each input
+/// partition's values must never go backwards except on a duplicate replay.
+pub fn account(produced: &[(i32, String)], output: &[kwasm_tests::Record]) -> Accounting {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for r in output {
+        *seen.entry(r.value_str()).or_default() += 1;
+    }
+    let lost = produced.iter().filter(|(_, v)| !seen.contains_key(v)).count();
+    let duplicates = seen.values().map(|&n| n.saturating_sub(1)).sum();
+    let mut out_of_order = 0;
+    let mut last: BTreeMap<(i32, i32), i64> = BTreeMap::new();
+    for r in output {
+        let v = r.value_str();
+        let Some((p, seq)) = v.split_once(':') else { continue };
+        let (Ok(p), Ok(seq)) = (p.parse::<i32>(), seq.parse::<i64>()) else { continue };
+        let key = (r.partition, p);
+        if let Some(&prev) = last.get(&key)
+            && seq <= prev
+            && seen.get(&v).copied().unwrap_or(0) < 2
+        {
+            out_of_order += 1;
+        }
+        last.insert(key, seq);
+    }
+    Accounting { lost, duplicates, out_of_order }
+}

@@ -1,0 +1,570 @@
+//! Kafka helpers for end-to-end tests: what a user of the broker can observe.
+//!
+//! Everything here is blocking. Each helper makes its own short-lived client
+//! against [`brokers`](crate::brokers) and panics with context on any error, so
+//! a test reads as a list of steps and assertions.
+//!
+//! Client settings that matter with the test broker (see shared/broker.md):
+//! - `session.timeout.ms=6000`: some Tansu-derived brokers hold a JoinGroup
+//!   for half the session timeout.
+//! - `fetch.wait.max.ms=10`: with 0 the broker answers fetches with nothing.
+//! - end offsets come from the fetch high watermark, not ListOffsets(LATEST),
+//!   which is wrong on some of these brokers' memory engines.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::Message;
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+use crate::assignment::{Assignment, decode_assignment};
+use crate::{brokers, unique, wait_until};
+
+/// Timeout for single metadata/admin/offset requests to the local broker.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+    /// Key bytes (`None` for a null key).
+    pub key: Option<Vec<u8>>,
+    /// Value bytes (`None` for a null value, a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Headers in order; a null header value reads as empty.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The key as UTF-8 (lossy); empty for a null key.
+    pub fn key_str(&self) -> String {
+        String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).into_owned()
+    }
+
+    /// The value as UTF-8 (lossy); empty for a null value.
+    pub fn value_str(&self) -> String {
+        String::from_utf8_lossy(self.value.as_deref().unwrap_or_default()).into_owned()
+    }
+
+    /// Value of the first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+/// A record to produce. Build with [`OutRecord::to`] and the setters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutRecord {
+    /// Target partition; `None` lets the producer's partitioner choose.
+    pub partition: Option<i32>,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes.
+    pub value: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OutRecord {
+    /// A record with this value, for `partition`.
+    pub fn to(partition: i32, value: impl Into<Vec<u8>>) -> Self {
+        OutRecord {
+            partition: Some(partition),
+            value: Some(value.into()),
+            ..OutRecord::default()
+        }
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Appends a header.
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+/// Base client configuration for the test broker.
+pub fn client_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers());
+    config
+}
+
+/// Consumer configuration for the test broker; `group` sets `group.id`.
+/// Auto commit is off and reading starts at the earliest offset.
+pub fn consumer_config(group: Option<&str>) -> ClientConfig {
+    let mut config = client_config();
+    config
+        .set("session.timeout.ms", "6000")
+        // Never 0: the broker answers a fetch with max wait 0 with no records.
+        .set("fetch.wait.max.ms", "10")
+        // librdkafka otherwise pauses fetching for 1 s when its queue fills.
+        .set("fetch.queue.backoff.ms", "10")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    if let Some(group) = group {
+        config.set("group.id", group);
+    }
+    config
+}
+
+/// Producer configuration for the test broker: acks from all replicas, and a
+/// delivery timeout short enough that a broken broker fails a test quickly.
+pub fn producer_config() -> ClientConfig {
+    let mut config = client_config();
+    config
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    config
+}
+
+fn admin_client() -> AdminClient<DefaultClientContext> {
+    client_config()
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create admin client for {}: {e}", brokers()))
+}
+
+fn plain_consumer() -> BaseConsumer {
+    consumer_config(None)
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create consumer for {}: {e}", brokers()))
+}
+
+/// Runs a future to completion on a thread of its own with a current-thread
+/// tokio runtime, so callers may themselves be inside a runtime.
+fn block_on<F>(future: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap_or_else(|e| panic!("cannot build a tokio runtime: {e}"))
+                    .block_on(future)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Creates `name` with `partitions` partitions (replication factor 1) and waits
+/// until the broker's metadata shows every partition with a leader.
+///
+/// # Panics
+/// If creation fails (including "already exists": use [`unique`](crate::unique)
+/// names) or the metadata does not show the topic within 30 s.
+pub fn create_topic(name: &str, partitions: i32) {
+    let admin = admin_client();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let results = block_on(admin.create_topics([&topic], &options))
+        .unwrap_or_else(|e| panic!("CreateTopics request for `{name}` failed: {e}"));
+    for result in results {
+        if let Err((topic, code)) = result {
+            panic!("cannot create topic `{topic}` with {partitions} partitions: {code}");
+        }
+    }
+
+    let consumer = plain_consumer();
+    let mut last_seen = String::from("no metadata yet");
+    let ready = wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || match consumer.fetch_metadata(Some(name), REQUEST_TIMEOUT) {
+            Ok(metadata) => {
+                let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
+                    last_seen = "topic missing from metadata".into();
+                    return false;
+                };
+                let with_leader = topic
+                    .partitions()
+                    .iter()
+                    .filter(|p| p.error().is_none() && p.leader() >= 0)
+                    .count();
+                last_seen = format!(
+                    "topic error {:?}, {} partitions, {with_leader} with a leader",
+                    topic.error(),
+                    topic.partitions().len()
+                );
+                topic.error().is_none()
+                    && topic.partitions().len() == partitions as usize
+                    && with_leader == partitions as usize
+            }
+            Err(e) => {
+                last_seen = format!("metadata request failed: {e}");
+                false
+            }
+        },
+    );
+    assert!(
+        ready,
+        "topic `{name}` not ready with {partitions} partitions after 30 s: {last_seen}"
+    );
+}
+
+/// Outcome of one delivery: `(partition, offset)` or the error's text.
+type DeliveryReport = Result<(i32, i64), String>;
+
+/// Collects delivery reports; the opaque is the record's index in the batch.
+/// Written by librdkafka's callback (inside `poll`/`flush` on the producing
+/// thread), read once after `flush`.
+struct DeliveryTracker {
+    /// Per record index: `None` until its report arrives.
+    reports: Mutex<Vec<Option<DeliveryReport>>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = Box<usize>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, index: Box<usize>) {
+        let report = match result {
+            Ok(message) => Ok((message.partition(), message.offset())),
+            Err((error, message)) => Err(format!("partition {}: {error}", message.partition())),
+        };
+        let mut reports = self
+            .reports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(slot) = reports.get_mut(*index) {
+            *slot = Some(report);
+        }
+    }
+}
+
+/// Produces `records` to `topic` in order, flushes, and asserts every record
+/// was delivered. Returns `(partition, offset)` of each record, in input order.
+///
+/// # Panics
+/// If any delivery failed or did not complete within 60 s.
+pub fn produce(topic: &str, records: impl IntoIterator<Item = OutRecord>) -> Vec<(i32, i64)> {
+    let records: Vec<OutRecord> = records.into_iter().collect();
+    let tracker = DeliveryTracker {
+        reports: Mutex::new(vec![None; records.len()]),
+    };
+    let producer: BaseProducer<DeliveryTracker> = producer_config()
+        .create_with_context(tracker)
+        .unwrap_or_else(|e| panic!("cannot create producer for {}: {e}", brokers()));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (index, out) in records.iter().enumerate() {
+        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+        for (name, value) in &out.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(index)).headers(headers);
+        if let Some(partition) = out.partition {
+            record = record.partition(partition);
+        }
+        if let Some(key) = &out.key {
+            record = record.key(key);
+        }
+        if let Some(value) = &out.value {
+            record = record.payload(value);
+        }
+        // Retry while librdkafka's local queue is full; anything else is fatal.
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                    if Instant::now() < deadline =>
+                {
+                    record = returned;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => panic!("cannot enqueue record {index} for `{topic}`: {error}"),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(deadline.saturating_duration_since(Instant::now()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "flushing {} records to `{topic}` failed: {e}",
+                records.len()
+            )
+        });
+
+    let reports = std::mem::take(
+        &mut *producer
+            .context()
+            .reports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+    let mut failures = Vec::new();
+    let mut delivered = Vec::with_capacity(reports.len());
+    for (index, report) in reports.into_iter().enumerate() {
+        match report {
+            Some(Ok(position)) => delivered.push(position),
+            Some(Err(error)) => failures.push(format!("record {index}: {error}")),
+            None => failures.push(format!("record {index}: no delivery report")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} records to `{topic}` not delivered: {}",
+        failures.len(),
+        records.len(),
+        failures.join("; ")
+    );
+    delivered
+}
+
+/// Produces `count` records spread round-robin over `partitions` partitions:
+/// record `i` goes explicitly to partition `p = i % partitions` with
+/// `seq = i / partitions`, and key and value `"{p}:{seq}"`. On a fresh topic
+/// `seq` is therefore the record's offset in its partition.
+///
+/// Returns `(partition, value)` of each record in the order produced.
+pub fn produce_sequence(topic: &str, partitions: i32, count: usize) -> Vec<(i32, String)> {
+    assert!(
+        partitions > 0,
+        "produce_sequence needs at least one partition"
+    );
+    let sequence: Vec<(i32, String)> = (0..count)
+        .map(|i| {
+            let partition = (i % partitions as usize) as i32;
+            let seq = i / partitions as usize;
+            (partition, format!("{partition}:{seq}"))
+        })
+        .collect();
+    produce(
+        topic,
+        sequence
+            .iter()
+            .map(|(partition, value)| OutRecord::to(*partition, value.clone()).key(value.clone())),
+    );
+    sequence
+}
+
+/// Number of partitions of `topic` according to the broker's metadata.
+///
+/// # Panics
+/// If the topic does not exist.
+pub fn partition_count(topic: &str) -> i32 {
+    let metadata = plain_consumer()
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("metadata request for `{topic}` failed: {e}"));
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    match found {
+        Some(t) => t.partitions().len() as i32,
+        None => panic!("topic `{topic}` does not exist (or has no partitions)"),
+    }
+}
+
+/// Reads `topic` from the beginning of every partition, without a consumer
+/// group (`assign`, nothing committed), until `expected_count` records arrived
+/// or `timeout` passed. Returns what arrived, in arrival order (offset order
+/// within each partition), so a test can assert the count and show what was
+/// lost or duplicated. Reading stops at `expected_count`; compare
+/// [`end_offsets`] with the expected count to check for extra records.
+pub fn consume_all(topic: &str, expected_count: usize, timeout: Duration) -> Vec<Record> {
+    let partitions = partition_count(topic);
+    // librdkafka refuses assign() without a group.id ("Unknown group"); this
+    // throwaway group is never joined (no subscribe) and never committed to.
+    let consumer: BaseConsumer = consumer_config(Some(&unique("kwasm-tests-reader")))
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create consumer for {}: {e}", brokers()));
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap_or_else(|e| panic!("cannot add {topic}/{partition} to an assignment: {e}"));
+    }
+    consumer
+        .assign(&assignment)
+        .unwrap_or_else(|e| panic!("cannot assign the partitions of `{topic}`: {e}"));
+
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::with_capacity(expected_count);
+    while records.len() < expected_count {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        match consumer.poll(remaining.min(Duration::from_millis(100))) {
+            None => {}
+            Some(Ok(message)) => records.push(Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                headers: message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            // Reaching the end of a partition is reported as an error only with
+            // enable.partition.eof, which is off; anything else is real.
+            Some(Err(error)) => panic!("consuming `{topic}` failed: {error}"),
+        }
+    }
+    records
+}
+
+/// Groups records by partition, keeping their order.
+pub fn by_partition(records: &[Record]) -> BTreeMap<i32, Vec<Record>> {
+    let mut map: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+    for record in records {
+        map.entry(record.partition)
+            .or_default()
+            .push(record.clone());
+    }
+    map
+}
+
+/// High watermark (the offset the next record will get) of every partition of
+/// `topic`, indexed by partition.
+pub fn end_offsets(topic: &str) -> Vec<i64> {
+    let partitions = partition_count(topic);
+    let consumer = plain_consumer();
+    (0..partitions)
+        .map(|partition| {
+            let (_low, high) = consumer
+                .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{partition}: {e}"));
+            high
+        })
+        .collect()
+}
+
+/// Offsets committed by `group` for partitions `0..partitions` of `topic`
+/// (`None` where the group committed nothing). Uses a consumer with that
+/// `group.id` that never subscribes, so it does not join the group.
+pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    let consumer: BaseConsumer = consumer_config(Some(group))
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create consumer for {}: {e}", brokers()));
+    let mut request = TopicPartitionList::new();
+    for partition in 0..partitions {
+        request
+            .add_partition_offset(topic, partition, Offset::Invalid)
+            .unwrap_or_else(|e| panic!("cannot add {topic}/{partition} to a request: {e}"));
+    }
+    let committed = consumer
+        .committed_offsets(request, REQUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("committed offsets of group `{group}` on `{topic}`: {e}"));
+    (0..partitions)
+        .map(|partition| {
+            let element = committed
+                .find_partition(topic, partition)
+                .unwrap_or_else(|| panic!("no answer for {topic}/{partition}"));
+            if let Err(e) = element.error() {
+                panic!("committed offset of group `{group}` on {topic}/{partition}: {e}");
+            }
+            match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A consumer group as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// Group state: `Stable`, `PreparingRebalance`, `CompletingRebalance`,
+    /// `Empty` or `Dead`.
+    pub state: String,
+    /// Assignment strategy chosen (e.g. `cooperative-sticky`).
+    pub protocol: String,
+    /// Current members.
+    pub members: Vec<Member>,
+}
+
+/// A member of a consumer group.
+///
+/// nisshi 0.8.1 fills in only `member_id` (which the broker forms as
+/// `<client.id>-<uuid>`): client id, host and assignment come back empty, so
+/// on that broker observe assignments from the clients themselves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Member id the coordinator gave it.
+    pub member_id: String,
+    /// Its `client.id`.
+    pub client_id: String,
+    /// Host it connected from.
+    pub client_host: String,
+    /// Its current assignment, decoded.
+    pub assignment: Assignment,
+}
+
+/// Describes `group` (state, protocol, members with decoded assignments). An
+/// unknown group comes back as state `Dead` with no members.
+///
+/// # Panics
+/// If the request fails or a member's assignment cannot be decoded.
+pub fn describe_group(group: &str) -> Group {
+    let consumer = plain_consumer();
+    let list = consumer
+        .fetch_group_list(Some(group), REQUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("describing group `{group}` failed: {e}"));
+    let Some(info) = list.groups().iter().find(|g| g.name() == group) else {
+        return Group {
+            state: "Dead".into(),
+            protocol: String::new(),
+            members: Vec::new(),
+        };
+    };
+    let members = info
+        .members()
+        .iter()
+        .map(|m| Member {
+            member_id: m.id().to_string(),
+            client_id: m.client_id().to_string(),
+            client_host: m.client_host().to_string(),
+            assignment: decode_assignment(m.assignment().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("member {} of group `{group}`: {e}", m.id())),
+        })
+        .collect();
+    Group {
+        state: info.state().to_string(),
+        protocol: info.protocol().to_string(),
+        members,
+    }
+}
+
+/// Current members of `group` with their decoded assignments.
+pub fn group_members(group: &str) -> Vec<Member> {
+    describe_group(group).members
+}
