@@ -276,7 +276,8 @@ fn retryable_errors_are_retried_then_dead_lettered() {
     let t = topics("retry");
     let config = [("mode", "poison"), ("poison", "flaky"), ("poison_action", "retryable")];
     let pipeline = PipelineDef { name: "retry", plugin: "misbehave", config: &config, ..passthrough(&t) };
-    produce(&t.input, [OutRecord::to(0, "a"), OutRecord::to(0, "flaky"), OutRecord::to(0, "b")]);
+    // One key, so the outputs share an output partition and keep their order.
+    produce(&t.input, ["a", "flaky", "b"].map(|v| OutRecord::to(0, v).key("k")));
     let _host = Host::start("host-a", &pipeline);
     let dead = consume_all(&t.dlq, 1, Duration::from_secs(60));
     assert_eq!(dead.len(), 1);
