@@ -8,8 +8,8 @@
 
 mod runtime_harness;
 
-use runtime_harness::{Outcome, Record, batch, config, outcomes, plugin};
 use kwasm_host::runtime::{Limits, PluginErrorKind, PluginHandler};
+use runtime_harness::{Outcome, Record, batch, config, outcomes, plugin};
 use serde_json::{Value, json};
 
 /// A handler of plugin `name` with `pairs` as config and default limits.
@@ -40,28 +40,40 @@ fn single_json(outcome: &Outcome) -> (Record, Value) {
         panic!("expected one output record, got {records:?}");
     };
     let value = record.value.as_deref().expect("a JSON value");
-    let json = serde_json::from_slice(value)
-        .unwrap_or_else(|e| panic!("output is not JSON ({e}): {}", String::from_utf8_lossy(value)));
-    (Record { value: None, ..record.clone() }, json)
+    let json = serde_json::from_slice(value).unwrap_or_else(|e| {
+        panic!(
+            "output is not JSON ({e}): {}",
+            String::from_utf8_lossy(value)
+        )
+    });
+    (
+        Record {
+            value: None,
+            ..record.clone()
+        },
+        json,
+    )
 }
 
 /// The `InitRejected` message a plugin gives for `pairs`.
 fn init_rejection(name: &str, pairs: &[(&str, &str)]) -> String {
     match plugin(name).handler(config(pairs), Limits::default()) {
         Ok(_) => panic!("plugin `{name}` accepted {pairs:?}"),
-        Err(e) => match e.kind {
+        Err(e) => match &e.kind {
             PluginErrorKind::InitRejected(message) => {
                 assert_eq!(e.context.offsets, None, "init has no offsets");
                 assert!(
-                    e.to_string().starts_with(&format!("plugin `{name}` (sha256:")),
+                    e.to_string()
+                        .starts_with(&format!("plugin `{name}` (sha256:")),
                     "{e}"
                 );
                 assert!(
-                    e.to_string()
-                        .ends_with(&format!(" during init: rejected its configuration: {message}")),
+                    e.to_string().ends_with(&format!(
+                        " during init: rejected its configuration: {message}"
+                    )),
                     "{e}"
                 );
-                message
+                message.clone()
             }
             other => panic!("plugin `{name}`: expected InitRejected, got {other:?} ({e})"),
         },
@@ -82,13 +94,19 @@ fn passthrough_forwards_every_field_of_several_messages_in_order() {
         Record::null(),
         // Binary key and value, a header with a null value, timestamp 0.
         Record {
-            headers: vec![("empty".to_owned(), None), ("blank".to_owned(), Some(vec![]))],
+            headers: vec![
+                ("empty".to_owned(), None),
+                ("blank".to_owned(), Some(vec![])),
+            ],
             ..Record::value([0u8, 0xff, 0x10]).key([0xfe_u8]).timestamp(0)
         },
         Record::value("").key(""),
     ];
     let mut passthrough = handler("passthrough", &[]);
-    let expected: Vec<Outcome> = inputs.iter().map(|r| Outcome::Ok(vec![r.clone()])).collect();
+    let expected: Vec<Outcome> = inputs
+        .iter()
+        .map(|r| Outcome::Ok(vec![r.clone()]))
+        .collect();
     assert_eq!(run(&mut passthrough, &inputs), expected);
     // The same instance handles the next batch just as well.
     assert_eq!(run(&mut passthrough, &inputs[..1]), expected[..1]);
@@ -97,7 +115,11 @@ fn passthrough_forwards_every_field_of_several_messages_in_order() {
 #[test]
 fn passthrough_answers_a_batch_of_1000_in_order() {
     let inputs: Vec<Record> = (0..1000)
-        .map(|i| Record::value(format!("value-{i}")).key(format!("key-{i}")).timestamp(i))
+        .map(|i| {
+            Record::value(format!("value-{i}"))
+                .key(format!("key-{i}"))
+                .timestamp(i)
+        })
         .collect();
     let input = batch("orders", 7, 5_000, &inputs);
     assert_eq!(input.offsets(), Some((5_000, 5_999)));
@@ -110,18 +132,22 @@ fn passthrough_answers_a_batch_of_1000_in_order() {
     // Outcome i belongs to input message i, i.e. offset 5000 + i.
     for (i, (outcome, message)) in got.iter().zip(input.messages()).enumerate() {
         assert_eq!(message.offset(), 5_000 + i as i64);
-        assert_eq!(outcome, &Outcome::Ok(vec![inputs[i].clone()]), "message {i}");
+        assert_eq!(
+            outcome,
+            &Outcome::Ok(vec![inputs[i].clone()]),
+            "message {i}"
+        );
     }
 }
 
 #[test]
-fn passthrough_has_no_config_and_ignores_any() {
-    // The SDK gives a handler without an init function an init that accepts
-    // every config: there is nothing to reject.
-    let mut passthrough = handler("passthrough", &[("anything", "goes")]);
+fn passthrough_rejects_any_config_key() {
+    // It takes no configuration: a key set by mistake fails the deploy.
+    let err = plugin("passthrough").handler(config(&[("anything", "goes")]), Limits::default());
+    let Err(e) = err else { panic!("passthrough accepted an unknown key") };
     assert_eq!(
-        run(&mut passthrough, &[Record::value("v")]),
-        vec![Outcome::Ok(vec![Record::value("v")])]
+        e.kind,
+        PluginErrorKind::InitRejected("unknown config key `anything` (known keys: )".into())
     );
 }
 
@@ -162,16 +188,27 @@ fn filter_drop_mode_drops_matches_and_forwards_the_rest_unchanged() {
 fn filter_keep_mode_forwards_only_matches() {
     let mut filter = handler(
         "filter",
-        &[("field", "order.status"), ("equals", "paid"), ("mode", "keep")],
+        &[
+            ("field", "order.status"),
+            ("equals", "paid"),
+            ("mode", "keep"),
+        ],
     );
-    let inputs = [order("test", 1), order("paid", 2), order("paid", 3), Record::value("{")];
+    let inputs = [
+        order("test", 1),
+        order("paid", 2),
+        order("paid", 3),
+        Record::value("{"),
+    ];
     assert_eq!(
         run(&mut filter, &inputs),
         vec![
             Outcome::Ok(vec![]),
             Outcome::Ok(vec![order("paid", 2)]),
             Outcome::Ok(vec![order("paid", 3)]),
-            Outcome::Permanent("invalid JSON: EOF while parsing an object at line 1 column 1".to_owned()),
+            Outcome::Permanent(
+                "invalid JSON: EOF while parsing an object at line 1 column 1".to_owned()
+            ),
         ]
     );
 }
@@ -183,11 +220,17 @@ fn filter_init_rejects_bad_config() {
         "missing required config key `field`"
     );
     assert_eq!(
-        init_rejection("filter", &[("field", "a"), ("equals", "x"), ("mod", "keep")]),
+        init_rejection(
+            "filter",
+            &[("field", "a"), ("equals", "x"), ("mod", "keep")]
+        ),
         "unknown config key `mod` (known keys: field, equals, mode)"
     );
     assert_eq!(
-        init_rejection("filter", &[("field", "a"), ("equals", "x"), ("mode", "invert")]),
+        init_rejection(
+            "filter",
+            &[("field", "a"), ("equals", "x"), ("mode", "invert")]
+        ),
         "config key `mode`: expected `drop` or `keep`, got \"invert\""
     );
 }
@@ -210,7 +253,10 @@ fn transform_renames_drops_and_adds_fields() {
         .timestamp(42);
     let got = run(&mut transform, &[input, Record::null().key("gone")]);
     let (record, value) = single_json(&got[0]);
-    assert_eq!(record, Record::null().key("u1").header("trace", "t").timestamp(42));
+    assert_eq!(
+        record,
+        Record::null().key("u1").header("trace", "t").timestamp(42)
+    );
     assert_eq!(
         value,
         json!({"user": {"email": "a@b.c"}, "id": 7, "meta": {"source": "kwasm", "version": 2}})
@@ -225,7 +271,11 @@ fn transform_dead_letters_values_that_are_not_json_objects() {
     assert_eq!(
         run(
             &mut transform,
-            &[Record::value("[1,2]"), Record::value("{oops"), Record::value(r#"{"a":1,"b":2}"#)]
+            &[
+                Record::value("[1,2]"),
+                Record::value("{oops"),
+                Record::value(r#"{"a":1,"b":2}"#)
+            ]
         ),
         vec![
             Outcome::Permanent("expected a JSON object, got an array".to_owned()),
@@ -253,6 +303,14 @@ fn transform_init_rejects_bad_config() {
 
 // --------------------------------------------------------------------- router
 
+/// `record` sent to `topic` instead of the pipeline's output topic.
+fn routed(record: Record, topic: &str) -> Record {
+    Record {
+        topic: Some(topic.to_owned()),
+        ..record
+    }
+}
+
 #[test]
 fn router_routes_by_key_through_the_table_with_a_default() {
     let mut router = handler(
@@ -266,30 +324,45 @@ fn router_routes_by_key_through_the_table_with_a_default() {
     let msg = |key: &str| Record::value("v").key(key).header("h", "1").timestamp(9);
     let keyless = Record::value("v").timestamp(9);
     assert_eq!(
-        run(&mut router, &[msg("acme"), msg("globex"), msg("initech"), keyless.clone()]),
+        run(
+            &mut router,
+            &[msg("acme"), msg("globex"), msg("initech"), keyless.clone()]
+        ),
         vec![
-            Outcome::Ok(vec![msg("acme").to_topic("tenant-acme")]),
-            Outcome::Ok(vec![msg("globex").to_topic("tenant-globex")]),
-            Outcome::Ok(vec![msg("initech").to_topic("tenant-other")]),
+            Outcome::Ok(vec![routed(msg("acme"), "tenant-acme")]),
+            Outcome::Ok(vec![routed(msg("globex"), "tenant-globex")]),
+            Outcome::Ok(vec![routed(msg("initech"), "tenant-other")]),
             // No key to route on: the default.
-            Outcome::Ok(vec![keyless.to_topic("tenant-other")]),
+            Outcome::Ok(vec![routed(keyless, "tenant-other")]),
         ]
     );
 }
 
 #[test]
 fn router_routes_by_field_with_a_prefix() {
-    let mut router = handler("router", &[("by", "field:order.region"), ("prefix", "orders-")]);
+    let mut router = handler(
+        "router",
+        &[("by", "field:order.region"), ("prefix", "orders-")],
+    );
     let msg = |value: &str| Record::value(value).key("k");
     let eu = msg(r#"{"order":{"region":"eu"}}"#);
     let numeric = msg(r#"{"order":{"region":7}}"#);
     let missing = msg(r#"{"order":{}}"#);
     let spaced = msg(r#"{"order":{"region":"a b"}}"#);
     assert_eq!(
-        run(&mut router, &[eu.clone(), numeric.clone(), missing.clone(), spaced, msg("nope")]),
+        run(
+            &mut router,
+            &[
+                eu.clone(),
+                numeric.clone(),
+                missing.clone(),
+                spaced,
+                msg("nope")
+            ]
+        ),
         vec![
-            Outcome::Ok(vec![eu.to_topic("orders-eu")]),
-            Outcome::Ok(vec![numeric.to_topic("orders-7")]),
+            Outcome::Ok(vec![routed(eu, "orders-eu")]),
+            Outcome::Ok(vec![routed(numeric, "orders-7")]),
             // Nothing to route on and no default: the pipeline's topic.
             Outcome::Ok(vec![missing]),
             Outcome::Permanent(
@@ -304,7 +377,10 @@ fn router_routes_by_field_with_a_prefix() {
 
 #[test]
 fn router_init_rejects_bad_config() {
-    assert_eq!(init_rejection("router", &[]), "missing required config key `by`");
+    assert_eq!(
+        init_rejection("router", &[]),
+        "missing required config key `by`"
+    );
     assert_eq!(
         init_rejection("router", &[("by", "key"), ("route", "a=b")]),
         "unknown config key `route` (known keys: by, routes, prefix, default)"
@@ -321,7 +397,11 @@ fn router_init_rejects_bad_config() {
 fn redact_masks_fields_emails_and_cards_and_counts_them() {
     let mut redact = handler(
         "redact",
-        &[("fields", "user.ssn"), ("emails", "true"), ("cards", "true")],
+        &[
+            ("fields", "user.ssn"),
+            ("emails", "true"),
+            ("cards", "true"),
+        ],
     );
     let input = Record::value(
         r#"{"user":{"ssn":"123-45-6789","email":"john@example.com"},"note":"card 4111 1111 1111 1111"}"#,
@@ -334,7 +414,12 @@ fn redact_masks_fields_emails_and_cards_and_counts_them() {
     let clean = Record::value(r#"{"note":"order 1234567890123 shipped"}"#);
     let got = run(
         &mut redact,
-        &[input, clean, Record::null().key("gone"), Record::value("ssn=1")],
+        &[
+            input,
+            clean,
+            Record::null().key("gone"),
+            Record::value("ssn=1"),
+        ],
     );
 
     let (record, value) = single_json(&got[0]);
@@ -359,12 +444,14 @@ fn redact_masks_fields_emails_and_cards_and_counts_them() {
     // A tombstone holds nothing to redact.
     assert_eq!(
         got[2],
-        Outcome::Ok(vec![Record::null().key("gone").header("kwasm-redacted", "0")])
+        Outcome::Ok(vec![
+            Record::null().key("gone").header("kwasm-redacted", "0")
+        ])
     );
     // Never passed on unredacted.
     assert_eq!(
         got[3],
-        Outcome::Permanent("invalid JSON: expected ident at line 1 column 2".to_owned())
+        Outcome::Permanent("invalid JSON: expected value at line 1 column 1".to_owned())
     );
 }
 
@@ -373,7 +460,9 @@ fn redact_uses_the_configured_mask_and_leaves_scanners_off_by_default() {
     let mut redact = handler("redact", &[("fields", "a,b.c"), ("mask", "[gone]")]);
     let got = run(
         &mut redact,
-        &[Record::value(r#"{"a":{"x":1},"b":{"c":5},"mail":"john@example.com"}"#)],
+        &[Record::value(
+            r#"{"a":{"x":1},"b":{"c":5},"mail":"john@example.com"}"#,
+        )],
     );
     let (record, value) = single_json(&got[0]);
     assert_eq!(record, Record::null().header("kwasm-redacted", "2"));

@@ -104,11 +104,6 @@ impl Record {
         self.timestamp_ms = Some(timestamp_ms);
         self
     }
-
-    pub fn to_topic(mut self, topic: &str) -> Self {
-        self.topic = Some(topic.to_owned());
-        self
-    }
 }
 
 /// What became of one input message, as plain values.

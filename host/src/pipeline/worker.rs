@@ -201,12 +201,13 @@ impl Worker {
         let partition = msg.partition().to_string();
         let offset_text = offset.to_string();
         let attempts = failure.attempts.to_string();
+        let error_text = truncate(&failure.message, MAX_ERROR_HEADER_BYTES);
         let kwasm_headers = [
             ("kwasm.source.topic", msg.topic().as_bytes()),
             ("kwasm.source.partition", partition.as_bytes()),
             ("kwasm.source.offset", offset_text.as_bytes()),
             ("kwasm.error.kind", failure.kind.as_bytes()),
-            ("kwasm.error.message", failure.message.as_bytes()),
+            ("kwasm.error.message", error_text.as_bytes()),
             ("kwasm.plugin.name", plugin.name().as_bytes()),
             ("kwasm.plugin.digest", plugin.digest().as_bytes()),
             ("kwasm.attempts", attempts.as_bytes()),
@@ -240,6 +241,15 @@ impl Worker {
             offset,
         }
     }
+}
+
+/// Trap messages carry a backtrace and the guest's output; a header that
+/// size is useless and risks the broker's record limit.
+const MAX_ERROR_HEADER_BYTES: usize = 4096;
+
+fn truncate(s: &str, max: usize) -> &str {
+    let end = (0..=max.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    &s[..end]
 }
 
 fn owned_headers<'h>(headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>) -> Option<OwnedHeaders> {

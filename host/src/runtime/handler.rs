@@ -154,6 +154,7 @@ fn classify_or(
             limit_ms: limits.batch_timeout_ms,
         },
         Some(Trap::StackOverflow) => PluginErrorKind::StackOverflow,
+        Some(Trap::MemoryOutOfBounds) if is_shadow_stack_overflow(e) => PluginErrorKind::StackOverflow,
         // A Rust guest whose allocation is refused aborts (`unreachable`);
         // the limiter's note says the refusal came first.
         _ if state.limiter.refused => PluginErrorKind::MemoryLimit {
@@ -168,6 +169,22 @@ fn classify_or(
             other(reason)
         }
     }
+}
+
+/// Rust (and C) guests keep their locals on a "shadow stack" in linear
+/// memory that grows down from a fixed size (1 MiB by default). Overflowing
+/// it wraps the 32-bit stack pointer below zero, so the next store faults at
+/// an address of 4 GiB or more, which no 32-bit linear memory has: that
+/// signature means stack overflow, not a wild pointer. wasmtime exposes the
+/// fault address only in the trap's text ("memory fault at wasm address
+/// 0x100000418 ..."), hence the parsing.
+fn is_shadow_stack_overflow(e: &wasmtime::Error) -> bool {
+    let text = format!("{e:#}");
+    let Some(rest) = text.split("wasm address 0x").nth(1) else {
+        return false;
+    };
+    let hex: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+    u64::from_str_radix(&hex, 16).is_ok_and(|addr| addr >= 1 << 32)
 }
 
 fn last_chars(s: &str, n: usize) -> &str {

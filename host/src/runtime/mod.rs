@@ -119,7 +119,7 @@ impl Runtime {
             .epoch_interruption(true)
             // Traps carry wasm backtraces; names are kept by debug builds of
             // plugins and help authors find the failing line.
-            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32));
+            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(16));
         let engine = Engine::new(&wasm).map_err(RuntimeError::engine)?;
         let linker = host_state::linker(&engine).map_err(RuntimeError::engine)?;
         spawn_epoch_ticker(&engine)?;
@@ -138,7 +138,7 @@ impl Runtime {
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<CompiledPlugin>, ValidationError> {
         check_header(bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
-        let component = self.inner.cache.load_or_compile(&self.inner.engine, &digest, bytes)?;
+        let (component, compiled) = self.inner.cache.load_or_compile(&self.inner.engine, &digest, bytes)?;
         self.check_world(&component)?;
         let instance_pre = self
             .inner
@@ -147,6 +147,10 @@ impl Runtime {
             .map_err(|e| ValidationError::Link(format!("{e:#}")))?;
         let pre = PluginPre::new(instance_pre)
             .map_err(|e| ValidationError::WrongWorld(format!("{e:#}")))?;
+        // Only a valid plugin earns a cache entry.
+        if let Some(compiled) = compiled {
+            self.inner.cache.store(&digest, &compiled);
+        }
         Ok(Arc::new(CompiledPlugin {
             name: name.to_owned(),
             digest,

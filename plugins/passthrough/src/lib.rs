@@ -1,10 +1,15 @@
 //! `passthrough`: forwards every message unchanged (key, value, headers,
 //! timestamp) to the pipeline's output topic. The baseline for benchmarks.
 
-use kwasm_guest::{Error, Message, Output, handler};
+use kwasm_guest::{Config, Error, Message, Output, handler};
+
+/// Takes no configuration: a key set by mistake is an error, not ignored.
+pub fn setup(config: &Config) -> Result<(), String> {
+    config.deny_unknown(&[])
+}
 
 /// Forwards the message as it is.
-#[handler]
+#[handler(init = setup)]
 pub fn handle(msg: &Message) -> Result<Output, Error> {
     Ok(Output::forward(msg))
 }

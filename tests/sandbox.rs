@@ -1,0 +1,570 @@
+//! The runtime's limits and sandbox, proved with the `misbehave` fixture:
+//! each limit ends a call with its own typed error naming the plugin and the
+//! offsets, the runtime (and the failing handler) stay usable afterwards, the
+//! WASI sandbox grants nothing, and uploads that are not kwasm plugins are
+//! refused with a precise reason.
+//!
+//! Needs the plugins and fixtures built for wasm32-wasip2 and
+//! `KWASM_PLUGIN_DIR` set (`scripts/test` does both).
+
+mod runtime_harness;
+
+use std::time::{Duration, Instant};
+
+use kwasm_host::runtime::{
+    BatchContext, InputBatch, Limits, PluginError, PluginErrorKind, PluginHandler, ValidationError,
+};
+use runtime_harness::{
+    Outcome, Record, batch, cache_dir, config, outcomes, plugin, plugin_bytes, runtime,
+};
+use sha2::{Digest, Sha256};
+
+const TOPIC: &str = "sandbox-in";
+const PARTITION: i32 = 3;
+const TIMEOUT_MS: u64 = 500;
+const MEMORY_BYTES: usize = 32 << 20;
+
+/// Short limits, so runaway guests are stopped quickly.
+fn short_limits() -> Limits {
+    Limits {
+        batch_timeout_ms: TIMEOUT_MS,
+        memory_bytes: MEMORY_BYTES,
+        ..Limits::default()
+    }
+}
+
+/// A `misbehave` handler with `pairs` as config, under `limits`.
+fn misbehave_with(pairs: &[(&str, &str)], limits: Limits) -> PluginHandler {
+    plugin("misbehave")
+        .handler(config(pairs), limits)
+        .unwrap_or_else(|e| panic!("misbehave rejected {pairs:?}: {e}"))
+}
+
+fn misbehave(pairs: &[(&str, &str)]) -> PluginHandler {
+    misbehave_with(pairs, short_limits())
+}
+
+/// One message with value `value` at `offset` of the test partition.
+fn one(offset: i64, value: &str) -> InputBatch {
+    batch(TOPIC, PARTITION, offset, &[Record::value(value).key("k")])
+}
+
+/// Runs `input`, which must fail, and checks the error's context.
+fn expect_failure(handler: &mut PluginHandler, input: &InputBatch) -> PluginError {
+    let err = match handler.handle_batch(input) {
+        Ok(output) => panic!("expected the batch to fail, got {:?}", outcomes(&output)),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.context,
+        BatchContext {
+            plugin: "misbehave".to_owned(),
+            digest: plugin("misbehave").digest().to_owned(),
+            topic: TOPIC.to_owned(),
+            partition: PARTITION,
+            offsets: input.offsets(),
+        }
+    );
+    err
+}
+
+/// How an error's Display begins for the misbehave plugin at `offsets`.
+fn display_prefix(offsets: &str) -> String {
+    let digest = plugin("misbehave").digest().to_owned();
+    format!(
+        "plugin `misbehave` (sha256:{}) {offsets} of {TOPIC}/{PARTITION}: ",
+        &digest[..12]
+    )
+}
+
+/// Runs `input` through `handler` and returns its outcomes.
+fn run(handler: &mut PluginHandler, input: &InputBatch) -> Vec<Outcome> {
+    let output = handler
+        .handle_batch(input)
+        .unwrap_or_else(|e| panic!("batch failed: {e}"));
+    outcomes(&output)
+}
+
+/// Handlers that must keep working while others fail: a passthrough created
+/// before the failure, and a `poison` handler that traps on one value only,
+/// to show that a handler whose call failed handles its next batch.
+struct Bystanders {
+    passthrough: PluginHandler,
+    poison: PluginHandler,
+    next_offset: i64,
+}
+
+impl Bystanders {
+    fn new() -> Self {
+        Bystanders {
+            passthrough: plugin("passthrough")
+                .handler(vec![], short_limits())
+                .unwrap_or_else(|e| panic!("passthrough failed to start: {e}")),
+            poison: misbehave(&[("mode", "poison"), ("poison_action", "trap")]),
+            next_offset: 1_000,
+        }
+    }
+
+    /// Both handlers still answer exactly; the poison handler recovers from
+    /// a trap on its very next batch.
+    fn check(&mut self) {
+        let offset = self.next_offset;
+        self.next_offset += 10;
+
+        let healthy = one(offset, "healthy");
+        let forwarded = vec![Outcome::Ok(vec![Record::value("healthy").key("k")])];
+        assert_eq!(run(&mut self.passthrough, &healthy), forwarded);
+
+        let poisoned = one(offset + 1, "poison");
+        let err = expect_failure(&mut self.poison, &poisoned);
+        let PluginErrorKind::Trap(message) = &err.kind else {
+            panic!("expected a trap, got {err}");
+        };
+        let panic_text = format!("misbehave: poison message at offset {}", offset + 1);
+        assert!(message.contains(&panic_text), "{message}");
+
+        let after = one(offset + 2, "healthy");
+        assert_eq!(run(&mut self.poison, &after), forwarded);
+    }
+}
+
+#[test]
+fn a_trap_quotes_what_the_guest_printed_and_the_handler_recovers() {
+    let mut bystanders = Bystanders::new();
+    bystanders.check();
+
+    let mut trapper = misbehave(&[("mode", "trap")]);
+    let input = one(41, "v");
+    let err = expect_failure(&mut trapper, &input);
+    let PluginErrorKind::Trap(message) = &err.kind else {
+        panic!("expected a trap, got {err}");
+    };
+    // A Rust panic aborts with `unreachable`; the panic message is what the
+    // guest printed to stderr just before.
+    assert!(
+        message.contains("wasm `unreachable` instruction executed; the plugin printed: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("panicked at tests/fixtures/misbehave/src/lib.rs:"),
+        "{message}"
+    );
+    assert!(message.contains("misbehave: deliberate trap"), "{message}");
+    assert_eq!(err.kind.code(), "trap");
+    assert_eq!(
+        err.to_string(),
+        format!("{}trapped: {message}", display_prefix("at offset 41"))
+    );
+
+    bystanders.check();
+    // The failed instance was replaced: the next batch runs (and traps) again.
+    let err = expect_failure(&mut trapper, &one(42, "v"));
+    assert!(
+        matches!(&err.kind, PluginErrorKind::Trap(m) if m.contains("misbehave: deliberate trap")),
+        "{err}"
+    );
+    bystanders.check();
+}
+
+#[test]
+fn an_endless_loop_hits_the_deadline() {
+    let mut bystanders = Bystanders::new();
+    let mut spinner = misbehave(&[("mode", "loop")]);
+    let input = batch(
+        TOPIC,
+        PARTITION,
+        10,
+        &[Record::value("a"), Record::value("b")],
+    );
+
+    let started = Instant::now();
+    let err = expect_failure(&mut spinner, &input);
+    let elapsed = started.elapsed();
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::Timeout {
+            limit_ms: TIMEOUT_MS
+        }
+    );
+    assert!(
+        elapsed >= Duration::from_millis(TIMEOUT_MS),
+        "stopped early, after {elapsed:?}"
+    );
+    // A bound on correctness (the loop is really interrupted), not speed.
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}exceeded its 500 ms deadline",
+            display_prefix("at offsets 10..=11")
+        )
+    );
+
+    bystanders.check();
+    let started = Instant::now();
+    let err = expect_failure(&mut spinner, &one(12, "c"));
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::Timeout {
+            limit_ms: TIMEOUT_MS
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    bystanders.check();
+}
+
+#[test]
+fn an_allocation_bomb_hits_the_memory_limit() {
+    let mut bystanders = Bystanders::new();
+    let mut bomb = misbehave(&[("mode", "alloc-bomb")]);
+
+    let err = expect_failure(&mut bomb, &one(7, "v"));
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::MemoryLimit {
+            limit_bytes: MEMORY_BYTES
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}exceeded its 33554432-byte memory limit",
+            display_prefix("at offset 7")
+        )
+    );
+
+    bystanders.check();
+    let err = expect_failure(&mut bomb, &one(8, "v"));
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::MemoryLimit {
+            limit_bytes: MEMORY_BYTES
+        }
+    );
+    bystanders.check();
+}
+
+/// The fixture's frames live partly in the guest's shadow stack in linear
+/// memory (Rust puts it first, so overflowing it faults below address 0) and
+/// partly on wasmtime's native stack; whichever runs out first, an operator
+/// must be told "stack overflow", not a bare memory fault.
+#[test]
+fn unbounded_recursion_overflows_the_stack() {
+    let mut bystanders = Bystanders::new();
+    let mut recursor = misbehave(&[("mode", "stack-overflow")]);
+
+    let err = expect_failure(&mut recursor, &one(3, "v"));
+    assert_eq!(err.kind, PluginErrorKind::StackOverflow, "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!("{}overflowed its stack", display_prefix("at offset 3"))
+    );
+
+    bystanders.check();
+    let err = expect_failure(&mut recursor, &one(4, "v"));
+    assert_eq!(err.kind, PluginErrorKind::StackOverflow, "{err}");
+    bystanders.check();
+}
+
+#[test]
+fn a_record_over_the_record_limit_is_refused() {
+    let mut bystanders = Bystanders::new();
+    // Well under the 32 MiB memory cap: the default 16 MiB value, copied into
+    // the output buffer, would hit the memory limit first.
+    let size = 2 << 20;
+    let mut giant = misbehave(&[("mode", "giant-output"), ("size", &size.to_string())]);
+
+    // No key and no headers: the record's bytes are exactly its value.
+    let input = batch(TOPIC, PARTITION, 20, &[Record::value("v")]);
+    let err = expect_failure(&mut giant, &input);
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::OutputTooLarge {
+            bytes: size,
+            limit_bytes: 1 << 20,
+            what: "per record"
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}returned 2097152 bytes of output, over the 1048576-byte limit (per record)",
+            display_prefix("at offset 20")
+        )
+    );
+
+    bystanders.check();
+    let err = expect_failure(
+        &mut giant,
+        &batch(TOPIC, PARTITION, 21, &[Record::value("v")]),
+    );
+    assert_eq!(err.kind.code(), "output-too-large");
+    bystanders.check();
+}
+
+#[test]
+fn a_batch_over_the_batch_output_limit_is_refused() {
+    let mut bystanders = Bystanders::new();
+    let size = 1 << 19;
+    let limits = Limits {
+        max_output_bytes: 1 << 20,
+        ..short_limits()
+    };
+    let mut giant = misbehave_with(
+        &[("mode", "giant-output"), ("size", &size.to_string())],
+        limits,
+    );
+
+    // Each record alone is within the per-record limit; three are not.
+    let records = [Record::value("a"), Record::value("b"), Record::value("c")];
+    let err = expect_failure(&mut giant, &batch(TOPIC, PARTITION, 30, &records));
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::OutputTooLarge {
+            bytes: 3 * size,
+            limit_bytes: 1 << 20,
+            what: "per batch"
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}returned 1572864 bytes of output, over the 1048576-byte limit (per batch)",
+            display_prefix("at offsets 30..=32")
+        )
+    );
+
+    bystanders.check();
+    // Two records fit.
+    let got = run(&mut giant, &batch(TOPIC, PARTITION, 33, &records[..2]));
+    let giant_value = Record::value(vec![b'x'; size]);
+    assert_eq!(
+        got,
+        vec![
+            Outcome::Ok(vec![giant_value.clone()]),
+            Outcome::Ok(vec![giant_value])
+        ]
+    );
+    bystanders.check();
+}
+
+#[test]
+fn files_are_out_of_reach() {
+    const ESCAPE: &str = "/tmp/kwasm-escape";
+    assert!(
+        !std::path::Path::new(ESCAPE).exists(),
+        "{ESCAPE} exists before the test: remove it, or this test proves nothing"
+    );
+    let got = run(&mut misbehave(&[("mode", "open-file")]), &one(0, "v"));
+    let [Outcome::Ok(records)] = got.as_slice() else {
+        panic!("expected one forwarded message, got {got:?}");
+    };
+    let [record] = records.as_slice() else {
+        panic!("expected one record, got {records:?}");
+    };
+    let value = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default()).into_owned();
+    // No directory is preopened, so no path resolves to anything.
+    assert_eq!(
+        value,
+        "denied: read /etc/passwd: No such file or directory (os error 44); \
+         create /tmp/kwasm-escape: No such file or directory (os error 44)"
+    );
+    assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
+    assert!(
+        !std::path::Path::new(ESCAPE).exists(),
+        "the plugin created {ESCAPE} on the host"
+    );
+}
+
+#[test]
+fn sockets_are_out_of_reach() {
+    let got = run(&mut misbehave(&[("mode", "open-socket")]), &one(0, "v"));
+    let [Outcome::Ok(records)] = got.as_slice() else {
+        panic!("expected one forwarded message, got {got:?}");
+    };
+    let value =
+        String::from_utf8_lossy(records[0].value.as_deref().unwrap_or_default()).into_owned();
+    assert_eq!(
+        value,
+        "denied: connect 127.0.0.1:1: Permission denied (os error 2); \
+         bind 127.0.0.1:0: Permission denied (os error 2)"
+    );
+}
+
+#[test]
+fn the_environment_is_empty() {
+    let got = run(&mut misbehave(&[("mode", "env")]), &one(0, "v"));
+    assert_eq!(got, vec![Outcome::Ok(vec![Record::value("[]").key("k")])]);
+}
+
+#[test]
+fn logging_plugins_forward_their_messages() {
+    let mut logger = misbehave(&[("mode", "log")]);
+    let records = [
+        Record::value("a").key("k").header("h", "1").timestamp(5),
+        Record::value("b"),
+        Record::null(),
+    ];
+    let expected: Vec<Outcome> = records
+        .iter()
+        .map(|r| Outcome::Ok(vec![r.clone()]))
+        .collect();
+    assert_eq!(
+        run(&mut logger, &batch(TOPIC, PARTITION, 50, &records)),
+        expected
+    );
+    assert_eq!(
+        run(&mut logger, &batch(TOPIC, PARTITION, 53, &records)),
+        expected
+    );
+}
+
+#[test]
+fn init_rejection_carries_the_plugin_message() {
+    let err = match plugin("misbehave").handler(config(&[("mode", "init-reject")]), short_limits())
+    {
+        Ok(_) => panic!("init-reject was accepted"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::InitRejected("misbehave: config rejected on purpose".to_owned())
+    );
+    assert_eq!(err.context.offsets, None);
+    let digest = plugin("misbehave").digest().to_owned();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "plugin `misbehave` (sha256:{}) during init: rejected its configuration: \
+             misbehave: config rejected on purpose",
+            &digest[..12]
+        )
+    );
+}
+
+// ----------------------------------------------------------------- validation
+
+fn refusal(name: &str, bytes: &[u8]) -> ValidationError {
+    match runtime().load(name, bytes) {
+        Ok(p) => panic!("{name} was accepted as {p:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn bytes_that_are_not_wasm_are_refused() {
+    for bytes in [
+        &b""[..],
+        b"\0asm",
+        b"PK\x03\x04 definitely a zip file",
+        &[0xff; 64],
+    ] {
+        assert_eq!(
+            refusal("junk", bytes),
+            ValidationError::NotWasm,
+            "{bytes:?}"
+        );
+    }
+    assert_eq!(
+        ValidationError::NotWasm.to_string(),
+        "not a WebAssembly file: it does not start with the `\\0asm` magic"
+    );
+}
+
+#[test]
+fn a_core_module_is_refused() {
+    let err = refusal("core", b"\0asm\x01\0\0\0");
+    assert_eq!(err, ValidationError::CoreModule);
+    assert!(
+        err.to_string()
+            .starts_with("this is a core WebAssembly module, not a component: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_corrupt_component_is_refused() {
+    // The component magic and layer, then a section id that does not exist.
+    let mut bytes = b"\0asm\x0d\x00\x01\x00".to_vec();
+    bytes.extend_from_slice(&[0x7f, 0x05, 1, 2, 3, 4, 5]);
+    let err = refusal("corrupt", &bytes);
+    let ValidationError::Compile(message) = &err else {
+        panic!("expected a compile error, got {err:?}");
+    };
+    assert!(!message.is_empty());
+    assert_eq!(
+        err.to_string(),
+        format!("invalid WebAssembly component: {message}")
+    );
+}
+
+#[test]
+fn a_component_of_another_world_is_refused() {
+    let err = refusal("other-world", &plugin_bytes("other-world"));
+    let ValidationError::WrongWorld(message) = &err else {
+        panic!("expected a wrong-world error, got {err:?}");
+    };
+    assert!(message.contains("kwasm:plugin/handler@0.1.0"), "{message}");
+    assert_eq!(
+        err.to_string(),
+        "not a kwasm plugin: the component does not export `kwasm:plugin/handler@0.1.0` \
+         (it exports: `greet`); build it with the kwasm-guest SDK's #[handler]"
+    );
+}
+
+// -------------------------------------------------------------- compile cache
+
+/// `(file name, inode, modification time)` of every cache entry of `digest`.
+fn cache_entries(digest: &str) -> Vec<(String, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = cache_dir();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())))
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let ours = name.starts_with(&format!("{digest}-")) && name.ends_with(".cwasm");
+            let meta = entry.metadata().ok()?;
+            ours.then(|| (name, meta.ino(), meta.modified().expect("mtime")))
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn a_second_load_of_the_same_bytes_is_served_from_the_cache() {
+    let bytes = plugin_bytes("passthrough");
+    let first = plugin("passthrough");
+    assert_eq!(first.digest(), hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(first.size_bytes(), bytes.len());
+
+    let before = cache_entries(first.digest());
+    assert!(
+        !before.is_empty(),
+        "no {}-*.cwasm in {}",
+        first.digest(),
+        cache_dir().display()
+    );
+
+    let second = runtime()
+        .load("passthrough-again", &bytes)
+        .unwrap_or_else(|e| panic!("second load failed: {e}"));
+    assert_eq!(second.digest(), first.digest());
+    assert_eq!(second.name(), "passthrough-again");
+    // A miss would have compiled again and renamed a new file into place.
+    assert_eq!(cache_entries(first.digest()), before);
+
+    // And the cached code runs.
+    let mut handler = second
+        .handler(vec![], Limits::default())
+        .unwrap_or_else(|e| panic!("cached plugin failed to start: {e}"));
+    assert_eq!(
+        run(&mut handler, &one(0, "v")),
+        vec![Outcome::Ok(vec![Record::value("v").key("k")])]
+    );
+}
