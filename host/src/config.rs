@@ -40,7 +40,11 @@ pub struct Config {
     /// Default limits for every plugin (a pipeline may override them).
     #[serde(default)]
     pub limits: Limits,
-    /// The pipelines this host runs.
+    /// The plugin and pipeline registry (Kafka topics).
+    #[serde(default)]
+    pub registry: crate::registry::RegistryConfig,
+    /// Pipelines declared here. They win over registry pipelines of the
+    /// same name, and the API cannot change them.
     #[serde(default, rename = "pipeline")]
     pub pipelines: Vec<PipelineSpec>,
 }
@@ -66,6 +70,10 @@ pub struct HostConfig {
     pub commit_interval_ms: u64,
     /// Compiled-plugin cache. Default `.kwasm/cache`.
     pub cache_dir: PathBuf,
+    /// Bearer token required by mutating admin calls; also read from
+    /// `KWASM_ADMIN_TOKEN`. Default none (open: keep the listener on
+    /// 127.0.0.1 then).
+    pub admin_token: Option<String>,
 }
 
 impl Default for HostConfig {
@@ -78,6 +86,7 @@ impl Default for HostConfig {
             shutdown_grace_ms: 10_000,
             commit_interval_ms: 1_000,
             cache_dir: PathBuf::from(".kwasm/cache"),
+            admin_token: None,
         }
     }
 }
@@ -100,8 +109,9 @@ pub struct KafkaConfig {
 pub struct PipelineSpec {
     /// Unique name; `[a-zA-Z0-9._-]`.
     pub name: String,
-    /// Path of the plugin's `.wasm` component.
-    pub plugin: PathBuf,
+    /// The plugin: a path ending in `.wasm`, or a registry plugin as
+    /// `name@version` (or `name` for the newest version).
+    pub plugin: String,
     /// Configuration handed to the plugin's `init`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -246,6 +256,16 @@ impl Config {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Applies environment overrides documented on the fields.
+    pub fn with_env(mut self) -> Self {
+        if let Ok(token) = std::env::var("KWASM_ADMIN_TOKEN")
+            && !token.is_empty()
+        {
+            self.host.admin_token = Some(token);
+        }
+        self
     }
 
     /// Checks values serde cannot: ranges, names, one input form per pipeline.

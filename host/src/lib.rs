@@ -14,5 +14,6 @@ pub mod config;
 pub mod kafka;
 pub mod metrics_names;
 pub mod pipeline;
+pub mod registry;
 pub mod runtime;
 pub mod serve;

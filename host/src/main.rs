@@ -1,5 +1,6 @@
 //! The `kwasm` command line.
 
+mod cli;
 mod local_test;
 
 use std::path::PathBuf;
@@ -9,7 +10,12 @@ use clap::{Parser, Subcommand};
 
 /// kwasm: WebAssembly plugins over Kafka consumer groups.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "The client commands (plugin, pipeline, status) talk to a host's admin API: \
+                  --url (env KWASM_URL, default http://127.0.0.1:8080) and --token (env KWASM_TOKEN)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +38,16 @@ enum Command {
     /// Run a plugin locally on JSON-lines messages and print its outputs as
     /// JSON lines (no Kafka needed).
     Test(local_test::TestArgs),
+    /// Create a new plugin crate, ready to build with `cargo build --release`.
+    New(cli::scaffold::NewArgs),
+    /// Upload and list plugins (through a host's admin API).
+    Plugin(cli::plugin::PluginArgs),
+    /// Create, list, pause, resume and delete pipelines (through a host's
+    /// admin API).
+    Pipeline(cli::pipeline::PipelineArgs),
+    /// Show which host holds which partition of every pipeline, and its lag
+    /// (through a host's admin API).
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +56,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Test(args) => local_test::run(args),
+        Command::New(args) => cli::scaffold::run(args).map_err(Into::into),
+        Command::Plugin(args) => cli::plugin::run(args).map_err(Into::into),
+        Command::Pipeline(args) => cli::pipeline::run(args).map_err(Into::into),
+        Command::Status(args) => cli::status::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,7 +71,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = kwasm_host::config::Config::load(&path)?;
+    let config = kwasm_host::config::Config::load(&path)?.with_env();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(kwasm_host::serve::serve(config))?;
     Ok(())

@@ -6,22 +6,14 @@ use std::sync::Arc;
 use crate::admin::{AdminState, router};
 use crate::config::Config;
 use crate::kafka::{OutputProducer, producer_config};
-use crate::pipeline::{Pipeline, PipelineDeps};
+use crate::pipeline::PipelineDeps;
+use crate::pipeline::manager::PipelineManager;
+use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// A plugin file could not be read.
-    #[error("pipeline `{pipeline}`: cannot read plugin {path}: {source}")]
-    PluginFile {
-        /// Pipeline.
-        pipeline: String,
-        /// File.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
     /// Anything else, already phrased for the operator.
     #[error("{0}")]
     Start(String),
@@ -43,29 +35,30 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         permits: Arc::new(tokio::sync::Semaphore::new(config.host.workers)),
         runtime: tokio::runtime::Handle::current(),
     };
-    let mut pipelines = Vec::new();
-    for spec in &config.pipelines {
-        let bytes = std::fs::read(&spec.plugin).map_err(|source| ServeError::PluginFile {
-            pipeline: spec.name.clone(),
-            path: spec.plugin.display().to_string(),
-            source,
-        })?;
-        let plugin_name = spec.plugin.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
-        let plugin = runtime
-            .load(&plugin_name, &bytes)
-            .map_err(|e| start(&format!("pipeline `{}`: plugin {}: {e}", spec.name, spec.plugin.display())))?;
-        let limits = spec.limits.clone().unwrap_or_else(|| config.limits.clone());
-        // Instantiate once now so a rejected config fails at startup.
-        let config_pairs = spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        plugin
-            .handler(config_pairs, limits.clone())
-            .map_err(|e| start(&format!("pipeline `{}`: {e}", spec.name)))?;
-        pipelines.push(Pipeline::start(spec.clone(), plugin, limits, &deps).map_err(|e| start(&e))?);
+    let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id)
+        .await
+        .map_err(|e| start(&e))?;
+    wait_caught_up(&registry).await;
+    let mut manager = PipelineManager::new(runtime.clone(), Some(registry.clone()), deps, config.pipelines.clone(), config.limits.clone());
+    manager.reconcile().await;
+    let view = manager.view();
+    // A config-file pipeline that cannot start is a startup error: the
+    // operator's deploy is wrong, and saying so now beats a silent stall.
+    if let Some((name, error)) = view.errors().into_iter().find(|(n, _)| view.config_names().contains(n)) {
+        return Err(ServeError::Start(format!("pipeline `{name}`: {error}")));
     }
+    let (stop_manager, manager_stop) = tokio::sync::oneshot::channel();
+    let manager_task = tokio::spawn(manager.run(manager_stop));
+
+    let (stop_publisher, publisher_stop) = tokio::sync::oneshot::channel();
+    let publisher = tokio::spawn(publish_members(registry.clone(), view.clone(), config.host.id.clone(), publisher_stop));
 
     let state = AdminState {
         host_id: config.host.id.clone(),
-        pipelines: Arc::new(pipelines.iter().map(|p| p.status().clone()).collect()),
+        view,
+        registry: Some(registry),
+        runtime,
+        token: config.host.admin_token.clone(),
         metrics: Some(metrics),
     };
     let listener = tokio::net::TcpListener::bind(&config.host.admin_listen)
@@ -85,15 +78,81 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
 
     wait_for_signal().await;
     tracing::info!(host = %config.host.id, "shutdown requested: draining and committing");
-    for p in &pipelines {
-        p.begin_stop();
-    }
-    let _ = tokio::task::spawn_blocking(move || pipelines.into_iter().for_each(Pipeline::join)).await;
+    let _ = stop_manager.send(());
+    let _ = manager_task.await;
+    let _ = stop_publisher.send(());
+    let _ = publisher.await;
     producer.flush(std::time::Duration::from_millis(config.host.shutdown_grace_ms));
     let _ = stop_admin.send(());
     let _ = admin.await;
     tracing::info!(host = %config.host.id, "kwasm host stopped");
     Ok(())
+}
+
+/// Publishes what this host holds of each pipeline's group to the registry
+/// (for `GET /v1/pipelines/{name}/members` on any host): on every change,
+/// and every 10 s. At shutdown the records are withdrawn.
+async fn publish_members(
+    registry: Registry,
+    view: crate::pipeline::manager::ManagerView,
+    host: String,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use std::collections::HashMap;
+    use crate::registry::{MemberRecord, TopicPartition};
+    let mut last: HashMap<String, (Vec<TopicPartition>, std::time::Instant)> = HashMap::new();
+    let mut published: HashMap<String, MemberRecord> = HashMap::new();
+    loop {
+        for status in view.running() {
+            let partitions: Vec<TopicPartition> = status
+                .partitions()
+                .into_iter()
+                .map(|p| TopicPartition { topic: p.topic, partition: p.partition })
+                .collect();
+            let due = last
+                .get(&status.pipeline)
+                .is_none_or(|(prev, at)| *prev != partitions || at.elapsed() >= std::time::Duration::from_secs(10));
+            if !due {
+                continue;
+            }
+            let record = MemberRecord {
+                host: host.clone(),
+                pipeline: status.pipeline.clone(),
+                group_id: status.group_id.clone(),
+                partitions: partitions.clone(),
+                updated_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+            };
+            match registry.publish_member(&record, false).await {
+                Ok(()) => {
+                    last.insert(status.pipeline.clone(), (partitions, std::time::Instant::now()));
+                    published.insert(status.pipeline.clone(), record);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot publish this host's assignment"),
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
+    for record in published.values() {
+        let _ = registry.publish_member(record, true).await;
+    }
+}
+
+/// Gives the registry replay up to 60 s before starting pipelines, so a
+/// restarted host runs the registry's pipelines from the start; after that
+/// the manager starts them as the replay completes.
+async fn wait_caught_up(registry: &Registry) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !registry.caught_up() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if !registry.caught_up() {
+        tracing::warn!("registry replay still running after 60 s; starting config-file pipelines now");
+    }
 }
 
 async fn wait_for_signal() {

@@ -28,14 +28,21 @@ pub struct PipelineDef<'a> {
 }
 
 impl Host {
-    /// Starts `kwasm serve` with `pipeline`, named `id`.
+    /// Starts `kwasm serve` with `pipeline`, named `id`; its registry topics
+    /// are named after the pipeline's group, so tests stay apart.
     pub fn start(id: &str, pipeline: &PipelineDef<'_>) -> Host {
+        Self::start_with(id, pipeline.group, Some(pipeline))
+    }
+
+    /// Starts `kwasm serve` with no config-file pipeline, on the registry
+    /// topics `<registry>-plugins`, `-pipelines`, `-members`.
+    pub fn start_bare(id: &str, registry: &str) -> Host {
+        Self::start_with(id, registry, None)
+    }
+
+    fn start_with(id: &str, registry: &str, pipeline: Option<&PipelineDef<'_>>) -> Host {
         let admin_port = free_port();
-        let plugin_config: Vec<String> = pipeline.config.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
-        let dead_letter = pipeline
-            .dead_letter
-            .map(|d| format!("dead_letter_topic = {d:?}\n"))
-            .unwrap_or_default();
+        let pipeline_text = pipeline.map(pipeline_toml).unwrap_or_default();
         let text = format!(
             r#"
 [host]
@@ -52,6 +59,45 @@ brokers = {brokers:?}
 "heartbeat.interval.ms" = "500"
 "topic.metadata.refresh.interval.ms" = "1000"
 
+[registry]
+plugins_topic = "{registry}-plugins"
+pipelines_topic = "{registry}-pipelines"
+members_topic = "{registry}-members"
+{pipeline_text}"#,
+            cache = std::env::temp_dir().join("kwasm-e2e-cache"),
+            brokers = brokers(),
+        );
+        let mut config = tempfile::NamedTempFile::new().expect("temp config file");
+        config.write_all(text.as_bytes()).expect("write config");
+        let path = config.path().to_string_lossy().into_owned();
+        let process = HostProcess::spawn(&["serve", "--config", &path], &[("KWASM_LOG", "info")], id);
+        Host { process, admin_port, _config: config }
+    }
+
+    /// A JSON call to this host's admin API.
+    pub fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let (status, text) = http_request(self.admin_port, method, path, body)
+            .unwrap_or_else(|| panic!("{method} {path}: host {} does not answer", self.process.name()));
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Waits until the admin API answers `/readyz` with 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let ready = kwasm_tests::wait_until(timeout, Duration::from_millis(100), || {
+            http_get(self.admin_port, "/readyz").is_some_and(|(s, _)| s == 200)
+        });
+        assert!(ready, "host {} not ready: {:?}", self.process.name(), http_get(self.admin_port, "/readyz"));
+    }
+}
+
+fn pipeline_toml(pipeline: &PipelineDef<'_>) -> String {
+        let plugin_config: Vec<String> = pipeline.config.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+        let dead_letter = pipeline
+            .dead_letter
+            .map(|d| format!("dead_letter_topic = {d:?}\n"))
+            .unwrap_or_default();
+        format!(
+            r#"
 [[pipeline]]
 name = {name:?}
 plugin = {plugin:?}
@@ -64,22 +110,16 @@ initial_backoff_ms = 10
 [pipeline.config]
 {plugin_config}
 "#,
-            cache = std::env::temp_dir().join("kwasm-e2e-cache"),
-            brokers = brokers(),
             name = pipeline.name,
             plugin = plugin_path(pipeline.plugin),
             input = pipeline.input,
             output = pipeline.output,
             group = pipeline.group,
             plugin_config = plugin_config.join("\n"),
-        );
-        let mut config = tempfile::NamedTempFile::new().expect("temp config file");
-        config.write_all(text.as_bytes()).expect("write config");
-        let path = config.path().to_string_lossy().into_owned();
-        let process = HostProcess::spawn(&["serve", "--config", &path], &[("KWASM_LOG", "info")], id);
-        Host { process, admin_port, _config: config }
-    }
+        )
+}
 
+impl Host {
     /// Partitions of `topic` this host holds, per its admin API; `None`
     /// while the API is not up (or the process is gone).
     pub fn partitions(&self, topic: &str) -> Option<BTreeSet<i32>> {
@@ -101,9 +141,15 @@ initial_backoff_ms = 10
 
 /// A bare HTTP/1.0 GET on 127.0.0.1; `None` when nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, b"")
+}
+
+/// A bare HTTP/1.0 request on 127.0.0.1; `None` when nothing answers.
+pub fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len()).ok()?;
+    stream.write_all(body).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;

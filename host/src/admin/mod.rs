@@ -1,25 +1,41 @@
-//! The admin HTTP API (axum). This module holds the read-only endpoints a
-//! host needs from day one: liveness, readiness, metrics, and the partitions
-//! it holds. Build it with [`router`] so tests can call it in-process.
+//! The admin HTTP API (axum), documented in docs/api.md and served as
+//! OpenAPI at `/v1/openapi.json`. Build it with [`router`] so tests can
+//! call it in-process with `tower::ServiceExt::oneshot`.
+//!
+//! Every error is `{"error": {"code", "message"}}` with its status
+//! ([`AdminError`]); bodies are parsed by hand so a malformed one gets the
+//! same shape. Mutating calls need the bearer token when one is set.
 
-use std::sync::Arc;
+mod error;
+mod handlers;
+mod openapi;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::Method;
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Serialize;
+use axum::routing::{delete, get, post};
 
-use crate::pipeline::{PartitionStatus, PipelineStatus};
+pub use error::AdminError;
 
-/// What the handlers read.
+use crate::pipeline::manager::ManagerView;
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+
+/// What the handlers read and write.
 #[derive(Clone)]
 pub struct AdminState {
     /// This host's id.
     pub host_id: String,
-    /// Every pipeline running here.
-    pub pipelines: Arc<Vec<Arc<PipelineStatus>>>,
+    /// Running pipelines and deploy errors.
+    pub view: ManagerView,
+    /// The shared registry (`None`: plugin and pipeline calls answer 503).
+    pub registry: Option<Registry>,
+    /// Validates uploads.
+    pub runtime: Runtime,
+    /// Bearer token for mutating calls.
+    pub token: Option<String>,
     /// Renders Prometheus text, when metrics are installed.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -27,56 +43,42 @@ pub struct AdminState {
 /// The API's routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/assignments", get(assignments))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/assignments", get(handlers::assignments))
+        .route("/v1/plugins", get(handlers::list_plugins))
+        .route("/v1/plugins/{name}", get(handlers::get_plugin).post(handlers::upload_plugin))
+        .route("/v1/plugins/{name}/versions/{version}", delete(handlers::delete_plugin_version))
+        .route("/v1/pipelines", get(handlers::list_pipelines))
+        .route(
+            "/v1/pipelines/{name}",
+            get(handlers::get_pipeline).put(handlers::put_pipeline).delete(handlers::delete_pipeline),
+        )
+        .route("/v1/pipelines/{name}/pause", post(handlers::pause_pipeline))
+        .route("/v1/pipelines/{name}/resume", post(handlers::resume_pipeline))
+        .route("/v1/pipelines/{name}/members", get(handlers::members))
+        // Upload size is checked by the handler, against the registry's
+        // limit, so the answer is our JSON 413 rather than axum's text.
+        .layer(DefaultBodyLimit::disable())
+        .layer(from_fn_with_state(state.clone(), require_token))
+        .fallback(|| async { AdminError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
 
-/// Assignments of one pipeline on this host.
-#[derive(Debug, Serialize)]
-pub struct PipelineAssignments {
-    /// Pipeline name.
-    pub pipeline: String,
-    /// Consumer group.
-    pub group_id: String,
-    /// Plugin name.
-    pub plugin: String,
-    /// Plugin digest.
-    pub plugin_digest: String,
-    /// Partitions held.
-    pub partitions: Vec<PartitionStatus>,
-}
-
-async fn assignments(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    let pipelines: Vec<PipelineAssignments> = state
-        .pipelines
-        .iter()
-        .map(|p| PipelineAssignments {
-            pipeline: p.pipeline.clone(),
-            group_id: p.group_id.clone(),
-            plugin: p.plugin.clone(),
-            plugin_digest: p.plugin_digest.clone(),
-            partitions: p.partitions(),
-        })
-        .collect();
-    Json(serde_json::json!({ "host": state.host_id, "pipelines": pipelines }))
-}
-
-async fn readyz(State(state): State<AdminState>) -> Response {
-    let down: Vec<&str> = state.pipelines.iter().filter(|p| !p.broker_ok()).map(|p| p.pipeline.as_str()).collect();
-    if down.is_empty() {
-        Json(serde_json::json!({"status": "ready"})).into_response()
-    } else {
-        let body = serde_json::json!({"error": {"code": "not_ready", "message": format!("broker unreachable for pipelines: {}", down.join(", "))}});
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+/// Mutating calls need `Authorization: Bearer <token>` when a token is set.
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let mutating = matches!(*request.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH);
+    if let (true, Some(token)) = (mutating, &state.token) {
+        let given = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            return AdminError::Unauthorized.into_response();
+        }
     }
-}
-
-async fn metrics(State(state): State<AdminState>) -> Response {
-    match &state.metrics {
-        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": {"code": "not_found", "message": "metrics are not enabled"}}))).into_response(),
-    }
+    next.run(request).await
 }

@@ -106,7 +106,8 @@ impl PipelineContext {
     /// Starts a worker for a newly assigned partition.
     fn assign(&self, key: PartitionKey) {
         let s = &self.shared;
-        let handler = match s.plugin.handler(s.plugin_config(), s.limits.clone()) {
+        let (deployment, generation) = s.deployment.current();
+        let handler = match deployment.handler() {
             Ok(h) => h,
             Err(e) => {
                 // Without a worker the partition's messages are dropped
@@ -129,8 +130,10 @@ impl PipelineContext {
                 stop: stop.clone(),
                 permits: s.permits.clone(),
                 runtime: s.runtime.clone(),
+                deployment: s.deployment.clone(),
             },
             handler,
+            generation,
         );
         let thread = spawn_worker(&s.spec.name, &key, worker, rx);
         tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, host = %s.host_id, "partition assigned");

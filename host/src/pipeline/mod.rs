@@ -10,6 +10,8 @@
 //! shutdown).
 
 mod consumer;
+pub mod deployment;
+pub mod manager;
 mod status;
 mod worker;
 
@@ -20,30 +22,23 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+pub use deployment::{Deployment, DeploymentCell};
 pub use status::{PartitionStatus, PipelineStatus};
 
 use crate::config::{HostConfig, KafkaConfig, PipelineSpec};
 use crate::kafka::{OutputProducer, consumer_config};
-use crate::runtime::{CompiledPlugin, Limits};
 use consumer::PipelineContext;
 
 /// What every part of one pipeline shares. Immutable but for `status`.
 pub(crate) struct PipelineShared {
     spec: PipelineSpec,
-    plugin: Arc<CompiledPlugin>,
-    limits: Limits,
+    deployment: Arc<DeploymentCell>,
     producer: OutputProducer,
     permits: Arc<tokio::sync::Semaphore>,
     runtime: tokio::runtime::Handle,
     grace: Duration,
     host_id: String,
     status: Arc<PipelineStatus>,
-}
-
-impl PipelineShared {
-    fn plugin_config(&self) -> Vec<(String, String)> {
-        self.spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
 }
 
 /// Everything a pipeline needs from the host.
@@ -83,13 +78,13 @@ pub enum PipelineError {
 
 impl Pipeline {
     /// Joins the pipeline's consumer group and starts processing.
-    pub fn start(spec: PipelineSpec, plugin: Arc<CompiledPlugin>, limits: Limits, deps: &PipelineDeps) -> Result<Pipeline, PipelineError> {
+    pub fn start(spec: PipelineSpec, deployment: Deployment, deps: &PipelineDeps) -> Result<Pipeline, PipelineError> {
         let pipeline = spec.name.clone();
         let kafka_err = |message: String| PipelineError::Kafka { pipeline: pipeline.clone(), message };
-        let status = Arc::new(PipelineStatus::new(&spec, &plugin));
+        let deployment = Arc::new(DeploymentCell::new(deployment));
+        let status = Arc::new(PipelineStatus::new(&spec, deployment.clone()));
         let shared = Arc::new(PipelineShared {
-            plugin,
-            limits,
+            deployment,
             producer: deps.producer.clone(),
             permits: deps.permits.clone(),
             runtime: deps.runtime.clone(),
@@ -130,6 +125,13 @@ impl Pipeline {
     /// What this host holds for the pipeline.
     pub fn status(&self) -> &Arc<PipelineStatus> {
         &self.status
+    }
+
+    /// Switches every partition to `deployment` at its next batch boundary.
+    pub fn redeploy(&self, deployment: Deployment) {
+        tracing::info!(pipeline = %self.name, plugin = deployment.plugin.name(), version = ?deployment.version,
+            digest = deployment.plugin.digest(), "hot deploy: partitions switch at their next batch");
+        self.status.deployment().replace(deployment);
     }
 
     /// Asks the consumer thread to drain, commit and leave the group.

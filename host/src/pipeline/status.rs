@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::config::PipelineSpec;
-use crate::runtime::CompiledPlugin;
+use super::DeploymentCell;
 
 /// One held partition.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -30,24 +32,32 @@ pub struct PipelineStatus {
     pub pipeline: String,
     /// Consumer group.
     pub group_id: String,
-    /// Plugin name and digest.
-    pub plugin: String,
-    /// Plugin digest.
-    pub plugin_digest: String,
+    spec: PipelineSpec,
+    deployment: Arc<DeploymentCell>,
     partitions: Mutex<BTreeMap<(String, i32), PartitionStatus>>,
     broker_ok: AtomicBool,
 }
 
 impl PipelineStatus {
-    pub(crate) fn new(spec: &PipelineSpec, plugin: &CompiledPlugin) -> Self {
+    pub(crate) fn new(spec: &PipelineSpec, deployment: Arc<DeploymentCell>) -> Self {
         PipelineStatus {
             pipeline: spec.name.clone(),
             group_id: spec.group_id(),
-            plugin: plugin.name().to_owned(),
-            plugin_digest: plugin.digest().to_owned(),
+            spec: spec.clone(),
+            deployment,
             partitions: Mutex::new(BTreeMap::new()),
             broker_ok: AtomicBool::new(true),
         }
+    }
+
+    /// The pipeline's definition.
+    pub fn spec(&self) -> &PipelineSpec {
+        &self.spec
+    }
+
+    /// What the pipeline runs now.
+    pub fn deployment(&self) -> &Arc<DeploymentCell> {
+        &self.deployment
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), PartitionStatus>> {

@@ -21,6 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::config::RetryPolicy;
 use crate::kafka::{DeliveryToken, OffsetTracker, OutRecord, OutputProducer};
+use super::DeploymentCell;
 use crate::metrics_names as m;
 use crate::runtime::{InputBatch, InputMessage, OutcomeView, OutputView, PluginError, PluginErrorKind, PluginHandler};
 
@@ -37,6 +38,8 @@ pub(crate) struct WorkerContext {
     /// Bounds plugin calls running at once across the host.
     pub permits: Arc<tokio::sync::Semaphore>,
     pub runtime: tokio::runtime::Handle,
+    /// What to run; checked at every batch boundary (hot deploy).
+    pub deployment: Arc<DeploymentCell>,
 }
 
 /// Why a message is dead-lettered.
@@ -49,11 +52,32 @@ struct Failure<'a> {
 pub(crate) struct Worker {
     ctx: WorkerContext,
     handler: PluginHandler,
+    /// The deployment generation `handler` belongs to.
+    generation: u64,
 }
 
 impl Worker {
-    pub(crate) fn new(ctx: WorkerContext, handler: PluginHandler) -> Self {
-        Worker { ctx, handler }
+    pub(crate) fn new(ctx: WorkerContext, handler: PluginHandler, generation: u64) -> Self {
+        Worker { ctx, handler, generation }
+    }
+
+    /// Switches to a newer deployment, between batches only. If the new
+    /// one cannot be instantiated the old keeps running (and says so):
+    /// the manager validated it, so this is a rare, loud failure.
+    fn follow_deployment(&mut self, next_offset: Option<(i64, i64)>) {
+        if self.ctx.deployment.generation() == self.generation {
+            return;
+        }
+        let (deployment, generation) = self.ctx.deployment.current();
+        self.generation = generation;
+        match deployment.handler() {
+            Ok(handler) => {
+                tracing::info!(pipeline = %self.ctx.pipeline, plugin = deployment.plugin.name(), version = ?deployment.version,
+                    from_offset = ?next_offset.map(|o| o.0), "partition switched to the new deployment");
+                self.handler = handler;
+            }
+            Err(e) => tracing::error!(pipeline = %self.ctx.pipeline, error = %e, "cannot start the new deployment; keeping the old one"),
+        }
     }
 
     /// Processes batches until the channel closes or `stop` is set. A batch
@@ -77,6 +101,7 @@ impl Worker {
     }
 
     fn process(&mut self, batch: &InputBatch) {
+        self.follow_deployment(batch.offsets());
         let started = std::time::Instant::now();
         let result = self.handler.handle_batch(batch);
         metrics::histogram!(m::BATCH_SECONDS, "pipeline" => self.ctx.pipeline.clone())

@@ -1,0 +1,297 @@
+//! The API's handlers: small functions over [`AdminState`].
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{AdminError, AdminState};
+use crate::registry::{PluginVersion, Registry, StoredPipeline, parse_plugin_ref};
+
+type ApiResult<T> = Result<T, AdminError>;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(state): State<AdminState>) -> Response {
+    let mut problems = Vec::new();
+    if state.registry.as_ref().is_some_and(|r| !r.caught_up()) {
+        problems.push("registry replay not complete".to_owned());
+    }
+    if !state.view.reconciled() {
+        problems.push("pipelines not started yet".to_owned());
+    }
+    for p in state.view.running() {
+        if !p.broker_ok() {
+            problems.push(format!("pipeline `{}`: broker unreachable", p.pipeline));
+        }
+    }
+    for (name, e) in state.view.errors() {
+        problems.push(format!("pipeline `{name}`: {e}"));
+    }
+    if problems.is_empty() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        AdminError::Unavailable(format!("not ready: {}", problems.join("; "))).into_response()
+    }
+}
+
+pub async fn metrics(State(state): State<AdminState>) -> Response {
+    match &state.metrics {
+        Some(h) => ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => AdminError::NotFound("metrics are not enabled on this host".into()).into_response(),
+    }
+}
+
+pub async fn assignments(State(state): State<AdminState>) -> Json<Value> {
+    let pipelines: Vec<Value> = state
+        .view
+        .running()
+        .iter()
+        .map(|p| {
+            let (d, _) = p.deployment().current();
+            json!({
+                "pipeline": p.pipeline,
+                "group_id": p.group_id,
+                "plugin": d.plugin.name(),
+                "plugin_version": d.version,
+                "plugin_digest": d.plugin.digest(),
+                "partitions": p.partitions(),
+            })
+        })
+        .collect();
+    Json(json!({"host": state.host_id, "pipelines": pipelines}))
+}
+
+fn registry(state: &AdminState) -> ApiResult<&Registry> {
+    state
+        .registry
+        .as_ref()
+        .ok_or_else(|| AdminError::Unavailable("this host runs without a registry".into()))
+}
+
+#[derive(Serialize)]
+struct PluginView<'a> {
+    name: &'a str,
+    versions: Vec<VersionView<'a>>,
+}
+
+#[derive(Serialize)]
+struct VersionView<'a> {
+    version: u32,
+    digest: &'a str,
+    size_bytes: usize,
+    created_ms: i64,
+}
+
+fn version_view(v: &PluginVersion) -> VersionView<'_> {
+    VersionView { version: v.version, digest: &v.digest, size_bytes: v.size_bytes, created_ms: v.created_ms }
+}
+
+pub async fn list_plugins(State(state): State<AdminState>) -> ApiResult<Json<Value>> {
+    let state = registry(&state)?.read();
+    let plugins: Vec<PluginView<'_>> = state
+        .plugins()
+        .map(|(name, versions)| PluginView { name, versions: versions.into_iter().map(version_view).collect() })
+        .collect();
+    Ok(Json(json!({ "plugins": plugins })))
+}
+
+pub async fn get_plugin(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let reg = registry(&state)?.read();
+    let versions = reg.plugin(&name).ok_or_else(|| AdminError::NotFound(format!("no plugin named `{name}`")))?;
+    let view = PluginView { name: &name, versions: versions.into_iter().map(version_view).collect() };
+    Ok(Json(serde_json::to_value(view).unwrap_or_default()))
+}
+
+pub async fn upload_plugin(State(state): State<AdminState>, Path(name): Path<String>, body: Body) -> ApiResult<Response> {
+    let registry = registry(&state)?;
+    check_name(&name, "plugin")?;
+    let max = registry.config().max_plugin_bytes;
+    let bytes = axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| AdminError::TooLarge(format!("the plugin is larger than this host's limit of {max} bytes (registry.max_plugin_bytes)")))?;
+    if bytes.is_empty() {
+        return Err(AdminError::Invalid("the body is empty: send the plugin's .wasm bytes".into()));
+    }
+    // Validation compiles the component; keep it off the async workers.
+    let runtime = state.runtime.clone();
+    let (n, b) = (name.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || runtime.load(&n, &b))
+        .await
+        .map_err(|e| AdminError::Unavailable(format!("validation failed to run: {e}")))?
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let (version, created) = registry.put_plugin(&name, &bytes).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let body = json!({
+        "name": version.name, "version": version.version, "digest": version.digest,
+        "size_bytes": version.size_bytes, "created_ms": version.created_ms,
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+pub async fn delete_plugin_version(
+    State(state): State<AdminState>,
+    Path((name, version)): Path<(String, u32)>,
+) -> ApiResult<StatusCode> {
+    let registry = registry(&state)?;
+    {
+        let reg = registry.read();
+        reg.plugin_version(&name, Some(version))
+            .ok_or_else(|| AdminError::NotFound(format!("no version {version} of plugin `{name}`")))?;
+        let users: Vec<String> = reg
+            .pipelines()
+            .filter(|p| parse_plugin_ref(&p.plugin).is_ok_and(|(n, v)| n == name && v == Some(version)))
+            .map(|p| format!("`{}`", p.name))
+            .collect();
+        if !users.is_empty() {
+            return Err(AdminError::Conflict(format!(
+                "plugin `{name}` version {version} is used by pipeline {}; point them elsewhere first",
+                users.join(", ")
+            )));
+        }
+    }
+    registry.delete_plugin_version(&name, version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_pipelines(State(state): State<AdminState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "pipelines": all_pipelines(&state)? })))
+}
+
+/// Registry pipelines, plus this host's config-file ones (source `config`).
+fn all_pipelines(state: &AdminState) -> ApiResult<Vec<StoredPipeline>> {
+    let config_names = state.view.config_names();
+    let mut out: Vec<StoredPipeline> = registry(state)?
+        .read()
+        .pipelines()
+        .filter(|p| !config_names.contains(&p.name))
+        .cloned()
+        .collect();
+    for status in state.view.running() {
+        if config_names.contains(&status.pipeline) {
+            out.push(config_pipeline_view(&status));
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn config_pipeline_view(status: &crate::pipeline::PipelineStatus) -> StoredPipeline {
+    let spec = status.spec();
+    let mut p = crate::registry::state::stored_from_spec(spec);
+    p.source = "config".into();
+    p
+}
+
+pub async fn get_pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<StoredPipeline>> {
+    all_pipelines(&state)?
+        .into_iter()
+        .find(|p| p.name == name)
+        .map(Json)
+        .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))
+}
+
+pub async fn put_pipeline(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<StoredPipeline>> {
+    let registry = registry(&state)?;
+    check_name(&name, "pipeline")?;
+    refuse_config_pipeline(&state, &name)?;
+    let mut p: StoredPipeline =
+        serde_json::from_slice(&body).map_err(|e| AdminError::Invalid(format!("invalid pipeline JSON: {e}")))?;
+    if !p.name.is_empty() && p.name != name {
+        return Err(AdminError::Invalid(format!("the body names pipeline `{}` but the path `{name}`", p.name)));
+    }
+    p.name = name;
+    p.source = "api".into();
+    let (plugin, version) = parse_plugin_ref(&p.plugin).map_err(AdminError::Invalid)?;
+    let resolved = registry
+        .read()
+        .plugin_version(plugin, version)
+        .map(|v| v.version)
+        .ok_or_else(|| AdminError::NotFound(format!("no plugin `{}` in the registry", p.plugin)))?;
+    p.plugin = format!("{plugin}@{resolved}");
+    validate_pipeline(&p)?;
+    // Keep pause state across an update.
+    p.paused = registry.read().pipeline(&p.name).is_some_and(|old| old.paused);
+    registry.put_pipeline(&p).await?;
+    Ok(Json(p))
+}
+
+/// The same checks as the config file's, naming the field.
+fn validate_pipeline(p: &StoredPipeline) -> ApiResult<()> {
+    let config = crate::config::Config {
+        host: Default::default(),
+        kafka: crate::config::KafkaConfig { brokers: "validation".into(), properties: Default::default() },
+        limits: Default::default(),
+        registry: Default::default(),
+        pipelines: vec![crate::pipeline::manager::spec_of(p)],
+    };
+    config
+        .validate()
+        .map_err(|e| AdminError::Invalid(e.to_string().replace("pipeline[0].", "")))
+}
+
+pub async fn delete_pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let registry = registry(&state)?;
+    refuse_config_pipeline(&state, &name)?;
+    if registry.read().pipeline(&name).is_none() {
+        return Err(AdminError::NotFound(format!("no pipeline named `{name}`")));
+    }
+    registry.delete_pipeline(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn pause_pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<StoredPipeline>> {
+    set_paused(&state, &name, true).await
+}
+
+pub async fn resume_pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<StoredPipeline>> {
+    set_paused(&state, &name, false).await
+}
+
+async fn set_paused(state: &AdminState, name: &str, paused: bool) -> ApiResult<Json<StoredPipeline>> {
+    let registry = registry(state)?;
+    refuse_config_pipeline(state, name)?;
+    let mut p = registry
+        .read()
+        .pipeline(name)
+        .cloned()
+        .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))?;
+    p.paused = paused;
+    registry.put_pipeline(&p).await?;
+    Ok(Json(p))
+}
+
+pub async fn members(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let pipeline = all_pipelines(&state)?
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))?;
+    let group = pipeline.group_id.clone().unwrap_or_else(|| format!("kwasm-{name}"));
+    let members = registry(&state)?.members(&group).await?;
+    Ok(Json(json!({"pipeline": name, "group_id": group, "members": members})))
+}
+
+fn refuse_config_pipeline(state: &AdminState, name: &str) -> ApiResult<()> {
+    if state.view.config_names().iter().any(|n| n == name) {
+        return Err(AdminError::Conflict(format!(
+            "pipeline `{name}` is declared in the host's config file; change it there"
+        )));
+    }
+    Ok(())
+}
+
+fn check_name(name: &str, what: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(format!("{what} name `{name}` must be 1-200 characters of [a-zA-Z0-9._-]")))
+    }
+}

@@ -1,0 +1,75 @@
+//! The OpenAPI document of the admin API, served at `/v1/openapi.json`.
+//! docs/api.md is the prose version; keep the two in step.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+/// `GET /v1/openapi.json`.
+pub async fn document() -> Json<Value> {
+    Json(spec())
+}
+
+fn op(summary: &str, responses: &[(&str, &str)]) -> Value {
+    let mut r = serde_json::Map::new();
+    for (code, description) in responses {
+        let mut resp = json!({"description": description});
+        if code.starts_with('4') || code.starts_with('5') {
+            resp["content"] = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+        }
+        r.insert((*code).to_owned(), resp);
+    }
+    json!({"summary": summary, "responses": r})
+}
+
+fn spec() -> Value {
+    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let version = json!({"name": "version", "in": "path", "required": true, "schema": {"type": "integer"}});
+    let mut upload = op("Upload a plugin version (body: the component's bytes)", &[("201", "stored"), ("200", "already stored"), ("400", "not a kwasm plugin"), ("401", "token required"), ("413", "too large")]);
+    upload["requestBody"] = json!({"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}});
+    upload["parameters"] = json!([name]);
+    let mut put = op("Create or update a pipeline (plugin or config only: hot deploy)", &[("200", "stored"), ("400", "invalid"), ("401", "token required"), ("404", "unknown plugin"), ("409", "declared in a config file")]);
+    put["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pipeline"}}}});
+    put["parameters"] = json!([name]);
+    let with = |mut o: Value, params: Value| {
+        o["parameters"] = params;
+        o
+    };
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "kwasm admin API", "version": "1"},
+        "paths": {
+            "/healthz": {"get": op("Liveness", &[("200", "alive")])},
+            "/readyz": {"get": op("Readiness", &[("200", "ready"), ("503", "not ready, with the reason")])},
+            "/metrics": {"get": op("Prometheus metrics", &[("200", "text exposition format")])},
+            "/v1/assignments": {"get": op("Partitions this host holds, per pipeline", &[("200", "assignments")])},
+            "/v1/plugins": {"get": op("List plugins and versions", &[("200", "plugins")])},
+            "/v1/plugins/{name}": {"get": with(op("One plugin's versions", &[("200", "plugin"), ("404", "unknown")]), json!([name])), "post": upload},
+            "/v1/plugins/{name}/versions/{version}": {"delete": with(op("Delete a version", &[("204", "deleted"), ("401", "token required"), ("404", "unknown"), ("409", "in use")]), json!([name, version]))},
+            "/v1/pipelines": {"get": op("List pipelines", &[("200", "pipelines")])},
+            "/v1/pipelines/{name}": {
+                "get": with(op("One pipeline", &[("200", "pipeline"), ("404", "unknown")]), json!([name])),
+                "put": put,
+                "delete": with(op("Delete a pipeline", &[("204", "deleted"), ("401", "token required"), ("404", "unknown"), ("409", "declared in a config file")]), json!([name])),
+            },
+            "/v1/pipelines/{name}/pause": {"post": with(op("Stop a pipeline on every host", &[("200", "paused"), ("401", "token required"), ("404", "unknown")]), json!([name]))},
+            "/v1/pipelines/{name}/resume": {"post": with(op("Restart a paused pipeline", &[("200", "resumed"), ("401", "token required"), ("404", "unknown")]), json!([name]))},
+            "/v1/pipelines/{name}/members": {"get": with(op("Every host of the pipeline's group and its partitions", &[("200", "members"), ("404", "unknown")]), json!([name]))},
+            "/v1/openapi.json": {"get": op("This document", &[("200", "OpenAPI 3")])},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string", "enum": ["invalid", "unauthorized", "not_found", "conflict", "too_large", "unavailable"]},
+                "message": {"type": "string"}}}}},
+            "Pipeline": {"type": "object", "required": ["plugin", "output"], "properties": {
+                "plugin": {"type": "string", "description": "name@version or name (newest)"},
+                "config": {"type": "object", "additionalProperties": {"type": "string"}},
+                "inputs": {"type": "array", "items": {"type": "string"}},
+                "input_regex": {"type": "string", "nullable": true},
+                "output": {"type": "string"},
+                "group_id": {"type": "string", "nullable": true},
+                "dead_letter_topic": {"type": "string", "nullable": true},
+                "retry": {"type": "object"},
+                "batch": {"type": "object"}}},
+        }},
+    })
+}

@@ -1,0 +1,228 @@
+//! End-to-end: the registry shared through Kafka, the admin API across
+//! hosts, and hot deploys under load.
+
+mod e2e;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use e2e::Host;
+use kwasm_tests::{OutRecord, consume_all, create_topic, plugin_path, produce, unique, wait_until};
+use serde_json::{Value, json};
+
+const PARTITIONS: i32 = 6;
+
+/// The misbehave fixture's bytes with a custom section appended: a valid
+/// component with a different digest, i.e. a new version of the plugin.
+fn new_version_of(bytes: &[u8], marker: &str) -> Vec<u8> {
+    let name = b"kwasm-test-version";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(marker.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.push(payload.len() as u8); // size (< 128: one LEB128 byte)
+    out.extend(payload);
+    out
+}
+
+fn tagger(input: &str, output: &str, group: &str, version: u32, tag: &str) -> Vec<u8> {
+    json!({
+        "plugin": format!("tagger@{version}"),
+        "config": {"mode": "tag", "tag": tag},
+        "inputs": [input],
+        "output": output,
+        "group_id": group,
+        "batch": {"max_messages": 64, "max_wait_ms": 20},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Partitions per host, waiting until every host holds some and together
+/// they cover the topic exactly once.
+fn wait_cover(hosts: &[&Host], topic: &str) -> Vec<BTreeSet<i32>> {
+    let mut last = Vec::new();
+    let ok = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        last = hosts.iter().map(|h| h.partitions(topic).unwrap_or_default()).collect();
+        let union: BTreeSet<i32> = last.iter().flatten().copied().collect();
+        last.iter().all(|p| !p.is_empty())
+            && last.iter().map(BTreeSet::len).sum::<usize>() == PARTITIONS as usize
+            && union.len() == PARTITIONS as usize
+    });
+    assert!(ok, "partitions never spread over every host exactly once: {last:?}");
+    last
+}
+
+struct Setup {
+    a: Host,
+    b: Host,
+    input: String,
+    output: String,
+    group: String,
+}
+
+/// Two bare hosts; `tagger` v1 uploaded to A and a pipeline using it PUT on A.
+fn two_hosts_running_tagger(test: &str) -> Setup {
+    let input = unique(&format!("{test}-in"));
+    let output = format!("{input}-out");
+    let group = format!("{input}-group");
+    create_topic(&input, PARTITIONS);
+    create_topic(&output, PARTITIONS);
+    let a = Host::start_bare("host-a", &group);
+    let b = Host::start_bare("host-b", &group);
+    a.wait_ready(Duration::from_secs(60));
+    b.wait_ready(Duration::from_secs(60));
+
+    let wasm = std::fs::read(plugin_path("misbehave")).expect("misbehave.wasm");
+    let (status, body) = a.call("POST", "/v1/plugins/tagger", &wasm);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], 1);
+    let (status, body) = a.call("PUT", "/v1/pipelines/tagging", &tagger(&input, &output, &group, 1, "v1"));
+    assert_eq!(status, 200, "{body}");
+    Setup { a, b, input, output, group }
+}
+
+#[test]
+fn a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree() {
+    let started = Instant::now();
+    let s = two_hosts_running_tagger("spread");
+    let owned = wait_cover(&[&s.a, &s.b], &s.input);
+    println!("pipeline running on both hosts {:.2} s after the upload: {owned:?}", started.elapsed().as_secs_f64());
+    assert!(owned.iter().all(|p| !p.is_empty()), "both hosts hold partitions: {owned:?}");
+
+    // Host B knows the plugin and the pipeline through the registry.
+    let (status, body) = s.b.call("GET", "/v1/plugins/tagger", b"");
+    assert_eq!((status, body["versions"][0]["version"].clone()), (200, json!(1)));
+    let (status, body) = s.b.call("GET", "/v1/pipelines/tagging", b"");
+    assert_eq!((status, body["plugin"].clone()), (200, json!("tagger@1")));
+
+    // The group as seen from either host: both hosts, disjoint, covering.
+    for host in [&s.a, &s.b] {
+        let mut members = Value::Null;
+        let complete = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            members = host.call("GET", "/v1/pipelines/tagging/members", b"").1;
+            let parts: Vec<(String, i64)> = members["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|m| m["partitions"].as_array().cloned().unwrap_or_default().into_iter().map(|p| (m["host"].as_str().unwrap_or("").to_owned(), p["partition"].as_i64().unwrap_or(-1))))
+                .collect();
+            let hosts: BTreeSet<&str> = parts.iter().map(|(h, _)| h.as_str()).collect();
+            let partitions: BTreeSet<i64> = parts.iter().map(|(_, p)| *p).collect();
+            hosts == BTreeSet::from(["host-a", "host-b"]) && partitions.len() == PARTITIONS as usize && parts.len() == PARTITIONS as usize
+        });
+        assert!(complete, "members from {}: {members}", host.process.name());
+    }
+
+    // The records flow through the registry's plugin, tagged.
+    produce(&s.input, (0..60).map(|i| OutRecord::to(i % PARTITIONS, format!("m{i}"))));
+    let out = consume_all(&s.output, 60, Duration::from_secs(30));
+    assert_eq!(out.len(), 60);
+    assert!(out.iter().all(|r| r.header("kwasm-tag") == Some(&b"v1"[..])));
+    let _ = s.group;
+}
+
+#[test]
+fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
+    let s = two_hosts_running_tagger("hot-deploy");
+    let before = wait_cover(&[&s.a, &s.b], &s.input);
+
+    // 100k messages over ~10 s, values "p:seq", keyed so order can be read back.
+    let input = s.input.clone();
+    let producer = std::thread::spawn(move || {
+        let mut produced = Vec::new();
+        for chunk in 0..20 {
+            let batch: Vec<(i32, String)> = (0..5_000)
+                .map(|i| {
+                    let n = chunk * 5_000 + i;
+                    let p = n % PARTITIONS;
+                    (p, format!("{p}:{}", n / PARTITIONS))
+                })
+                .collect();
+            produce(&input, batch.iter().map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())));
+            produced.extend(batch);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        produced
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let v2 = new_version_of(&std::fs::read(plugin_path("misbehave")).expect("misbehave.wasm"), "v2");
+    let (status, body) = s.b.call("POST", "/v1/plugins/tagger", &v2);
+    assert_eq!((status, body["version"].clone()), (201, json!(2)), "{body}");
+    let deployed = Instant::now();
+    let releases = |h: &Host| h.process.log_contents().matches("partition released").count();
+    let releases_before = (releases(&s.a), releases(&s.b));
+    let (status, body) = s.b.call("PUT", "/v1/pipelines/tagging", &tagger(&s.input, &s.output, &s.group, 2, "v2"));
+    assert_eq!(status, 200, "{body}");
+    let produced = producer.join().expect("producer");
+    let total = produced.len();
+
+    let output = consume_all(&s.output, total, Duration::from_secs(120));
+    println!("hot deploy: {} outputs for {total} inputs; v2 seen {:.2} s after the PUT", output.len(), deployed.elapsed().as_secs_f64());
+    let per_partition = tags_by_input_partition(&output);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &output {
+        *counts.entry(r.value_str()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), total, "every input appears");
+    assert!(counts.values().all(|&n| n == 1), "no duplicates");
+    for (p, tags) in &per_partition {
+        let switches = tags.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(tags.first().map(String::as_str), Some("v1"), "partition {p} starts on v1");
+        assert_eq!(tags.last().map(String::as_str), Some("v2"), "partition {p} ends on v2");
+        assert_eq!(switches, 1, "partition {p} switches exactly once: v1 before, v2 after");
+    }
+    // No rebalance happened: each host kept its partitions.
+    assert_eq!((releases(&s.a), releases(&s.b)), releases_before, "no partition moved during the deploy");
+    assert_eq!(vec![s.a.partitions(&s.input).unwrap_or_default(), s.b.partitions(&s.input).unwrap_or_default()], before);
+
+    // Rollback is the same call with the old version.
+    let (status, _) = s.a.call("PUT", "/v1/pipelines/tagging", &tagger(&s.input, &s.output, &s.group, 1, "v1"));
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    produce(&s.input, (0..600).map(|i| OutRecord::to(i % PARTITIONS, format!("after-rollback-{i}")).key("r")));
+    let all = consume_all(&s.output, total + 600, Duration::from_secs(60));
+    let rolled: Vec<_> = all.iter().filter(|r| r.value_str().starts_with("after-rollback-")).collect();
+    assert_eq!(rolled.len(), 600);
+    assert!(rolled.iter().all(|r| r.header("kwasm-tag") == Some(&b"v1"[..])), "rolled back to v1");
+}
+
+/// For each input partition, the tags of its outputs in input offset order.
+fn tags_by_input_partition(output: &[kwasm_tests::Record]) -> BTreeMap<i32, Vec<String>> {
+    let mut by: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    for r in output {
+        let v = r.value_str();
+        let Some((p, seq)) = v.split_once(':') else { continue };
+        let (Ok(p), Ok(seq)) = (p.parse::<i32>(), seq.parse::<i64>()) else { continue };
+        let tag = String::from_utf8_lossy(r.header("kwasm-tag").unwrap_or_default()).into_owned();
+        by.entry(p).or_default().push((seq, tag));
+    }
+    by.into_iter()
+        .map(|(p, mut v)| {
+            v.sort();
+            (p, v.into_iter().map(|(_, t)| t).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn bad_uploads_get_a_clear_4xx_and_store_nothing() {
+    let registry = unique("bad-uploads");
+    let host = Host::start_bare("host-a", &registry);
+    host.wait_ready(Duration::from_secs(60));
+    let cases: [(&str, Vec<u8>, u16, &str); 3] = [
+        ("random", b"definitely not wasm".to_vec(), 400, "not a WebAssembly file"),
+        ("core", b"\0asm\x01\0\0\0".to_vec(), 400, "core WebAssembly module"),
+        ("other", std::fs::read(plugin_path("other-world")).expect("other-world.wasm"), 400, "does not export `kwasm:plugin/handler@0.1.0`"),
+    ];
+    for (name, bytes, status, phrase) in cases {
+        let (got, body) = host.call("POST", &format!("/v1/plugins/{name}"), &bytes);
+        assert_eq!(got, status, "{name}: {body}");
+        assert_eq!(body["error"]["code"], "invalid");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(phrase), "{name}: {message}");
+    }
+    let (status, body) = host.call("GET", "/v1/plugins", b"");
+    assert_eq!((status, body), (200, json!({"plugins": []})), "nothing stored");
+}
