@@ -32,12 +32,17 @@ const TOKEN: &str = "secret";
 /// the compiled code is cached in cargo's scratch directory for tests.
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
     let cache_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kwasm-admin-api-cache");
-    Runtime::new(RuntimeConfig { cache_dir: Some(cache_dir) })
-        .unwrap_or_else(|e| panic!("cannot start the runtime: {e}"))
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir),
+    })
+    .unwrap_or_else(|e| panic!("cannot start the runtime: {e}"))
 });
 
 fn kafka() -> KafkaConfig {
-    KafkaConfig { brokers: kwasm_tests::brokers(), properties: Default::default() }
+    KafkaConfig {
+        brokers: kwasm_tests::brokers(),
+        properties: Default::default(),
+    }
 }
 
 /// A registry on fresh topics, caught up.
@@ -55,7 +60,10 @@ async fn registry(max_plugin_bytes: Option<usize>) -> Registry {
         .unwrap_or_else(|e| panic!("cannot start the registry: {e}"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !registry.caught_up() {
-        assert!(Instant::now() < deadline, "the registry did not catch up within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "the registry did not catch up within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     registry
@@ -87,16 +95,26 @@ impl Api {
             token: Some(TOKEN.into()),
             metrics: None,
         };
-        Api { router: router(state) }
+        Api {
+            router: router(state),
+        }
     }
 
     /// Sends a request; `token` becomes `Authorization: Bearer <token>`.
-    async fn send(&self, method: Method, uri: &str, token: Option<&str>, body: impl Into<Body>) -> Reply {
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: impl Into<Body>,
+    ) -> Reply {
         let mut request = Request::builder().method(method.clone()).uri(uri);
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request = request.body(body.into()).unwrap_or_else(|e| panic!("bad request {uri}: {e}"));
+        let request = request
+            .body(body.into())
+            .unwrap_or_else(|e| panic!("bad request {uri}: {e}"));
         let response = self
             .router
             .clone()
@@ -111,7 +129,10 @@ impl Api {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!("{method} {uri}: body is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+                panic!(
+                    "{method} {uri}: body is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
             })
         };
         Reply { status, body }
@@ -127,11 +148,17 @@ impl Api {
     }
 
     async fn upload(&self, name: &str, bytes: &[u8]) -> Reply {
-        self.call(Method::POST, &format!("/v1/plugins/{name}"), bytes.to_vec()).await
+        self.call(Method::POST, &format!("/v1/plugins/{name}"), bytes.to_vec())
+            .await
     }
 
     async fn put_pipeline(&self, name: &str, body: Value) -> Reply {
-        self.call(Method::PUT, &format!("/v1/pipelines/{name}"), body.to_string()).await
+        self.call(
+            Method::PUT,
+            &format!("/v1/pipelines/{name}"),
+            body.to_string(),
+        )
+        .await
     }
 }
 
@@ -140,13 +167,25 @@ impl Api {
 #[track_caller]
 fn assert_error(reply: &Reply, status: StatusCode, code: &str, phrases: &[&str]) {
     assert_eq!(reply.status, status, "{reply:?}");
-    let error = reply.body.as_object().and_then(|o| o.get("error")).unwrap_or_else(|| panic!("no `error` in {reply:?}"));
-    let keys: Vec<&String> = error.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+    let error = reply
+        .body
+        .as_object()
+        .and_then(|o| o.get("error"))
+        .unwrap_or_else(|| panic!("no `error` in {reply:?}"));
+    let keys: Vec<&String> = error
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
     assert_eq!(keys, ["code", "message"], "{reply:?}");
     assert_eq!(error["code"], code, "{reply:?}");
-    let message = error["message"].as_str().unwrap_or_else(|| panic!("message is not a string: {reply:?}"));
+    let message = error["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("message is not a string: {reply:?}"));
     for phrase in phrases {
-        assert!(message.contains(phrase), "message {message:?} lacks {phrase:?}");
+        assert!(
+            message.contains(phrase),
+            "message {message:?} lacks {phrase:?}"
+        );
     }
 }
 
@@ -167,7 +206,10 @@ fn now_ms() -> i64 {
 
 /// The versions listed in a plugin body.
 fn versions(plugin: &Value) -> Vec<u64> {
-    plugin["versions"].as_array().map(|v| v.iter().filter_map(|v| v["version"].as_u64()).collect()).unwrap_or_default()
+    plugin["versions"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|v| v["version"].as_u64()).collect())
+        .unwrap_or_default()
 }
 
 /// A stored pipeline with every default filled, as the API answers it.
@@ -192,7 +234,10 @@ fn documented_calls() -> Vec<(String, String)> {
             known.then(|| (method.to_lowercase(), path.to_owned()))
         })
         .collect();
-    assert!(calls.len() >= 15, "expected every call of docs/api.md, found {calls:?}");
+    assert!(
+        calls.len() >= 15,
+        "expected every call of docs/api.md, found {calls:?}"
+    );
     calls
 }
 
@@ -201,15 +246,26 @@ async fn health_metrics_openapi_and_unknown_paths() {
     let api = Api::new().await;
 
     let health = api.get("/healthz").await;
-    assert_eq!((health.status, health.body), (StatusCode::OK, json!({"status": "ok"})));
+    assert_eq!(
+        (health.status, health.body),
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
 
     // No manager has reconciled: the registry is caught up, pipelines are not.
     let ready = api.get("/readyz").await;
     assert_error(&ready, StatusCode::SERVICE_UNAVAILABLE, "unavailable", &[]);
-    assert_eq!(ready.body["error"]["message"], "not ready: pipelines not started yet");
+    assert_eq!(
+        ready.body["error"]["message"],
+        "not ready: pipelines not started yet"
+    );
 
     let metrics = api.get("/metrics").await;
-    assert_error(&metrics, StatusCode::NOT_FOUND, "not_found", &["metrics are not enabled"]);
+    assert_error(
+        &metrics,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["metrics are not enabled"],
+    );
 
     let openapi = api.get("/v1/openapi.json").await;
     assert_eq!(openapi.status, StatusCode::OK);
@@ -221,9 +277,18 @@ async fn health_metrics_openapi_and_unknown_paths() {
         );
     }
 
-    for (method, uri) in [(Method::GET, "/nope"), (Method::GET, "/v2/plugins"), (Method::POST, "/v1/nope")] {
+    for (method, uri) in [
+        (Method::GET, "/nope"),
+        (Method::GET, "/v2/plugins"),
+        (Method::POST, "/v1/nope"),
+    ] {
         let reply = api.send(method, uri, None, Body::empty()).await;
-        assert_error(&reply, StatusCode::NOT_FOUND, "not_found", &["no such endpoint"]);
+        assert_error(
+            &reply,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &["no such endpoint"],
+        );
     }
 }
 
@@ -233,18 +298,33 @@ async fn mutating_calls_need_the_token_and_reads_do_not() {
     let passthrough = plugin_bytes("passthrough");
     let pipeline = json!({"plugin": "p@1", "inputs": ["in"], "output": "out"}).to_string();
     let mutating = [
-        (Method::POST, "/v1/plugins/p", Body::from(passthrough.clone())),
+        (
+            Method::POST,
+            "/v1/plugins/p",
+            Body::from(passthrough.clone()),
+        ),
         (Method::DELETE, "/v1/plugins/p/versions/1", Body::empty()),
-        (Method::PUT, "/v1/pipelines/orders", Body::from(pipeline.clone())),
+        (
+            Method::PUT,
+            "/v1/pipelines/orders",
+            Body::from(pipeline.clone()),
+        ),
         (Method::DELETE, "/v1/pipelines/orders", Body::empty()),
         (Method::POST, "/v1/pipelines/orders/pause", Body::empty()),
         (Method::POST, "/v1/pipelines/orders/resume", Body::empty()),
     ];
     for (method, uri, body) in mutating {
-        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+        let bytes = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
         for token in [None, Some("wrong"), Some("secret2"), Some("")] {
             let reply = api.send(method.clone(), uri, token, bytes.clone()).await;
-            assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized", &["Authorization: Bearer <token>"]);
+            assert_error(
+                &reply,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                &["Authorization: Bearer <token>"],
+            );
         }
     }
     // A token that is not a bearer token is refused too.
@@ -254,26 +334,71 @@ async fn mutating_calls_need_the_token_and_reads_do_not() {
         .header(header::AUTHORIZATION, TOKEN)
         .body(Body::from(passthrough.clone()))
         .unwrap_or_else(|e| panic!("{e}"));
-    let response = api.router.clone().oneshot(request).await.unwrap_or_else(|e| match e {});
+    let response = api
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|e| match e {});
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 
     // Nothing was stored by the refused calls.
     assert_eq!(api.get("/v1/plugins").await.body, json!({"plugins": []}));
-    assert_eq!(api.get("/v1/pipelines").await.body, json!({"pipelines": []}));
+    assert_eq!(
+        api.get("/v1/pipelines").await.body,
+        json!({"pipelines": []})
+    );
 
     // The right token proceeds.
-    assert_eq!(api.upload("p", &passthrough).await.status, StatusCode::CREATED);
-    assert_eq!(api.call(Method::PUT, "/v1/pipelines/orders", pipeline).await.status, StatusCode::OK);
-    assert_eq!(api.call(Method::POST, "/v1/pipelines/orders/pause", Body::empty()).await.status, StatusCode::OK);
-    assert_eq!(api.call(Method::POST, "/v1/pipelines/orders/resume", Body::empty()).await.status, StatusCode::OK);
+    assert_eq!(
+        api.upload("p", &passthrough).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.call(Method::PUT, "/v1/pipelines/orders", pipeline)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Method::POST, "/v1/pipelines/orders/pause", Body::empty())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Method::POST, "/v1/pipelines/orders/resume", Body::empty())
+            .await
+            .status,
+        StatusCode::OK
+    );
 
     // Reads need no token.
-    for uri in ["/healthz", "/v1/openapi.json", "/v1/assignments", "/v1/plugins", "/v1/plugins/p", "/v1/pipelines", "/v1/pipelines/orders", "/v1/pipelines/orders/members"] {
+    for uri in [
+        "/healthz",
+        "/v1/openapi.json",
+        "/v1/assignments",
+        "/v1/plugins",
+        "/v1/plugins/p",
+        "/v1/pipelines",
+        "/v1/pipelines/orders",
+        "/v1/pipelines/orders/members",
+    ] {
         assert_eq!(api.get(uri).await.status, StatusCode::OK, "GET {uri}");
     }
 
-    assert_eq!(api.call(Method::DELETE, "/v1/pipelines/orders", Body::empty()).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(api.call(Method::DELETE, "/v1/plugins/p/versions/1", Body::empty()).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        api.call(Method::DELETE, "/v1/pipelines/orders", Body::empty())
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.call(Method::DELETE, "/v1/plugins/p/versions/1", Body::empty())
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -285,13 +410,25 @@ async fn uploads_make_versions_and_the_same_bytes_keep_theirs() {
 
     let first = api.upload("p", &passthrough).await;
     assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
-    let created_ms = first.body["created_ms"].as_i64().unwrap_or_else(|| panic!("no created_ms: {first:?}"));
-    assert!((before..=now_ms()).contains(&created_ms), "created_ms {created_ms} is not the upload time");
+    let created_ms = first.body["created_ms"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no created_ms: {first:?}"));
+    assert!(
+        (before..=now_ms()).contains(&created_ms),
+        "created_ms {created_ms} is not the upload time"
+    );
     let v1 = json!({"version": 1, "digest": sha256_hex(&passthrough), "size_bytes": passthrough.len(), "created_ms": created_ms});
-    assert_eq!(first.body, json!({"name": "p", "version": 1, "digest": v1["digest"], "size_bytes": v1["size_bytes"], "created_ms": created_ms}));
+    assert_eq!(
+        first.body,
+        json!({"name": "p", "version": 1, "digest": v1["digest"], "size_bytes": v1["size_bytes"], "created_ms": created_ms})
+    );
 
     let again = api.upload("p", &passthrough).await;
-    assert_eq!((again.status, &again.body), (StatusCode::OK, &first.body), "the same bytes keep their version");
+    assert_eq!(
+        (again.status, &again.body),
+        (StatusCode::OK, &first.body),
+        "the same bytes keep their version"
+    );
 
     let second = api.upload("p", &misbehave).await;
     assert_eq!(second.status, StatusCode::CREATED, "{second:?}");
@@ -301,22 +438,46 @@ async fn uploads_make_versions_and_the_same_bytes_keep_theirs() {
     let v2 = json!({"version": 2, "digest": second.body["digest"], "size_bytes": second.body["size_bytes"], "created_ms": second.body["created_ms"]});
 
     let one = api.get("/v1/plugins/p").await;
-    assert_eq!((one.status, &one.body), (StatusCode::OK, &json!({"name": "p", "versions": [v1, v2]})));
+    assert_eq!(
+        (one.status, &one.body),
+        (StatusCode::OK, &json!({"name": "p", "versions": [v1, v2]}))
+    );
     assert_eq!(versions(&one.body), [1, 2]);
     let all = api.get("/v1/plugins").await;
-    assert_eq!((all.status, all.body), (StatusCode::OK, json!({"plugins": [one.body]})));
+    assert_eq!(
+        (all.status, all.body),
+        (StatusCode::OK, json!({"plugins": [one.body]}))
+    );
 
-    assert_error(&api.get("/v1/plugins/nope").await, StatusCode::NOT_FOUND, "not_found", &["no plugin named `nope`"]);
+    assert_error(
+        &api.get("/v1/plugins/nope").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no plugin named `nope`"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_uploads_are_refused_and_store_nothing() {
     let api = Api::new().await;
-    let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let random: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let cases: [(&str, Vec<u8>, &[&str]); 4] = [
         ("random bytes", random, &["not a WebAssembly file"]),
-        ("a core module", b"\0asm\x01\0\0\0".to_vec(), &["core WebAssembly module", "wasm32-wasip2"]),
-        ("another world", plugin_bytes("other-world"), &["not a kwasm plugin", "does not export `kwasm:plugin/handler@0.1.0`"]),
+        (
+            "a core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            &["core WebAssembly module", "wasm32-wasip2"],
+        ),
+        (
+            "another world",
+            plugin_bytes("other-world"),
+            &[
+                "not a kwasm plugin",
+                "does not export `kwasm:plugin/handler@0.1.0`",
+            ],
+        ),
         ("an empty body", Vec::new(), &["the body is empty"]),
     ];
     for (what, bytes, phrases) in cases {
@@ -326,10 +487,20 @@ async fn invalid_uploads_are_refused_and_store_nothing() {
     }
 
     let bad_name = api.upload("bad%20name", &plugin_bytes("passthrough")).await;
-    assert_error(&bad_name, StatusCode::BAD_REQUEST, "invalid", &["plugin name `bad name`", "[a-zA-Z0-9._-]"]);
+    assert_error(
+        &bad_name,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        &["plugin name `bad name`", "[a-zA-Z0-9._-]"],
+    );
 
     assert_eq!(api.get("/v1/plugins").await.body, json!({"plugins": []}));
-    assert_error(&api.get("/v1/plugins/p").await, StatusCode::NOT_FOUND, "not_found", &[]);
+    assert_error(
+        &api.get("/v1/plugins/p").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &[],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -338,96 +509,256 @@ async fn uploads_over_the_size_limit_answer_413() {
     let passthrough = plugin_bytes("passthrough");
     assert!(passthrough.len() > 1000);
     let reply = api.upload("p", &passthrough).await;
-    assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "too_large", &["limit of 1000 bytes", "max_plugin_bytes"]);
+    assert_error(
+        &reply,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        &["limit of 1000 bytes", "max_plugin_bytes"],
+    );
     assert_eq!(api.get("/v1/plugins").await.body, json!({"plugins": []}));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelines_are_stored_listed_paused_resumed_and_deleted() {
     let api = Api::new().await;
-    assert_eq!(api.upload("p", &plugin_bytes("passthrough")).await.status, StatusCode::CREATED);
-    assert_eq!(api.upload("p", &plugin_bytes("misbehave")).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.upload("p", &plugin_bytes("passthrough")).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.upload("p", &plugin_bytes("misbehave")).await.status,
+        StatusCode::CREATED
+    );
 
-    let put = api.put_pipeline("orders", json!({"plugin": "p@1", "inputs": ["in"], "output": "out"})).await;
-    assert_eq!((put.status, &put.body), (StatusCode::OK, &stored("orders", "p@1", false)));
+    let put = api
+        .put_pipeline(
+            "orders",
+            json!({"plugin": "p@1", "inputs": ["in"], "output": "out"}),
+        )
+        .await;
+    assert_eq!(
+        (put.status, &put.body),
+        (StatusCode::OK, &stored("orders", "p@1", false))
+    );
 
     // Without a version the newest is stored, by number.
-    let newest = api.put_pipeline("newest", json!({"plugin": "p", "inputs": ["in"], "output": "out"})).await;
-    assert_eq!((newest.status, &newest.body), (StatusCode::OK, &stored("newest", "p@2", false)));
+    let newest = api
+        .put_pipeline(
+            "newest",
+            json!({"plugin": "p", "inputs": ["in"], "output": "out"}),
+        )
+        .await;
+    assert_eq!(
+        (newest.status, &newest.body),
+        (StatusCode::OK, &stored("newest", "p@2", false))
+    );
 
     assert_error(
-        &api.put_pipeline("x", json!({"plugin": "nope@1", "inputs": ["in"], "output": "out"})).await,
-        StatusCode::NOT_FOUND, "not_found", &["no plugin `nope@1`"],
+        &api.put_pipeline(
+            "x",
+            json!({"plugin": "nope@1", "inputs": ["in"], "output": "out"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no plugin `nope@1`"],
     );
     assert_error(
-        &api.put_pipeline("x", json!({"plugin": "p@9", "inputs": ["in"], "output": "out"})).await,
-        StatusCode::NOT_FOUND, "not_found", &["no plugin `p@9`"],
+        &api.put_pipeline(
+            "x",
+            json!({"plugin": "p@9", "inputs": ["in"], "output": "out"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no plugin `p@9`"],
     );
-    let not_json = api.call(Method::PUT, "/v1/pipelines/x", "{\"plugin\": ").await;
-    assert_error(&not_json, StatusCode::BAD_REQUEST, "invalid", &["invalid pipeline JSON"]);
+    let not_json = api
+        .call(Method::PUT, "/v1/pipelines/x", "{\"plugin\": ")
+        .await;
     assert_error(
-        &api.put_pipeline("x", json!({"plugin": "p@1", "inputs": ["in"], "output": "out", "bogus": 1})).await,
-        StatusCode::BAD_REQUEST, "invalid", &["unknown field `bogus`"],
-    );
-    assert_error(
-        &api.put_pipeline("x", json!({"plugin": "p@1", "output": "out"})).await,
-        StatusCode::BAD_REQUEST, "invalid", &["`inputs`", "input_regex"],
-    );
-    assert_error(
-        &api.put_pipeline("x", json!({"name": "y", "plugin": "p@1", "inputs": ["in"], "output": "out"})).await,
-        StatusCode::BAD_REQUEST, "invalid", &["pipeline `y`", "path `x`"],
-    );
-    assert_error(
-        &api.put_pipeline("x", json!({"plugin": "p@one", "inputs": ["in"], "output": "out"})).await,
-        StatusCode::BAD_REQUEST, "invalid", &["must be a number"],
+        &not_json,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        &["invalid pipeline JSON"],
     );
     assert_error(
-        &api.put_pipeline("bad%20name", json!({"plugin": "p@1", "inputs": ["in"], "output": "out"})).await,
-        StatusCode::BAD_REQUEST, "invalid", &["pipeline name `bad name`"],
+        &api.put_pipeline(
+            "x",
+            json!({"plugin": "p@1", "inputs": ["in"], "output": "out", "bogus": 1}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        &["unknown field `bogus`"],
+    );
+    assert_error(
+        &api.put_pipeline("x", json!({"plugin": "p@1", "output": "out"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        &["`inputs`", "input_regex"],
+    );
+    assert_error(
+        &api.put_pipeline("x", json!({"plugin": "p@1", "inputs": ["in"], "output": "out", "retry": {"max_attempts": 0}})).await,
+        StatusCode::BAD_REQUEST, "invalid", &["`retry.max_attempts`", "at least 1"],
+    );
+    assert_error(
+        &api.put_pipeline(
+            "x",
+            json!({"name": "y", "plugin": "p@1", "inputs": ["in"], "output": "out"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        &["pipeline `y`", "path `x`"],
+    );
+    assert_error(
+        &api.put_pipeline(
+            "x",
+            json!({"plugin": "p@one", "inputs": ["in"], "output": "out"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        &["must be a number"],
+    );
+    assert_error(
+        &api.put_pipeline(
+            "bad%20name",
+            json!({"plugin": "p@1", "inputs": ["in"], "output": "out"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        &["pipeline name `bad name`"],
     );
 
     let list = api.get("/v1/pipelines").await;
     assert_eq!(
         (list.status, list.body),
-        (StatusCode::OK, json!({"pipelines": [stored("newest", "p@2", false), stored("orders", "p@1", false)]}))
+        (
+            StatusCode::OK,
+            json!({"pipelines": [stored("newest", "p@2", false), stored("orders", "p@1", false)]})
+        )
     );
     let one = api.get("/v1/pipelines/orders").await;
-    assert_eq!((one.status, one.body), (StatusCode::OK, stored("orders", "p@1", false)));
-    assert_error(&api.get("/v1/pipelines/x").await, StatusCode::NOT_FOUND, "not_found", &["no pipeline named `x`"]);
+    assert_eq!(
+        (one.status, one.body),
+        (StatusCode::OK, stored("orders", "p@1", false))
+    );
+    assert_error(
+        &api.get("/v1/pipelines/x").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no pipeline named `x`"],
+    );
 
-    let paused = api.call(Method::POST, "/v1/pipelines/orders/pause", Body::empty()).await;
-    assert_eq!((paused.status, paused.body), (StatusCode::OK, stored("orders", "p@1", true)));
-    assert_eq!(api.get("/v1/pipelines/orders").await.body, stored("orders", "p@1", true));
+    let paused = api
+        .call(Method::POST, "/v1/pipelines/orders/pause", Body::empty())
+        .await;
+    assert_eq!(
+        (paused.status, paused.body),
+        (StatusCode::OK, stored("orders", "p@1", true))
+    );
+    assert_eq!(
+        api.get("/v1/pipelines/orders").await.body,
+        stored("orders", "p@1", true)
+    );
     // An update keeps the pause.
-    let updated = api.put_pipeline("orders", json!({"plugin": "p@2", "inputs": ["in"], "output": "out"})).await;
-    assert_eq!((updated.status, updated.body), (StatusCode::OK, stored("orders", "p@2", true)));
-    let resumed = api.call(Method::POST, "/v1/pipelines/orders/resume", Body::empty()).await;
-    assert_eq!((resumed.status, resumed.body), (StatusCode::OK, stored("orders", "p@2", false)));
-    assert_eq!(api.get("/v1/pipelines/orders").await.body, stored("orders", "p@2", false));
+    let updated = api
+        .put_pipeline(
+            "orders",
+            json!({"plugin": "p@2", "inputs": ["in"], "output": "out"}),
+        )
+        .await;
+    assert_eq!(
+        (updated.status, updated.body),
+        (StatusCode::OK, stored("orders", "p@2", true))
+    );
+    let resumed = api
+        .call(Method::POST, "/v1/pipelines/orders/resume", Body::empty())
+        .await;
+    assert_eq!(
+        (resumed.status, resumed.body),
+        (StatusCode::OK, stored("orders", "p@2", false))
+    );
+    assert_eq!(
+        api.get("/v1/pipelines/orders").await.body,
+        stored("orders", "p@2", false)
+    );
     for action in ["pause", "resume"] {
-        let reply = api.call(Method::POST, &format!("/v1/pipelines/x/{action}"), Body::empty()).await;
-        assert_error(&reply, StatusCode::NOT_FOUND, "not_found", &["no pipeline named `x`"]);
+        let reply = api
+            .call(
+                Method::POST,
+                &format!("/v1/pipelines/x/{action}"),
+                Body::empty(),
+            )
+            .await;
+        assert_error(
+            &reply,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &["no pipeline named `x`"],
+        );
     }
 
-    let deleted = api.call(Method::DELETE, "/v1/pipelines/orders", Body::empty()).await;
-    assert_eq!((deleted.status, deleted.body), (StatusCode::NO_CONTENT, Value::Null));
-    assert_error(&api.get("/v1/pipelines/orders").await, StatusCode::NOT_FOUND, "not_found", &["no pipeline named `orders`"]);
-    assert_error(
-        &api.call(Method::DELETE, "/v1/pipelines/orders", Body::empty()).await,
-        StatusCode::NOT_FOUND, "not_found", &["no pipeline named `orders`"],
+    let deleted = api
+        .call(Method::DELETE, "/v1/pipelines/orders", Body::empty())
+        .await;
+    assert_eq!(
+        (deleted.status, deleted.body),
+        (StatusCode::NO_CONTENT, Value::Null)
     );
-    assert_eq!(api.get("/v1/pipelines").await.body, json!({"pipelines": [stored("newest", "p@2", false)]}));
+    assert_error(
+        &api.get("/v1/pipelines/orders").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no pipeline named `orders`"],
+    );
+    assert_error(
+        &api.call(Method::DELETE, "/v1/pipelines/orders", Body::empty())
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no pipeline named `orders`"],
+    );
+    assert_eq!(
+        api.get("/v1/pipelines").await.body,
+        json!({"pipelines": [stored("newest", "p@2", false)]})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_version_in_use_cannot_be_deleted() {
     let api = Api::new().await;
-    assert_eq!(api.upload("p", &plugin_bytes("passthrough")).await.status, StatusCode::CREATED);
-    assert_eq!(api.upload("p", &plugin_bytes("misbehave")).await.status, StatusCode::CREATED);
-    assert_eq!(api.put_pipeline("orders", json!({"plugin": "p@1", "inputs": ["in"], "output": "out"})).await.status, StatusCode::OK);
+    assert_eq!(
+        api.upload("p", &plugin_bytes("passthrough")).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.upload("p", &plugin_bytes("misbehave")).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.put_pipeline(
+            "orders",
+            json!({"plugin": "p@1", "inputs": ["in"], "output": "out"})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
 
-    let in_use = api.call(Method::DELETE, "/v1/plugins/p/versions/1", Body::empty()).await;
-    assert_error(&in_use, StatusCode::CONFLICT, "conflict", &["plugin `p` version 1", "pipeline `orders`"]);
+    let in_use = api
+        .call(Method::DELETE, "/v1/plugins/p/versions/1", Body::empty())
+        .await;
+    assert_error(
+        &in_use,
+        StatusCode::CONFLICT,
+        "conflict",
+        &["plugin `p` version 1", "pipeline `orders`"],
+    );
     assert_eq!(versions(&api.get("/v1/plugins/p").await.body), [1, 2]);
 
     for uri in ["/v1/plugins/p/versions/3", "/v1/plugins/nope/versions/1"] {
@@ -435,18 +766,37 @@ async fn a_plugin_version_in_use_cannot_be_deleted() {
         assert_error(&reply, StatusCode::NOT_FOUND, "not_found", &["no version"]);
     }
 
-    assert_eq!(api.call(Method::DELETE, "/v1/pipelines/orders", Body::empty()).await.status, StatusCode::NO_CONTENT);
-    let deleted = api.call(Method::DELETE, "/v1/plugins/p/versions/1", Body::empty()).await;
-    assert_eq!((deleted.status, deleted.body), (StatusCode::NO_CONTENT, Value::Null));
+    assert_eq!(
+        api.call(Method::DELETE, "/v1/pipelines/orders", Body::empty())
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let deleted = api
+        .call(Method::DELETE, "/v1/plugins/p/versions/1", Body::empty())
+        .await;
+    assert_eq!(
+        (deleted.status, deleted.body),
+        (StatusCode::NO_CONTENT, Value::Null)
+    );
     assert_eq!(versions(&api.get("/v1/plugins/p").await.body), [2]);
     assert_error(
-        &api.call(Method::DELETE, "/v1/plugins/p/versions/1", Body::empty()).await,
-        StatusCode::NOT_FOUND, "not_found", &["no version 1 of plugin `p`"],
+        &api.call(Method::DELETE, "/v1/plugins/p/versions/1", Body::empty())
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no version 1 of plugin `p`"],
     );
     // The pipeline that named it is gone, and the version cannot be named again.
     assert_error(
-        &api.put_pipeline("orders", json!({"plugin": "p@1", "inputs": ["in"], "output": "out"})).await,
-        StatusCode::NOT_FOUND, "not_found", &["no plugin `p@1`"],
+        &api.put_pipeline(
+            "orders",
+            json!({"plugin": "p@1", "inputs": ["in"], "output": "out"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no plugin `p@1`"],
     );
 }
 
@@ -454,19 +804,44 @@ async fn a_plugin_version_in_use_cannot_be_deleted() {
 async fn assignments_and_members_of_a_host_running_nothing() {
     let api = Api::new().await;
     let assignments = api.get("/v1/assignments").await;
-    assert_eq!((assignments.status, assignments.body), (StatusCode::OK, json!({"host": HOST, "pipelines": []})));
+    assert_eq!(
+        (assignments.status, assignments.body),
+        (StatusCode::OK, json!({"host": HOST, "pipelines": []}))
+    );
 
-    assert_eq!(api.upload("p", &plugin_bytes("passthrough")).await.status, StatusCode::CREATED);
-    assert_eq!(api.put_pipeline("orders", json!({"plugin": "p@1", "inputs": ["in"], "output": "out"})).await.status, StatusCode::OK);
+    assert_eq!(
+        api.upload("p", &plugin_bytes("passthrough")).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.put_pipeline(
+            "orders",
+            json!({"plugin": "p@1", "inputs": ["in"], "output": "out"})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
     let members = api.get("/v1/pipelines/orders/members").await;
     assert_eq!(
         (members.status, members.body),
-        (StatusCode::OK, json!({"pipeline": "orders", "group_id": "kwasm-orders", "members": []}))
+        (
+            StatusCode::OK,
+            json!({"pipeline": "orders", "group_id": "kwasm-orders", "members": []})
+        )
     );
-    assert_error(&api.get("/v1/pipelines/nope/members").await, StatusCode::NOT_FOUND, "not_found", &["no pipeline named `nope`"]);
+    assert_error(
+        &api.get("/v1/pipelines/nope/members").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["no pipeline named `nope`"],
+    );
 
     // A pipeline stored, not run: still nothing assigned here.
-    assert_eq!(api.get("/v1/assignments").await.body, json!({"host": HOST, "pipelines": []}));
+    assert_eq!(
+        api.get("/v1/assignments").await.body,
+        json!({"host": HOST, "pipelines": []})
+    );
 }
 
 /// A manager that is built but never run still knows its config-file
@@ -475,7 +850,8 @@ async fn assignments_and_members_of_a_host_running_nothing() {
 async fn config_file_pipelines_are_read_only_through_the_api() {
     let registry = registry(None).await;
     let kafka = kafka();
-    let producer = OutputProducer::new(&producer_config(&kafka, HOST)).unwrap_or_else(|e| panic!("producer: {e}"));
+    let producer = OutputProducer::new(&producer_config(&kafka, HOST))
+        .unwrap_or_else(|e| panic!("producer: {e}"));
     let deps = PipelineDeps {
         host: HostConfig::default(),
         kafka,
@@ -496,20 +872,42 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         batch: Default::default(),
         limits: None,
     };
-    let manager = PipelineManager::new(RUNTIME.clone(), Some(registry.clone()), deps, vec![spec], Limits::default());
+    let manager = PipelineManager::new(
+        RUNTIME.clone(),
+        Some(registry.clone()),
+        deps,
+        vec![spec],
+        Limits::default(),
+    );
     let api = Api::with(registry, manager.view());
-    assert_eq!(api.upload("p", &plugin_bytes("passthrough")).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.upload("p", &plugin_bytes("passthrough")).await.status,
+        StatusCode::CREATED
+    );
 
     let phrases = ["pipeline `from-file` is declared in the host's config file"];
-    let put = api.put_pipeline("from-file", json!({"plugin": "p@1", "inputs": ["in"], "output": "out"})).await;
+    let put = api
+        .put_pipeline(
+            "from-file",
+            json!({"plugin": "p@1", "inputs": ["in"], "output": "out"}),
+        )
+        .await;
     assert_error(&put, StatusCode::CONFLICT, "conflict", &phrases);
     for (method, uri) in [
         (Method::DELETE, "/v1/pipelines/from-file"),
         (Method::POST, "/v1/pipelines/from-file/pause"),
         (Method::POST, "/v1/pipelines/from-file/resume"),
     ] {
-        assert_error(&api.call(method, uri, Body::empty()).await, StatusCode::CONFLICT, "conflict", &phrases);
+        assert_error(
+            &api.call(method, uri, Body::empty()).await,
+            StatusCode::CONFLICT,
+            "conflict",
+            &phrases,
+        );
     }
     // Nothing reached the registry.
-    assert_eq!(api.get("/v1/pipelines").await.body, json!({"pipelines": []}));
+    assert_eq!(
+        api.get("/v1/pipelines").await.body,
+        json!({"pipelines": []})
+    );
 }

@@ -37,14 +37,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kwasm_host::config::{BatchPolicy, HostConfig, KafkaConfig, PipelineSpec, RetryPolicy};
 use kwasm_host::kafka::{OutputProducer, consumer_config, producer_config};
-use kwasm_host::pipeline::{Pipeline, PipelineDeps, PipelineStatus};
+use kwasm_host::pipeline::{Deployment, Pipeline, PipelineDeps, PipelineStatus};
 use kwasm_host::runtime::{CompiledPlugin, Limits, Runtime, RuntimeConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -157,7 +157,7 @@ impl Options {
             latency_secs: env_or("KWASM_BENCH_LATENCY_SECS", if quick { 2 } else { 5 }) as u64,
             targets: list("KWASM_BENCH_TARGETS", "mock,nisshi"),
             sections: list("KWASM_BENCH_SECTIONS", "throughput,large,sweep,latency"),
-            cases: list("KWASM_BENCH_CASES", "native,passthrough,transform"),
+            cases: list("KWASM_BENCH_CASES", "direct,native,native-same,passthrough,transform"),
         }
     }
 
@@ -344,7 +344,11 @@ struct Bench<'a> {
 /// What processes the input in a case.
 #[derive(Clone)]
 enum Processor {
-    Native,
+    /// Nothing: the latency reader reads the input topic (the harness's floor).
+    Direct,
+    /// (a): outputs keyed like kwasm's (librdkafka's partitioner on the
+    /// key), or with `same_partition` to the input's partition number.
+    Native { same_partition: bool },
     Kwasm { plugin: Arc<CompiledPlugin>, config: Vec<(String, String)>, batch: usize },
 }
 
@@ -401,7 +405,8 @@ impl Bench<'_> {
         let mut rows: Vec<Row> = Vec::new();
         let mut sweep: Vec<(usize, Res<Measured>)> = Vec::new();
         let cases = [
-            ("(a) native passthrough", "native", Processor::Native),
+            ("(a) native passthrough", "native", Processor::Native { same_partition: false }),
+            ("(a2) native, output to the input's partition", "native-same", Processor::Native { same_partition: true }),
             ("(b) kwasm passthrough", "passthrough", Processor::kwasm(&self.plugins.passthrough, &[], DEFAULT_BATCH)),
             ("(c) kwasm transform", "transform", Processor::kwasm(&self.plugins.transform, &TRANSFORM_CONFIG, DEFAULT_BATCH)),
         ];
@@ -420,7 +425,7 @@ impl Bench<'_> {
             }
             let throughput = value_bytes != 100 || o.section("throughput");
             for (label, case, processor) in &cases {
-                if !throughput || !o.case(case) {
+                if !throughput || !o.case(case) || (*case == "native-same" && value_bytes != 100) {
                     continue;
                 }
                 let result = self.throughput(processor, &input, n as u64);
@@ -445,8 +450,9 @@ impl Bench<'_> {
             b.delete_topics(&[&input]);
         }
         if o.section("latency") {
-            for (label, case, processor) in &cases {
-                if !o.case(case) {
+            let direct = ("(0) no processing (reader on the input)", "direct", Processor::Direct);
+            for (label, case, processor) in std::iter::once(&direct).chain(&cases) {
+                if !o.case(case) || *case == "native-same" {
                     continue;
                 }
                 let lat = self.latency(processor);
@@ -540,7 +546,10 @@ impl Bench<'_> {
         let b = self.broker;
         let group = unique("group");
         Ok(match processor {
-            Processor::Native => Running::Native(NativeRun::start(b.kafka(), group, input, output, b.partitions)?),
+            Processor::Direct => Running::Direct,
+            Processor::Native { same_partition } => {
+                Running::Native(NativeRun::start(b.kafka(), group, input, output, b.partitions, *same_partition)?)
+            }
             Processor::Kwasm { plugin, config, batch } => {
                 let host = HostConfig { id: unique("bench-host"), ..HostConfig::default() };
                 let kafka = b.kafka();
@@ -554,7 +563,7 @@ impl Bench<'_> {
                 };
                 let name = unique("bench");
                 let spec = PipelineSpec {
-                    plugin: PathBuf::from(format!("{}.wasm", plugin.name())),
+                    plugin: format!("{}.wasm", plugin.name()),
                     config: config.iter().cloned().collect(),
                     inputs: vec![input.to_owned()],
                     input_regex: None,
@@ -566,7 +575,13 @@ impl Bench<'_> {
                     limits: None,
                     name,
                 };
-                let pipeline = Pipeline::start(spec, plugin.clone(), Limits::default(), &deps).map_err(|e| e.to_string())?;
+                let deployment = Deployment {
+                    plugin: plugin.clone(),
+                    version: None,
+                    config: config.clone(),
+                    limits: Limits::default(),
+                };
+                let pipeline = Pipeline::start(spec, deployment, &deps).map_err(|e| e.to_string())?;
                 Running::Kwasm { status: pipeline.status().clone(), pipeline, producer }
             }
         })
@@ -621,7 +636,8 @@ impl Bench<'_> {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let reader = LatencyReader::start(&b.bootstrap, &output, b.partitions)?;
+            let read_from = if matches!(running, Running::Direct) { &input } else { &output };
+            let reader = LatencyReader::start(&b.bootstrap, read_from, b.partitions)?;
             std::thread::sleep(Duration::from_millis(500));
             let sent = self.produce_paced(&input, o.rate, Duration::from_secs(o.latency_secs))?;
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -631,6 +647,16 @@ impl Bench<'_> {
             let samples = reader.stop();
             if (samples.len() as u64) < sent.count {
                 return Err(format!("{} of {} records arrived within 30 s", samples.len(), sent.count));
+            }
+            if std::env::var_os("KWASM_BENCH_DEBUG").is_some() {
+                let mut by_time: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+                for (s, l) in &samples {
+                    by_time.entry((s - sent.start_us) / 250_000).or_default().push(*l);
+                }
+                for (slot, mut v) in by_time {
+                    v.sort_unstable();
+                    eprintln!("[debug] t={:.2}s n={} p50={}us max={}us", slot as f64 / 4.0, v.len(), v[v.len() / 2], v[v.len() - 1]);
+                }
             }
             // The first half second warms up connections and fetch sessions.
             let warm = sent.start_us + 500_000;
@@ -651,12 +677,13 @@ impl Bench<'_> {
     /// with its send time.
     fn produce_paced(&self, topic: &str, rate: u64, duration: Duration) -> Res<Paced> {
         let b = self.broker;
-        let producer: BaseProducer = ClientConfig::new()
+        let linger = std::env::var("KWASM_BENCH_LATENCY_LINGER_MS").unwrap_or_else(|_| "1".into());
+        let producer: BaseProducer<AckTimes> = ClientConfig::new()
             .set("bootstrap.servers", &b.bootstrap)
-            .set("linger.ms", "1")
+            .set("linger.ms", &linger)
             .set("acks", "1")
             .set("enable.idempotence", "false")
-            .create()
+            .create_with_context(AckTimes::default())
             .map_err(|e| e.to_string())?;
         let start = Instant::now();
         let start_us = now_us();
@@ -669,7 +696,7 @@ impl Bench<'_> {
                 let key = format!("k{sent:09}");
                 let stamp = now_us().to_le_bytes();
                 let headers = OwnedHeaders::new().insert(Header { key: SENT_HEADER, value: Some(&stamp[..]) });
-                let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+                let record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, now_us() as usize)
                     .partition((sent % b.partitions as u64) as i32)
                     .key(key.as_bytes())
                     .payload(value.as_slice())
@@ -681,7 +708,38 @@ impl Bench<'_> {
             std::thread::sleep(Duration::from_micros(500));
         }
         producer.flush(Duration::from_secs(30)).map_err(|e| format!("flush: {e}"))?;
+        if std::env::var_os("KWASM_BENCH_DEBUG").is_some() {
+            let acks = producer.context().samples.lock().map(|v| v.clone()).unwrap_or_default();
+            let mut by_time: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            for (s, l) in &acks {
+                by_time.entry((s - start_us) / 250_000).or_default().push(*l);
+            }
+            for (slot, mut v) in by_time {
+                v.sort_unstable();
+                eprintln!("[debug] produce ack t={:.2}s n={} p50={}us max={}us", slot as f64 / 4.0, v.len(), v[v.len() / 2], v[v.len() - 1]);
+            }
+        }
         Ok(Paced { count: sent, start_us })
+    }
+}
+
+/// Send-to-acknowledgement times of the load generator's records.
+#[derive(Default)]
+struct AckTimes {
+    samples: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl ClientContext for AckTimes {}
+
+impl ProducerContext for AckTimes {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent_us: usize) {
+        if result.is_ok()
+            && let Ok(mut v) = self.samples.lock()
+        {
+            v.push((sent_us as u64, now_us().saturating_sub(sent_us as u64)));
+        }
     }
 }
 
@@ -792,6 +850,7 @@ fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &O
 // A running case
 
 enum Running {
+    Direct,
     Native(NativeRun),
     Kwasm { pipeline: Pipeline, producer: OutputProducer, status: Arc<PipelineStatus> },
 }
@@ -800,6 +859,7 @@ impl Running {
     /// Whether the consumer has fetched anything yet.
     fn started(&self) -> bool {
         match self {
+            Running::Direct => true,
             Running::Native(n) => n.shared.started.load(Ordering::Acquire),
             Running::Kwasm { status, .. } => status.partitions().iter().any(|p| p.position.is_some()),
         }
@@ -807,6 +867,7 @@ impl Running {
 
     fn assigned(&self) -> usize {
         match self {
+            Running::Direct => usize::MAX,
             Running::Native(n) => n.shared.assigned.load(Ordering::Acquire),
             Running::Kwasm { status, .. } => status.partitions().len(),
         }
@@ -814,6 +875,7 @@ impl Running {
 
     fn stop(self) {
         match self {
+            Running::Direct => {}
             Running::Native(n) => n.stop(),
             Running::Kwasm { pipeline, producer, .. } => {
                 pipeline.join();
@@ -840,14 +902,14 @@ struct NativeRun {
 }
 
 impl NativeRun {
-    fn start(kafka: KafkaConfig, group: String, input: &str, output: &str, partitions: i32) -> Res<NativeRun> {
+    fn start(kafka: KafkaConfig, group: String, input: &str, output: &str, partitions: i32, same_partition: bool) -> Res<NativeRun> {
         let shared = Arc::new(NativeShared::default());
         let consumer: BaseConsumer<NativeConsumerContext> = consumer_config(&kafka, &group, "bench-native", None)
             .create_with_context(NativeConsumerContext { shared: shared.clone() })
             .map_err(|e| format!("native consumer: {e}"))?;
         consumer.subscribe(&[input]).map_err(|e| format!("subscribe: {e}"))?;
         let producer: BaseProducer<NativeDelivery> = producer_config(&kafka, "bench-native")
-            .create_with_context(NativeDelivery::new(partitions))
+            .create_with_context(NativeDelivery::new(partitions, same_partition))
             .map_err(|e| format!("native producer: {e}"))?;
         let (input, output) = (input.to_owned(), output.to_owned());
         let thread = std::thread::Builder::new()
@@ -880,32 +942,51 @@ impl ConsumerContext for NativeConsumerContext {
     }
 }
 
-/// Per input partition: the highest input offset whose output was
-/// acknowledged. Outputs go to the same partition number of the output topic
-/// from one idempotent producer, whose delivery reports for a partition come
-/// in produce order, so "highest acked" is "highest contiguous acked";
-/// `out_of_order` counts any report that would contradict that.
+/// The native passthrough's commit discipline: per input partition, the
+/// offsets sent in order, and how far the acknowledged prefix reaches
+/// ("highest contiguous acked"). With keyed output, a partition's records go
+/// to many output partitions and their reports come back in any order.
 struct NativeDelivery {
-    acked: Vec<AtomicI64>,
-    failed_at: Vec<AtomicI64>,
-    out_of_order: AtomicU64,
+    windows: Vec<std::sync::Mutex<AckWindow>>,
+    same_partition: bool,
+}
+
+#[derive(Default)]
+struct AckWindow {
+    /// (input offset, acknowledged), in offset order.
+    pending: std::collections::VecDeque<(i64, bool)>,
+    /// One past the acknowledged prefix.
+    committable: Option<i64>,
 }
 
 impl NativeDelivery {
-    fn new(partitions: i32) -> Self {
-        NativeDelivery {
-            acked: (0..partitions).map(|_| AtomicI64::new(-1)).collect(),
-            failed_at: (0..partitions).map(|_| AtomicI64::new(i64::MAX)).collect(),
-            out_of_order: AtomicU64::new(0),
+    fn new(partitions: i32, same_partition: bool) -> Self {
+        NativeDelivery { windows: (0..partitions).map(|_| Default::default()).collect(), same_partition }
+    }
+
+    fn window(&self, partition: usize) -> std::sync::MutexGuard<'_, AckWindow> {
+        self.windows[partition].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sent(&self, partition: usize, offset: i64) {
+        self.window(partition).pending.push_back((offset, false));
+    }
+
+    fn acked(&self, partition: usize, offset: i64) {
+        let mut w = self.window(partition);
+        if let Ok(i) = w.pending.binary_search_by_key(&offset, |&(o, _)| o) {
+            w.pending[i].1 = true;
+        }
+        while let Some(&(o, true)) = w.pending.front() {
+            w.pending.pop_front();
+            w.committable = Some(o + 1);
         }
     }
 
-    /// The offset to commit for `partition`: past the acked prefix, never
-    /// past a failed delivery.
+    /// The offset to commit for `partition`. A failed delivery is never
+    /// acknowledged, so the prefix stops before it.
     fn committable(&self, partition: usize) -> Option<i64> {
-        let acked = self.acked[partition].load(Ordering::Acquire);
-        let next = (acked + 1).min(self.failed_at[partition].load(Ordering::Acquire));
-        (acked >= 0).then_some(next)
+        self.window(partition).committable
     }
 }
 
@@ -927,15 +1008,8 @@ impl ProducerContext for NativeDelivery {
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (partition, offset) = unpack(opaque);
         match result {
-            Ok(_) => {
-                if self.acked[partition].fetch_max(offset, Ordering::AcqRel) > offset {
-                    self.out_of_order.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err((e, _)) => {
-                eprintln!("[bench] native: delivery failed for input {partition}/{offset}: {e}");
-                self.failed_at[partition].fetch_min(offset, Ordering::AcqRel);
-            }
+            Ok(_) => self.acked(partition, offset),
+            Err((e, _)) => eprintln!("[bench] native: delivery failed for input {partition}/{offset}: {e}"),
         }
     }
 }
@@ -947,7 +1021,7 @@ fn native_loop(
     input: &str,
     output: &str,
 ) {
-    let partitions = producer.context().acked.len();
+    let partitions = producer.context().windows.len();
     let mut committed = vec![None; partitions];
     let mut last_commit = Instant::now();
     let mut sent: u64 = 0;
@@ -973,15 +1047,14 @@ fn native_loop(
     }
     let _ = producer.flush(Duration::from_secs(30));
     commit_acked(consumer, producer.context(), input, &mut committed, CommitMode::Sync);
-    let ooo = producer.context().out_of_order.load(Ordering::Relaxed);
-    if ooo > 0 {
-        eprintln!("[bench] native: {ooo} delivery reports out of order: its commits were not a contiguous prefix");
-    }
 }
 
 fn forward(producer: &BaseProducer<NativeDelivery>, output: &str, msg: &BorrowedMessage<'_>) {
-    let mut record: BaseRecord<'_, [u8], [u8], usize> =
-        BaseRecord::with_opaque_to(output, pack(msg.partition(), msg.offset())).partition(msg.partition());
+    let ctx = producer.context();
+    let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(output, pack(msg.partition(), msg.offset()));
+    if ctx.same_partition {
+        record = record.partition(msg.partition());
+    }
     if let Some(k) = msg.key() {
         record = record.key(k);
     }
@@ -994,6 +1067,9 @@ fn forward(producer: &BaseProducer<NativeDelivery>, output: &str, msg: &Borrowed
     if let Some(ts) = msg.timestamp().to_millis() {
         record = record.timestamp(ts);
     }
+    // Registered before sending: its report can only come from a later poll,
+    // but keep the host's order of events anyway.
+    ctx.sent(msg.partition() as usize, msg.offset());
     loop {
         match producer.send(record) {
             Ok(()) => return,
@@ -1002,9 +1078,8 @@ fn forward(producer: &BaseProducer<NativeDelivery>, output: &str, msg: &Borrowed
                 producer.poll(Duration::from_millis(1));
             }
             Err((e, _)) => {
+                // Left unacknowledged in its window: nothing past it commits.
                 eprintln!("[bench] native: produce rejected: {e}");
-                let ctx = producer.context();
-                ctx.failed_at[msg.partition() as usize].fetch_min(msg.offset(), Ordering::AcqRel);
                 return;
             }
         }

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dev;
 pub mod kafka;
 pub mod metrics_names;
 pub mod pipeline;

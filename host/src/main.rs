@@ -35,6 +35,23 @@ enum Command {
         #[arg(long, env = "KWASM_CONFIG")]
         config: PathBuf,
     },
+    /// Run everything locally with no Kafka to install: an in-process mock
+    /// Kafka cluster, a demo topic with sample traffic, the example `redact`
+    /// pipeline, and the admin API.
+    Dev {
+        /// Where the admin API listens.
+        #[arg(long, env = "KWASM_ADMIN_LISTEN", default_value = "127.0.0.1:8080")]
+        admin_listen: String,
+        /// Folder of the example plugins' .wasm files (scripts/run builds them).
+        #[arg(long, env = "KWASM_PLUGIN_DIR")]
+        plugin_dir: std::path::PathBuf,
+        /// Use these Kafka brokers instead of the in-process mock cluster.
+        #[arg(long, env = "KWASM_BROKERS")]
+        brokers: Option<String>,
+        /// Sample orders produced per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+    },
     /// Run a plugin locally on JSON-lines messages and print its outputs as
     /// JSON lines (no Kafka needed).
     Test(local_test::TestArgs),
@@ -55,6 +72,12 @@ fn main() -> ExitCode {
     init_logging(&cli.log, cli.log_json);
     let result = match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Dev { admin_listen, plugin_dir, brokers, rate } => dev(kwasm_host::dev::DevOptions {
+            admin_listen,
+            plugin_dir,
+            brokers,
+            rate_per_sec: rate,
+        }),
         Command::Test(args) => local_test::run(args),
         Command::New(args) => cli::scaffold::run(args).map_err(Into::into),
         Command::Plugin(args) => cli::plugin::run(args).map_err(Into::into),
@@ -74,6 +97,12 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = kwasm_host::config::Config::load(&path)?.with_env();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(kwasm_host::serve::serve(config))?;
+    Ok(())
+}
+
+fn dev(options: kwasm_host::dev::DevOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(kwasm_host::dev::run(options))?;
     Ok(())
 }
 

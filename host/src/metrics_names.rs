@@ -10,3 +10,5 @@ pub const ERRORS: &str = "kwasm_plugin_errors_total";
 pub const DEAD_LETTERED: &str = "kwasm_dead_lettered_total";
 /// Seconds per plugin batch call.
 pub const BATCH_SECONDS: &str = "kwasm_batch_seconds";
+/// Messages of a partition not yet committed, per partition.
+pub const LAG: &str = "kwasm_partition_lag";

@@ -40,8 +40,12 @@ pub struct Recorded {
 impl Recorded {
     /// The body parsed as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{} {} sent a body that is not JSON: {e}", self.method, self.path))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} {} sent a body that is not JSON: {e}",
+                self.method, self.path
+            )
+        })
     }
 }
 
@@ -75,7 +79,12 @@ impl FakeApi {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = FakeState {
             token: token.map(str::to_owned),
-            answers: Arc::new(answers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+            answers: Arc::new(
+                answers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            ),
             requests: Arc::clone(&requests),
         };
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -111,7 +120,9 @@ impl Drop for FakeApi {
 }
 
 fn lock(requests: &Mutex<Vec<Recorded>>) -> MutexGuard<'_, Vec<Recorded>> {
-    requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    requests
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn serve(listener: TcpListener, state: FakeState, stopped: tokio::sync::oneshot::Receiver<()>) {
@@ -134,11 +145,24 @@ fn serve(listener: TcpListener, state: FakeState, stopped: tokio::sync::oneshot:
     });
 }
 
-async fn answer(State(state): State<FakeState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let text_header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+async fn answer(
+    State(state): State<FakeState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text_header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let recorded = Recorded {
         method: method.to_string(),
-        path: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.to_string()),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.to_string()),
         authorization: text_header(header::AUTHORIZATION),
         content_type: text_header(header::CONTENT_TYPE),
         body: body.to_vec(),
@@ -150,12 +174,25 @@ async fn answer(State(state): State<FakeState>, method: Method, uri: Uri, header
         && mutating
         && recorded.authorization.as_deref() != Some(&format!("Bearer {token}"))
     {
-        return error(401, "unauthorized", "this host requires an admin token: send Authorization: Bearer <token>");
+        return error(
+            401,
+            "unauthorized",
+            "this call needs `Authorization: Bearer <token>` with the host's admin token",
+        );
     }
-    match state.answers.get(&format!("{} {}", recorded.method, recorded.path)) {
-        Some((status, Some(body))) => (status_code(*status), axum::Json(body.clone())).into_response(),
+    match state
+        .answers
+        .get(&format!("{} {}", recorded.method, recorded.path))
+    {
+        Some((status, Some(body))) => {
+            (status_code(*status), axum::Json(body.clone())).into_response()
+        }
         Some((status, None)) => status_code(*status).into_response(),
-        None => error(404, "not_found", &format!("no route {} {}", recorded.method, recorded.path)),
+        None => error(
+            404,
+            "not_found",
+            &format!("no route {} {}", recorded.method, recorded.path),
+        ),
     }
 }
 

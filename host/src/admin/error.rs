@@ -16,6 +16,9 @@ pub enum AdminError {
     /// Unknown plugin, version, pipeline or path (404).
     #[error("{0}")]
     NotFound(String),
+    /// A known path with a method it does not serve (405).
+    #[error("this endpoint does not take that method; see /v1/openapi.json")]
+    MethodNotAllowed,
     /// The change conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
@@ -33,6 +36,7 @@ impl AdminError {
             AdminError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             AdminError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -136,9 +136,12 @@ pub async fn upload_plugin(State(state): State<AdminState>, Path(name): Path<Str
 
 pub async fn delete_plugin_version(
     State(state): State<AdminState>,
-    Path((name, version)): Path<(String, u32)>,
+    Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let registry = registry(&state)?;
+    let version: u32 = version
+        .parse()
+        .map_err(|_| AdminError::Invalid(format!("version `{version}` must be a whole number")))?;
     {
         let reg = registry.read();
         reg.plugin_version(&name, Some(version))
@@ -215,6 +218,9 @@ pub async fn put_pipeline(State(state): State<AdminState>, Path(name): Path<Stri
         .ok_or_else(|| AdminError::NotFound(format!("no plugin `{}` in the registry", p.plugin)))?;
     p.plugin = format!("{plugin}@{resolved}");
     validate_pipeline(&p)?;
+    // Store the defaults resolved, so every host and reader sees the same.
+    p.group_id = Some(p.group_id.take().unwrap_or_else(|| format!("kwasm-{}", p.name)));
+    p.dead_letter_topic = Some(p.dead_letter_topic.take().unwrap_or_else(|| format!("{}.dlq", p.name)));
     // Keep pause state across an update.
     p.paused = registry.read().pipeline(&p.name).is_some_and(|old| old.paused);
     registry.put_pipeline(&p).await?;

@@ -64,6 +64,7 @@ pub fn router(state: AdminState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(from_fn_with_state(state.clone(), require_token))
         .fallback(|| async { AdminError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .with_state(state)
 }
 

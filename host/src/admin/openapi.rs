@@ -58,7 +58,7 @@ fn spec() -> Value {
         },
         "components": {"schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "enum": ["invalid", "unauthorized", "not_found", "conflict", "too_large", "unavailable"]},
+                "code": {"type": "string", "enum": ["invalid", "unauthorized", "not_found", "method_not_allowed", "conflict", "too_large", "unavailable"]},
                 "message": {"type": "string"}}}}},
             "Pipeline": {"type": "object", "required": ["plugin", "output"], "properties": {
                 "plugin": {"type": "string", "description": "name@version or name (newest)"},

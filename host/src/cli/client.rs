@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use ureq::http;
 
 use super::model::{Assignments, DeployedPlugin, Members, Pipeline, PipelineList, PluginList};
@@ -83,7 +83,11 @@ pub struct ApiRequest {
 
 impl ApiRequest {
     fn new(method: http::Method, path: String) -> Self {
-        ApiRequest { method, path, body: None }
+        ApiRequest {
+            method,
+            path,
+            body: None,
+        }
     }
 
     fn with_body(mut self, content_type: &'static str, bytes: Vec<u8>) -> Self {
@@ -211,7 +215,9 @@ impl ApiClient {
     /// Sends `request`; a non-2xx answer is an error.
     pub fn send(&self, request: &ApiRequest) -> Result<Answer, ClientError> {
         let url = self.url(request);
-        let mut builder = http::Request::builder().method(request.method.clone()).uri(&url);
+        let mut builder = http::Request::builder()
+            .method(request.method.clone())
+            .uri(&url);
         if let Some(token) = &self.token {
             builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -229,20 +235,30 @@ impl ApiClient {
             }
             None => self.agent.run(builder.body(()).map_err(invalid)?),
         };
-        let mut response = sent.map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+        let mut response = sent.map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
         let status = response.status().as_u16();
         let body = response
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE_BYTES)
             .read_to_string()
-            .map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
         check_status(url, status, body)
     }
 
     /// `POST /v1/plugins/{name}`: the stored version, and whether it is new
     /// (201) or the same bytes were already there (200).
-    pub fn deploy_plugin(&self, name: &str, wasm: Vec<u8>) -> Result<(DeployedPlugin, bool), ClientError> {
+    pub fn deploy_plugin(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+    ) -> Result<(DeployedPlugin, bool), ClientError> {
         let answer = self.send(&ApiRequest::deploy_plugin(name, wasm))?;
         Ok((answer.json()?, answer.status == 201))
     }
@@ -253,7 +269,11 @@ impl ApiClient {
     }
 
     /// `PUT /v1/pipelines/{name}`: the pipeline as stored.
-    pub fn put_pipeline(&self, name: &str, body: &serde_json::Value) -> Result<Pipeline, ClientError> {
+    pub fn put_pipeline(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<Pipeline, ClientError> {
         self.send(&ApiRequest::put_pipeline(name, body))?.json()
     }
 
@@ -296,7 +316,9 @@ fn check_base_url(url: &str) -> Result<String, ClientError> {
         reason: reason.to_owned(),
     };
     let Some(rest) = url.strip_prefix("http://") else {
-        return Err(invalid("expected http://HOST:PORT (the admin API speaks plain HTTP)"));
+        return Err(invalid(
+            "expected http://HOST:PORT (the admin API speaks plain HTTP)",
+        ));
     };
     if rest.is_empty() || rest.starts_with('/') {
         return Err(invalid("no host after http://"));
@@ -348,38 +370,87 @@ mod tests {
         let deploy = ApiRequest::deploy_plugin("redact", vec![0, 97, 115, 109]);
         assert_eq!(deploy.method, http::Method::POST);
         assert_eq!(deploy.path, "/v1/plugins/redact");
-        assert_eq!(deploy.body, Some(("application/wasm", vec![0, 97, 115, 109])));
+        assert_eq!(
+            deploy.body,
+            Some(("application/wasm", vec![0, 97, 115, 109]))
+        );
 
-        let put = ApiRequest::put_pipeline("orders-clean", &serde_json::json!({"plugin": "redact@2"}));
+        let put =
+            ApiRequest::put_pipeline("orders-clean", &serde_json::json!({"plugin": "redact@2"}));
         assert_eq!(put.method, http::Method::PUT);
         assert_eq!(put.path, "/v1/pipelines/orders-clean");
-        assert_eq!(put.body, Some(("application/json", br#"{"plugin":"redact@2"}"#.to_vec())));
+        assert_eq!(
+            put.body,
+            Some(("application/json", br#"{"plugin":"redact@2"}"#.to_vec()))
+        );
 
         let cases = [
             (ApiRequest::list_plugins(), http::Method::GET, "/v1/plugins"),
-            (ApiRequest::list_pipelines(), http::Method::GET, "/v1/pipelines"),
-            (ApiRequest::pause_pipeline("p"), http::Method::POST, "/v1/pipelines/p/pause"),
-            (ApiRequest::resume_pipeline("p"), http::Method::POST, "/v1/pipelines/p/resume"),
-            (ApiRequest::delete_pipeline("p"), http::Method::DELETE, "/v1/pipelines/p"),
-            (ApiRequest::pipeline_members("p"), http::Method::GET, "/v1/pipelines/p/members"),
-            (ApiRequest::assignments(), http::Method::GET, "/v1/assignments"),
+            (
+                ApiRequest::list_pipelines(),
+                http::Method::GET,
+                "/v1/pipelines",
+            ),
+            (
+                ApiRequest::pause_pipeline("p"),
+                http::Method::POST,
+                "/v1/pipelines/p/pause",
+            ),
+            (
+                ApiRequest::resume_pipeline("p"),
+                http::Method::POST,
+                "/v1/pipelines/p/resume",
+            ),
+            (
+                ApiRequest::delete_pipeline("p"),
+                http::Method::DELETE,
+                "/v1/pipelines/p",
+            ),
+            (
+                ApiRequest::pipeline_members("p"),
+                http::Method::GET,
+                "/v1/pipelines/p/members",
+            ),
+            (
+                ApiRequest::assignments(),
+                http::Method::GET,
+                "/v1/assignments",
+            ),
         ];
         for (request, method, path) in cases {
-            assert_eq!((request.method, request.path.as_str(), request.body), (method, path, None));
+            assert_eq!(
+                (request.method, request.path.as_str(), request.body),
+                (method, path, None)
+            );
         }
     }
 
     #[test]
     fn names_are_escaped_into_one_path_segment() {
-        assert_eq!(ApiRequest::delete_pipeline("a/b c").path, "/v1/pipelines/a%2Fb%20c");
+        assert_eq!(
+            ApiRequest::delete_pipeline("a/b c").path,
+            "/v1/pipelines/a%2Fb%20c"
+        );
         assert_eq!(segment("orders.v2_x-y~"), "orders.v2_x-y~");
     }
 
     #[test]
     fn base_url_must_be_plain_http_and_loses_its_trailing_slash() {
-        assert_eq!(check_base_url("http://127.0.0.1:8080/").ok(), Some("http://127.0.0.1:8080".to_owned()));
-        assert_eq!(check_base_url("http://h/prefix").ok(), Some("http://h/prefix".to_owned()));
-        for bad in ["https://h", "127.0.0.1:8080", "http://", "http:///x", "http://h?x=1"] {
+        assert_eq!(
+            check_base_url("http://127.0.0.1:8080/").ok(),
+            Some("http://127.0.0.1:8080".to_owned())
+        );
+        assert_eq!(
+            check_base_url("http://h/prefix").ok(),
+            Some("http://h/prefix".to_owned())
+        );
+        for bad in [
+            "https://h",
+            "127.0.0.1:8080",
+            "http://",
+            "http:///x",
+            "http://h?x=1",
+        ] {
             assert!(
                 matches!(check_base_url(bad), Err(ClientError::InvalidUrl { .. })),
                 "{bad} was accepted"
@@ -390,7 +461,8 @@ mod tests {
     #[test]
     fn error_answers_use_the_apis_code_and_message() {
         let body = r#"{"error": {"code": "conflict", "message": "pipeline `a` is declared in a config file"}}"#;
-        let err = check_status("http://h/v1/pipelines/a".into(), 409, body.into()).expect_err("an error answer");
+        let err = check_status("http://h/v1/pipelines/a".into(), 409, body.into())
+            .expect_err("an error answer");
         assert_eq!(
             err.to_string(),
             "pipeline `a` is declared in a config file (conflict, HTTP 409)"
@@ -399,7 +471,8 @@ mod tests {
 
     #[test]
     fn error_answers_without_the_error_shape_quote_the_body() {
-        let err = check_status("http://h/v1/plugins".into(), 502, "Bad Gateway".into()).expect_err("an error answer");
+        let err = check_status("http://h/v1/plugins".into(), 502, "Bad Gateway".into())
+            .expect_err("an error answer");
         assert_eq!(
             err.to_string(),
             "HTTP 502 from http://h/v1/plugins (not a kwasm error answer: \"Bad Gateway\")"
@@ -416,7 +489,13 @@ mod tests {
     fn an_undecodable_answer_names_the_url() {
         let answer = check_status("http://h/v1/plugins".into(), 200, "[]".into()).expect("2xx");
         let err = answer.json::<PluginList>().expect_err("an error answer");
-        assert_eq!(err.to_string(), "unexpected answer from http://h/v1/plugins");
-        assert!(std::error::Error::source(&err).is_some(), "the decode error is kept as the source");
+        assert_eq!(
+            err.to_string(),
+            "unexpected answer from http://h/v1/plugins"
+        );
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the decode error is kept as the source"
+        );
     }
 }

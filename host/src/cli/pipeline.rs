@@ -120,9 +120,12 @@ impl FileFormat {
 /// pipeline as the only `[[pipeline]]` table, as copied from a host config.
 fn parse_pipeline(text: &str, format: FileFormat) -> Result<Map<String, Value>, String> {
     let value = match format {
-        FileFormat::Json => serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON: {e}"))?,
+        FileFormat::Json => {
+            serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON: {e}"))?
+        }
         FileFormat::Toml => {
-            let table: toml::Table = toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
+            let table: toml::Table =
+                toml::from_str(text).map_err(|e| format!("invalid TOML: {e}"))?;
             serde_json::to_value(table).map_err(|e| format!("cannot convert TOML to JSON: {e}"))?
         }
     };
@@ -134,7 +137,12 @@ fn parse_pipeline(text: &str, format: FileFormat) -> Result<Map<String, Value>, 
     {
         match tables.as_slice() {
             [Value::Object(only)] => return Ok(only.clone()),
-            _ => return Err(format!("holds {} `[[pipeline]]` tables: apply one at a time", tables.len())),
+            _ => {
+                return Err(format!(
+                    "holds {} `[[pipeline]]` tables: apply one at a time",
+                    tables.len()
+                ));
+            }
         }
     }
     fields.remove("pipeline").map_or(Ok(fields), |_| {
@@ -147,7 +155,10 @@ fn parse_pipeline(text: &str, format: FileFormat) -> Result<Map<String, Value>, 
 /// do instead.
 fn split_name(mut fields: Map<String, Value>) -> Result<(String, Value), String> {
     if fields.contains_key("paused") {
-        return Err("`paused` cannot be applied: use `kwasm pipeline pause NAME` or `resume NAME`".to_owned());
+        return Err(
+            "`paused` cannot be applied: use `kwasm pipeline pause NAME` or `resume NAME`"
+                .to_owned(),
+        );
     }
     if fields.contains_key("source") {
         return Err("`source` is set by the host (`api` or `config`): remove it".to_owned());
@@ -241,9 +252,16 @@ mod tests {
 
     #[test]
     fn a_single_pipeline_table_copied_from_a_host_config_is_accepted() {
-        let text = "[[pipeline]]\nname = \"a\"\nplugin = \"p\"\ninputs = [\"in\"]\noutput = \"out\"\n";
+        let text =
+            "[[pipeline]]\nname = \"a\"\nplugin = \"p\"\ninputs = [\"in\"]\noutput = \"out\"\n";
         let (name, body) = body_of(text, FileFormat::Toml).expect("valid file");
-        assert_eq!((name.as_str(), body), ("a", json!({"plugin": "p", "inputs": ["in"], "output": "out"})));
+        assert_eq!(
+            (name.as_str(), body),
+            (
+                "a",
+                json!({"plugin": "p", "inputs": ["in"], "output": "out"})
+            )
+        );
         let two = format!("{text}{text}");
         assert_eq!(
             body_of(&two, FileFormat::Toml).expect_err("two pipelines"),
@@ -256,7 +274,10 @@ mod tests {
         let text = r#"{"name": "b", "plugin": "p@1", "input_regex": "orders-.*", "output": "o", "group_id": null}"#;
         let (name, body) = body_of(text, FileFormat::Json).expect("valid file");
         assert_eq!(name, "b");
-        assert_eq!(body, json!({"plugin": "p@1", "input_regex": "orders-.*", "output": "o", "group_id": null}));
+        assert_eq!(
+            body,
+            json!({"plugin": "p@1", "input_regex": "orders-.*", "output": "o", "group_id": null})
+        );
     }
 
     #[test]
@@ -264,22 +285,41 @@ mod tests {
         let cases = [
             (r#"{"plugin": "p"}"#, "missing `name`"),
             (r#"{"name": 3}"#, "`name` must be a non-empty string"),
-            (r#"{"name": "a", "paused": true}"#, "`paused` cannot be applied: use `kwasm pipeline pause NAME` or `resume NAME`"),
-            (r#"{"name": "a", "source": "api"}"#, "`source` is set by the host (`api` or `config`): remove it"),
+            (
+                r#"{"name": "a", "paused": true}"#,
+                "`paused` cannot be applied: use `kwasm pipeline pause NAME` or `resume NAME`",
+            ),
+            (
+                r#"{"name": "a", "source": "api"}"#,
+                "`source` is set by the host (`api` or `config`): remove it",
+            ),
             ("[1]", "expected an object with the pipeline's fields"),
         ];
         for (text, message) in cases {
             assert_eq!(body_of(text, FileFormat::Json).expect_err(text), message);
         }
-        assert!(body_of("name = ", FileFormat::Toml).expect_err("bad TOML").starts_with("invalid TOML: "));
+        assert!(
+            body_of("name = ", FileFormat::Toml)
+                .expect_err("bad TOML")
+                .starts_with("invalid TOML: ")
+        );
     }
 
     #[test]
     fn the_format_comes_from_the_extension_then_the_content() {
-        assert_eq!(FileFormat::of(Path::new("p.json"), "name = 1"), FileFormat::Json);
+        assert_eq!(
+            FileFormat::of(Path::new("p.json"), "name = 1"),
+            FileFormat::Json
+        );
         assert_eq!(FileFormat::of(Path::new("p.TOML"), "{}"), FileFormat::Toml);
-        assert_eq!(FileFormat::of(Path::new("p"), "  {\"name\": 1}"), FileFormat::Json);
-        assert_eq!(FileFormat::of(Path::new("p.conf"), "name = \"a\""), FileFormat::Toml);
+        assert_eq!(
+            FileFormat::of(Path::new("p"), "  {\"name\": 1}"),
+            FileFormat::Json
+        );
+        assert_eq!(
+            FileFormat::of(Path::new("p.conf"), "name = \"a\""),
+            FileFormat::Toml
+        );
     }
 
     #[test]
@@ -297,6 +337,9 @@ mod tests {
              audit         filter@1  /audit-.*/  audit-out     paused  config\n\
              orders-clean  redact@2  orders      orders-clean  active  api\n"
         );
-        assert_eq!(describe(&list.pipelines[1]), "plugin filter@1, /audit-.*/ -> audit-out (paused)");
+        assert_eq!(
+            describe(&list.pipelines[1]),
+            "plugin filter@1, /audit-.*/ -> audit-out (paused)"
+        );
     }
 }

@@ -79,7 +79,7 @@ fn render_list(list: &PluginList) -> String {
     plugins.sort_by(|a, b| a.name.cmp(&b.name));
     for plugin in plugins {
         let mut versions: Vec<_> = plugin.versions.iter().collect();
-        versions.sort_by(|a, b| b.version.cmp(&a.version));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.version));
         if versions.is_empty() {
             table.push(vec![plugin.name.clone(), "-".into()]);
         }
@@ -113,7 +113,10 @@ mod tests {
             render_deployed(&plugin, true),
             "deployed redact version 3\n  name:    redact\n  version: 3\n  digest:  sha256:ab12\n  size:    86118 bytes\n"
         );
-        assert!(render_deployed(&plugin, false).starts_with("unchanged: redact version 3 already has these bytes\n"));
+        assert!(
+            render_deployed(&plugin, false)
+                .starts_with("unchanged: redact version 3 already has these bytes\n")
+        );
     }
 
     #[test]

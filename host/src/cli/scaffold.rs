@@ -65,7 +65,11 @@ pub enum ScaffoldError {
 /// Runs `kwasm new`.
 pub fn run(args: NewArgs) -> Result<(), CliError> {
     check_crate_name(&args.name)?;
-    let sdk = locate_sdk(args.sdk_path.as_deref().unwrap_or(Path::new(BUILT_FROM_SDK)))?;
+    let sdk = locate_sdk(
+        args.sdk_path
+            .as_deref()
+            .unwrap_or(Path::new(BUILT_FROM_SDK)),
+    )?;
     let dir = args.path.join(&args.name);
     create_crate(&dir, &args.name, &sdk)?;
     emit(&format!(
@@ -79,16 +83,26 @@ pub fn run(args: NewArgs) -> Result<(), CliError> {
 /// Rust keywords (2024 edition, strict and reserved): cargo refuses them as
 /// crate names.
 const KEYWORDS: &[&str] = &[
-    "abstract", "as", "async", "await", "become", "box", "break", "const", "continue", "crate", "do", "dyn", "else",
-    "enum", "extern", "false", "final", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "macro", "match",
-    "mod", "move", "mut", "override", "priv", "pub", "ref", "return", "self", "static", "struct", "super", "trait",
-    "true", "try", "type", "typeof", "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
+    "abstract", "as", "async", "await", "become", "box", "break", "const", "continue", "crate",
+    "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if", "impl",
+    "in", "let", "loop", "macro", "match", "mod", "move", "mut", "override", "priv", "pub", "ref",
+    "return", "self", "static", "struct", "super", "trait", "true", "try", "type", "typeof",
+    "unsafe", "unsized", "use", "virtual", "where", "while", "yield",
 ];
 
 /// Names that would clash with a crate the plugin links (`std`, the SDK) or
 /// with cargo's own folders in `target/`.
 const RESERVED: &[&str] = &[
-    "alloc", "core", "proc_macro", "std", "test", "kwasm_guest", "kwasm_guest_macros", "build", "deps", "examples",
+    "alloc",
+    "core",
+    "proc_macro",
+    "std",
+    "test",
+    "kwasm_guest",
+    "kwasm_guest_macros",
+    "build",
+    "deps",
+    "examples",
     "incremental",
 ];
 
@@ -104,7 +118,10 @@ fn check_crate_name(name: &str) -> Result<(), ScaffoldError> {
     if !first.is_ascii_alphabetic() {
         return Err(invalid("it must start with an ASCII letter"));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
         return Err(invalid(&format!(
             "`{bad}` is not allowed (only ASCII letters, digits, `-` and `_`)"
         )));
@@ -117,7 +134,9 @@ fn check_crate_name(name: &str) -> Result<(), ScaffoldError> {
         return Err(invalid("it is a Rust keyword"));
     }
     if RESERVED.contains(&as_ident.to_ascii_lowercase().as_str()) {
-        return Err(invalid("it is reserved (a standard or kwasm crate, or a cargo folder)"));
+        return Err(invalid(
+            "it is reserved (a standard or kwasm crate, or a cargo folder)",
+        ));
     }
     Ok(())
 }
@@ -130,7 +149,9 @@ fn artifact_name(name: &str) -> String {
 /// The SDK folder as an absolute path (a relative one would be read from the
 /// new crate's folder), checked to hold a crate.
 fn locate_sdk(path: &Path) -> Result<PathBuf, ScaffoldError> {
-    let no_sdk = || ScaffoldError::NoSdk { path: path.to_owned() };
+    let no_sdk = || ScaffoldError::NoSdk {
+        path: path.to_owned(),
+    };
     let sdk = path.canonicalize().map_err(|_| no_sdk())?;
     if sdk.join("Cargo.toml").is_file() {
         Ok(sdk)
@@ -151,8 +172,13 @@ fn create_crate(dir: &Path, name: &str, sdk: &Path) -> Result<(), ScaffoldError>
     // `create_dir`, not `create_dir_all`: it fails when the folder exists, so
     // nothing of an existing folder is ever overwritten.
     std::fs::create_dir(dir).map_err(|source| match source.kind() {
-        std::io::ErrorKind::AlreadyExists => ScaffoldError::Exists { path: dir.to_owned() },
-        _ => ScaffoldError::Write { path: dir.to_owned(), source },
+        std::io::ErrorKind::AlreadyExists => ScaffoldError::Exists {
+            path: dir.to_owned(),
+        },
+        _ => ScaffoldError::Write {
+            path: dir.to_owned(),
+            source,
+        },
     })?;
     for (relative, contents) in files(name, sdk) {
         let path = dir.join(relative);
@@ -172,13 +198,17 @@ fn files(name: &str, sdk: &Path) -> Vec<(&'static str, String)> {
     vec![
         (
             "Cargo.toml",
-            CARGO_TOML.replace("{name}", name).replace("{sdk}", &sdk_literal),
+            CARGO_TOML
+                .replace("{name}", name)
+                .replace("{sdk}", &sdk_literal),
         ),
         (".cargo/config.toml", CARGO_CONFIG.to_owned()),
         ("src/lib.rs", LIB_RS.replace("{name}", name)),
         (
             "README.md",
-            README.replace("{name}", name).replace("{artifact}", &artifact),
+            README
+                .replace("{name}", name)
+                .replace("{artifact}", &artifact),
         ),
         (".gitignore", "/target\n".to_owned()),
     ]
@@ -320,15 +350,30 @@ mod tests {
             ("", "it is empty"),
             ("2fast", "it must start with an ASCII letter"),
             ("-x", "it must start with an ASCII letter"),
-            ("my plugin", "` ` is not allowed (only ASCII letters, digits, `-` and `_`)"),
-            ("café", "`é` is not allowed (only ASCII letters, digits, `-` and `_`)"),
+            (
+                "my plugin",
+                "` ` is not allowed (only ASCII letters, digits, `-` and `_`)",
+            ),
+            (
+                "café",
+                "`é` is not allowed (only ASCII letters, digits, `-` and `_`)",
+            ),
             ("fn", "it is a Rust keyword"),
-            ("test", "it is reserved (a standard or kwasm crate, or a cargo folder)"),
-            ("kwasm-guest", "it is reserved (a standard or kwasm crate, or a cargo folder)"),
+            (
+                "test",
+                "it is reserved (a standard or kwasm crate, or a cargo folder)",
+            ),
+            (
+                "kwasm-guest",
+                "it is reserved (a standard or kwasm crate, or a cargo folder)",
+            ),
         ];
         for (name, reason) in cases {
             let err = check_crate_name(name).expect_err(name);
-            assert_eq!(err.to_string(), format!("`{name}` is not a valid crate name: {reason}"));
+            assert_eq!(
+                err.to_string(),
+                format!("`{name}` is not a valid crate name: {reason}")
+            );
         }
         assert!(check_crate_name(&"a".repeat(65)).is_err());
     }
@@ -336,14 +381,21 @@ mod tests {
     #[test]
     fn the_sdk_path_is_escaped_as_a_toml_string() {
         let files = files("demo-plugin", Path::new(r#"/tmp/we"ird\sdk"#));
-        let (_, cargo_toml) = files.iter().find(|(p, _)| *p == "Cargo.toml").expect("Cargo.toml");
+        let (_, cargo_toml) = files
+            .iter()
+            .find(|(p, _)| *p == "Cargo.toml")
+            .expect("Cargo.toml");
         let parsed: toml::Table = toml::from_str(cargo_toml).expect("valid TOML");
         assert_eq!(
             parsed["dependencies"]["kwasm-guest"]["path"].as_str(),
             Some(r#"/tmp/we"ird\sdk"#)
         );
         assert_eq!(parsed["package"]["name"].as_str(), Some("demo-plugin"));
-        assert!(parsed["workspace"].as_table().is_some_and(toml::Table::is_empty));
+        assert!(
+            parsed["workspace"]
+                .as_table()
+                .is_some_and(toml::Table::is_empty)
+        );
     }
 
     #[test]

@@ -61,7 +61,12 @@ struct StatusRow {
 }
 
 impl StatusRow {
-    fn new(pipeline: &str, host: &str, partition: Option<TopicPartition>, progress: Option<&PartitionProgress>) -> Self {
+    fn new(
+        pipeline: &str,
+        host: &str,
+        partition: Option<TopicPartition>,
+        progress: Option<&PartitionProgress>,
+    ) -> Self {
         StatusRow {
             pipeline: pipeline.to_owned(),
             host: host.to_owned(),
@@ -80,15 +85,29 @@ impl StatusRow {
 /// the contacted host holds them), then partitions the contacted host holds
 /// but has not published as a member yet, or one placeholder row when no
 /// host holds anything.
-fn pipeline_rows(pipeline: &Pipeline, members: Option<&Members>, here: &Assignments) -> Vec<StatusRow> {
+fn pipeline_rows(
+    pipeline: &Pipeline,
+    members: Option<&Members>,
+    here: &Assignments,
+) -> Vec<StatusRow> {
     let held_here: BTreeMap<TopicPartition, &PartitionProgress> = here
         .pipelines
         .iter()
         .filter(|a| a.pipeline == pipeline.name)
         .flat_map(|a| &a.partitions)
-        .map(|p| (TopicPartition { topic: p.topic.clone(), partition: p.partition }, p))
+        .map(|p| {
+            (
+                TopicPartition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                },
+                p,
+            )
+        })
         .collect();
-    let mut hosts: Vec<_> = members.map(|m| m.members.iter().collect()).unwrap_or_default();
+    let mut hosts: Vec<_> = members
+        .map(|m| m.members.iter().collect())
+        .unwrap_or_default();
     hosts.sort_by(|a, b| a.host.cmp(&b.host));
 
     let mut rows = Vec::new();
@@ -100,21 +119,38 @@ fn pipeline_rows(pipeline: &Pipeline, members: Option<&Members>, here: &Assignme
             rows.push(StatusRow::new(&pipeline.name, &member.host, None, None));
         }
         for tp in partitions {
-            let progress = (member.host == here.host).then(|| held_here.get(&tp).copied()).flatten();
+            let progress = (member.host == here.host)
+                .then(|| held_here.get(&tp).copied())
+                .flatten();
             if progress.is_some() {
                 shown_here.insert(tp.clone());
             }
-            rows.push(StatusRow::new(&pipeline.name, &member.host, Some(tp), progress));
+            rows.push(StatusRow::new(
+                &pipeline.name,
+                &member.host,
+                Some(tp),
+                progress,
+            ));
         }
     }
     for (tp, progress) in &held_here {
         if !shown_here.contains(tp) {
-            rows.push(StatusRow::new(&pipeline.name, &here.host, Some(tp.clone()), Some(progress)));
+            rows.push(StatusRow::new(
+                &pipeline.name,
+                &here.host,
+                Some(tp.clone()),
+                Some(progress),
+            ));
         }
     }
     if rows.is_empty() {
         let mut row = StatusRow::new(&pipeline.name, "-", None, None);
-        row.state = if pipeline.paused { "paused" } else { "unassigned" }.to_owned();
+        row.state = if pipeline.paused {
+            "paused"
+        } else {
+            "unassigned"
+        }
+        .to_owned();
         rows.push(row);
     }
     rows
@@ -231,17 +267,23 @@ mod tests {
     fn a_pipeline_nobody_holds_says_so() {
         let pipeline: Pipeline =
             serde_json::from_value(json!({"name": "idle", "plugin": "p@1"})).expect("pipeline");
-        let here = Assignments { host: "host-a".into(), pipelines: vec![] };
+        let here = Assignments {
+            host: "host-a".into(),
+            pipelines: vec![],
+        };
         let rows = pipeline_rows(&pipeline, Some(&Members { members: vec![] }), &here);
-        assert_eq!(rows, vec![StatusRow {
-            pipeline: "idle".into(),
-            host: "-".into(),
-            partition: None,
-            position: None,
-            committed: None,
-            lag: None,
-            state: "unassigned".into(),
-        }]);
+        assert_eq!(
+            rows,
+            vec![StatusRow {
+                pipeline: "idle".into(),
+                host: "-".into(),
+                partition: None,
+                position: None,
+                committed: None,
+                lag: None,
+                state: "unassigned".into(),
+            }]
+        );
     }
 
     #[test]
@@ -249,8 +291,14 @@ mod tests {
         let view = StatusView {
             pipelines: vec![],
             members: BTreeMap::new(),
-            here: Assignments { host: "h".into(), pipelines: vec![] },
+            here: Assignments {
+                host: "h".into(),
+                pipelines: vec![],
+            },
         };
-        assert_eq!(render(&view), "no pipelines (create one with `kwasm pipeline apply FILE`)\n");
+        assert_eq!(
+            render(&view),
+            "no pipelines (create one with `kwasm pipeline apply FILE`)\n"
+        );
     }
 }

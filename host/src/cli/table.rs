@@ -92,7 +92,9 @@ pub fn human_bytes(bytes: u64) -> String {
 /// any): enough to tell versions apart in a list.
 pub fn short_digest(digest: &str) -> &str {
     let hex = digest.split_once(':').map_or(digest, |(_, hex)| hex);
-    hex.char_indices().nth(12).map_or(hex, |(end, _)| &hex[..end])
+    hex.char_indices()
+        .nth(12)
+        .map_or(hex, |(end, _)| &hex[..end])
 }
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM UTC`.
@@ -113,7 +115,8 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let mp = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * mp + 2) / 5 + 1;
@@ -128,7 +131,11 @@ mod tests {
 
     #[test]
     fn columns_are_padded_to_the_widest_cell_and_numbers_right_aligned() {
-        let mut table = Table::new(&[("NAME", Align::Left), ("LAG", Align::Right), ("STATE", Align::Left)]);
+        let mut table = Table::new(&[
+            ("NAME", Align::Left),
+            ("LAG", Align::Right),
+            ("STATE", Align::Left),
+        ]);
         table.push(vec!["orders-clean".into(), "7".into(), "running".into()]);
         table.push(vec!["a".into(), "12345".into(), String::new()]);
         assert_eq!(

@@ -31,7 +31,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str, ins
         // Never 0: some brokers answer an immediate empty fetch.
         .set("fetch.wait.max.ms", "10")
         // Prefetch per consumer is bounded; backpressure pauses partitions.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // Per-partition high watermarks for the lag shown by the admin API.
+        .set("statistics.interval.ms", "1000");
     if let Some(id) = instance_id {
         c.set("group.instance.id", id);
     }

@@ -57,6 +57,18 @@ pub(crate) struct PipelineContext {
 }
 
 impl ClientContext for PipelineContext {
+    /// librdkafka's statistics (`statistics.interval.ms`): the cheap source
+    /// of each partition's high watermark, hence the lag the API shows.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.hi_offset >= 0 {
+                    self.shared.status.set_high_watermark(topic, *partition, p.hi_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(pipeline = %self.shared.spec.name, %error, reason, "kafka client error");
         self.shared.status.set_broker_ok(false);
@@ -294,6 +306,7 @@ fn dispatch(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, a: &mu
 }
 
 fn set_paused(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, pause: bool) {
+    consumer.context().shared.status.set_paused(&key.0, key.1, pause);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&key.0, key.1);
     let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };

@@ -23,6 +23,14 @@ pub struct PartitionStatus {
     pub position: Option<i64>,
     /// Last committed offset, if any was committed by this host.
     pub committed: Option<i64>,
+    /// The partition's end offset, from librdkafka's statistics (every
+    /// second).
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - committed` (or `- position` before the first
+    /// commit): messages not yet safely done.
+    pub lag: Option<i64>,
+    /// `running`, or `paused` while its worker's queue is full.
+    pub state: &'static str,
 }
 
 /// One pipeline on this host.
@@ -67,7 +75,15 @@ impl PipelineStatus {
     pub(crate) fn assigned(&self, topic: &str, partition: i32) {
         self.table().insert(
             (topic.to_owned(), partition),
-            PartitionStatus { topic: topic.to_owned(), partition, position: None, committed: None },
+            PartitionStatus {
+                topic: topic.to_owned(),
+                partition,
+                position: None,
+                committed: None,
+                high_watermark: None,
+                lag: None,
+                state: "running",
+            },
         );
     }
 
@@ -84,6 +100,24 @@ impl PipelineStatus {
     pub(crate) fn committed(&self, topic: &str, partition: i32, offset: i64) {
         if let Some(p) = self.table().get_mut(&(topic.to_owned(), partition)) {
             p.committed = Some(offset);
+        }
+    }
+
+    pub(crate) fn set_paused(&self, topic: &str, partition: i32, paused: bool) {
+        if let Some(p) = self.table().get_mut(&(topic.to_owned(), partition)) {
+            p.state = if paused { "paused" } else { "running" };
+        }
+    }
+
+    /// Records the end offset and derives the lag.
+    pub(crate) fn set_high_watermark(&self, topic: &str, partition: i32, high: i64) {
+        if let Some(p) = self.table().get_mut(&(topic.to_owned(), partition)) {
+            p.high_watermark = Some(high);
+            let done = p.committed.or(p.position).unwrap_or(0);
+            let lag = (high - done).max(0);
+            p.lag = Some(lag);
+            metrics::gauge!(crate::metrics_names::LAG, "pipeline" => self.pipeline.clone(), "topic" => topic.to_owned(),
+                "partition" => partition.to_string()).set(lag as f64);
         }
     }
 

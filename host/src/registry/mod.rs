@@ -44,6 +44,10 @@ pub struct RegistryConfig {
     pub members_topic: String,
     /// Largest plugin accepted. Default 64 MiB.
     pub max_plugin_bytes: usize,
+    /// Create the topics when missing. Default true; off when something
+    /// else creates them (dev mode's mock cluster does not answer
+    /// CreateTopics).
+    pub create_topics: bool,
     /// Replication factor of the registry topics when kwasm creates them.
     /// Default 1 (a single test broker); use 3 on a production cluster.
     pub replication_factor: i32,
@@ -55,6 +59,7 @@ impl Default for RegistryConfig {
             plugins_topic: "_kwasm_plugins".into(),
             pipelines_topic: "_kwasm_pipelines".into(),
             members_topic: "_kwasm_members".into(),
+            create_topics: true,
             max_plugin_bytes: 64 << 20,
             replication_factor: 1,
         }
@@ -102,7 +107,9 @@ impl Registry {
         for (key, value) in &kafka.properties {
             client.set(key, value);
         }
-        create_topics(&client, &config).await?;
+        if config.create_topics {
+            create_topics(&client, &config).await?;
+        }
         let producer: FutureProducer = client.clone().set("acks", "all").set("enable.idempotence", "true").create().map_err(k)?;
         let (changes, _) = tokio::sync::watch::channel(0);
         let inner = Arc::new(Inner {
@@ -176,7 +183,7 @@ impl Registry {
             if let Some(existing) = versions.iter().find(|v| v.digest == digest) {
                 return Ok(((*existing).clone(), false));
             }
-            versions.last().map_or(1, |v| v.version + 1)
+            state.next_version(name)
         };
         let topic = &self.inner.config.plugins_topic;
         let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
@@ -226,18 +233,29 @@ impl Registry {
         let records = self.read().members(group);
         let client = self.inner.client.clone();
         let group_name = group.to_owned();
-        let member_ids = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+        let members = tokio::task::spawn_blocking(move || -> Result<Vec<(String, String)>, String> {
             let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
             let list = consumer.fetch_group_list(Some(&group_name), Duration::from_secs(5)).map_err(|e| e.to_string())?;
-            Ok(list.groups().iter().flat_map(|g| g.members().iter().map(|m| m.id().to_owned())).collect())
+            Ok(list
+                .groups()
+                .iter()
+                .flat_map(|g| g.members().iter().map(|m| (m.id().to_owned(), m.client_id().to_owned())))
+                .collect())
         })
         .await
-        .map_err(|e| RegistryError::Kafka(e.to_string()))?
-        .map_err(|e| RegistryError::Kafka(format!("describing group `{group}`: {e}")))?;
-        Ok(records
-            .into_iter()
-            .filter(|r| member_ids.iter().any(|id| id.starts_with(&format!("{}-", r.host))))
-            .collect())
+        .map_err(|e| RegistryError::Kafka(e.to_string()))?;
+        match members {
+            Ok(members) => Ok(records
+                .into_iter()
+                .filter(|r| members.iter().any(|(id, client_id)| is_member_of(&r.host, id, client_id)))
+                .collect()),
+            // Some brokers (librdkafka's mock cluster) cannot describe
+            // groups: show what hosts published, stale entries included.
+            Err(e) => {
+                tracing::warn!(group, error = %e, "cannot describe the group; members are as the hosts last published them");
+                Ok(records)
+            }
+        }
     }
 
     /// Deletes a pipeline.
@@ -348,6 +366,35 @@ async fn create_topics(client: &ClientConfig, config: &RegistryConfig) -> Result
         }
     }
     Ok(())
+}
+
+/// Whether a group member is host `host` (its `client.id`). Brokers that
+/// report the client id are compared exactly; some (nisshi) report only the
+/// member id, which Kafka forms as `<client.id>-<uuid>`: then the remainder
+/// must be exactly a UUID, so host `a` never matches host `a-b`.
+fn is_member_of(host: &str, member_id: &str, client_id: &str) -> bool {
+    if !client_id.is_empty() {
+        return client_id == host;
+    }
+    member_id
+        .strip_prefix(host)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|uuid| uuid.len() == 36 && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_member_of;
+
+    #[test]
+    fn member_ids_match_their_host_only() {
+        let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        assert!(is_member_of("a", &format!("a-{uuid}"), ""));
+        assert!(!is_member_of("a", &format!("a-b-{uuid}"), ""));
+        assert!(is_member_of("a-b", &format!("a-b-{uuid}"), ""));
+        assert!(is_member_of("a", "whatever", "a"));
+        assert!(!is_member_of("a", &format!("a-{uuid}"), "a-b"));
+    }
 }
 
 fn now_ms() -> i64 {

@@ -100,6 +100,10 @@ pub struct RegistryState {
     chunks: HashMap<String, BTreeMap<u32, Vec<u8>>>,
     pipelines: BTreeMap<String, StoredPipeline>,
     members: BTreeMap<String, MemberRecord>,
+    /// Highest version ever seen per plugin, deleted ones included, so a
+    /// number is never reused for other bytes (while the tombstoned
+    /// manifest is still in the log; compaction drops it eventually).
+    highest_version: BTreeMap<String, u32>,
 }
 
 impl RegistryState {
@@ -129,6 +133,8 @@ impl RegistryState {
             (["chunk", ..], None) => Ok(()),
             (["manifest", name, version], None) => {
                 let version: u32 = version.parse().map_err(|_| "bad version".to_owned())?;
+                let highest = self.highest_version.entry((*name).to_owned()).or_default();
+                *highest = (*highest).max(version);
                 if let Some(versions) = self.plugins.get_mut(*name) {
                     versions.remove(&version);
                     if versions.is_empty() {
@@ -139,6 +145,8 @@ impl RegistryState {
             }
             (["manifest", _, _], Some(json)) => {
                 let manifest: PluginVersion = serde_json::from_slice(json).map_err(|e| format!("bad manifest: {e}"))?;
+                let highest = self.highest_version.entry(manifest.name.clone()).or_default();
+                *highest = (*highest).max(manifest.version);
                 self.assemble(&manifest)?;
                 self.plugins
                     .entry(manifest.name.clone())
@@ -217,6 +225,11 @@ impl RegistryState {
             Some(v) => versions.get(&v),
             None => versions.values().next_back(),
         }
+    }
+
+    /// The version number the next upload of `name` gets.
+    pub fn next_version(&self, name: &str) -> u32 {
+        self.highest_version.get(name).copied().unwrap_or(0) + 1
     }
 
     /// A verified component by digest.
