@@ -213,10 +213,12 @@ fn versions(plugin: &Value) -> Vec<u64> {
 }
 
 /// A stored pipeline with every default filled, as the API answers it.
+/// A stored pipeline: the API stores the defaults resolved, so every host
+/// and reader sees the same group and dead-letter topic.
 fn stored(name: &str, plugin: &str, paused: bool) -> Value {
     json!({
         "name": name, "plugin": plugin, "config": {}, "inputs": ["in"], "input_regex": null,
-        "output": "out", "group_id": null, "dead_letter_topic": null,
+        "output": "out", "group_id": format!("kwasm-{name}"), "dead_letter_topic": format!("{name}.dlq"),
         "retry": {"max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 5000},
         "batch": {"max_messages": 512, "max_wait_ms": 20},
         "paused": paused, "source": "api",

@@ -585,7 +585,7 @@ fn help_lists_every_command() {
     assert_eq!(
         listed_commands(&["--help"]),
         [
-            "serve", "test", "new", "plugin", "pipeline", "status", "help"
+            "serve", "dev", "test", "new", "plugin", "pipeline", "status", "help"
         ]
     );
     assert_eq!(

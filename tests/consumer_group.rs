@@ -44,14 +44,16 @@ fn passthrough(t: &Topics) -> PipelineDef<'_> {
     }
 }
 
-/// Waits until the hosts together hold every partition, each exactly once.
+/// Waits until every host holds partitions and together they hold every
+/// partition, each exactly once (a host still joining holds nothing yet, so
+/// "covered" alone could be one early host holding everything).
 fn wait_for_exclusive_cover(hosts: &[&Host], topic: &str, timeout: Duration) -> Vec<BTreeSet<i32>> {
     let mut last = Vec::new();
     let covered = wait_until(timeout, Duration::from_millis(100), || {
         last = hosts.iter().map(|h| h.partitions(topic).unwrap_or_default()).collect();
         let total: usize = last.iter().map(BTreeSet::len).sum();
         let union: BTreeSet<i32> = last.iter().flatten().copied().collect();
-        total == PARTITIONS as usize && union.len() == PARTITIONS as usize
+        last.iter().all(|p| !p.is_empty()) && total == PARTITIONS as usize && union.len() == PARTITIONS as usize
     });
     assert!(covered, "partitions never covered exactly once: {last:?}");
     last
@@ -285,4 +287,32 @@ fn retryable_errors_are_retried_then_dead_lettered() {
     assert_eq!(dead[0].header("kwasm.attempts"), Some(&b"2"[..]), "max_attempts = 2 in the test config");
     let output = consume_all(&t.output, 2, Duration::from_secs(30));
     assert_eq!(output.iter().map(|r| r.value_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+}
+
+#[test]
+fn consumption_never_stalls_across_many_rebalances() {
+    // Regression guard for the StreamConsumer-style stalls users of rdkafka
+    // hit after rebalances (rust-rdkafka 638, 665): a third host joins and
+    // leaves four times under load; every message must still come out once.
+    let t = topics("churn");
+    let pipeline = passthrough(&t);
+    let a = Host::start("host-a", &pipeline);
+    let b = Host::start("host-b", &pipeline);
+    wait_for_exclusive_cover(&[&a, &b], &t.input, Duration::from_secs(60));
+    let producer = produce_slowly(t.input.clone(), 40_000, Duration::from_secs(16));
+    for round in 0..4 {
+        let mut c = Host::start(&format!("host-c{round}"), &pipeline);
+        let joined = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            c.partitions(&t.input).is_some_and(|p| !p.is_empty())
+        });
+        assert!(joined, "round {round}: the joining host got nothing");
+        c.process.sigterm();
+        assert!(c.process.wait_exit(Duration::from_secs(30)).is_some_and(|s| s.success()), "round {round}: clean exit");
+        wait_for_exclusive_cover(&[&a, &b], &t.input, Duration::from_secs(60));
+    }
+    let produced = producer.join().expect("producer thread");
+    let output = consume_all(&t.output, produced.len(), Duration::from_secs(90));
+    let acc = account(&produced, &output);
+    print_accounting("churn", &acc);
+    assert_eq!((acc.lost, acc.duplicates, acc.out_of_order), (0, 0, 0), "{acc:?}");
 }

@@ -5,34 +5,43 @@
 //! For each broker (librdkafka's in-process mock cluster, and nisshi when
 //! `KWASM_BENCH_BROKERS` names it), on the same data and in one process:
 //! - (a) native: a `BaseConsumer` poll loop feeding a `BaseProducer`, with the
-//!   host's own client settings and the host's commit discipline (async,
-//!   every second, only offsets whose outputs were acknowledged);
+//!   host's own client settings (`kafka::consumer_config`/`producer_config`),
+//!   outputs keyed like kwasm's, and the host's commit discipline (async,
+//!   every second, only the acknowledged prefix of each partition);
+//!   (a2) the same with each output sent to its input's partition number;
 //! - (b) the kwasm pipeline (`Pipeline::start`, as `kwasm serve` runs it)
 //!   with the `passthrough` plugin;
-//! - (c) the kwasm pipeline with the `transform` plugin rewriting JSON values.
+//! - (c) the kwasm pipeline with the `transform` plugin rewriting JSON values
+//!   (every value is a JSON object of the stated size).
 //!
 //! Throughput: the input is produced before a case starts; the clock runs
 //! from the first message the case's consumer fetches (so the group join is
 //! not counted) until the output topic's high watermarks add up to N. CPU is
 //! `getrusage(RUSAGE_SELF)` over the same span: it includes everything in
 //! this process (consumer, producer, plugin, the watermark probe, and for the
-//! mock cluster the broker itself). Latency: records produced at a fixed,
+//! mock cluster the broker itself). Cases take turns `KWASM_BENCH_REPEAT`
+//! times and keep their best run. Latency: records produced at a fixed,
 //! sub-saturation rate carry their send time in a header; a separate reader
-//! of the output topic takes `now - sent`.
+//! of the output topic takes `now - sent`; row (0) reads the input topic
+//! instead, the harness's own floor.
 //!
 //! Run it with `scripts/bench-pipeline` (starts nisshi, builds the plugins).
 //! Environment:
 //! - `KWASM_PLUGIN_DIR` (required): where `passthrough.wasm` and `transform.wasm` are.
 //! - `KWASM_BENCH_BROKERS`: an external broker (nisshi); `KWASM_BENCH_BROKER_PID`:
 //!   its process id, to report its CPU too.
-//! - `KWASM_BENCH_QUICK=1`: 200k messages, 2 s latency runs.
+//! - `KWASM_BENCH_QUICK=1`: 200k messages, 2 s latency runs, one round.
 //! - `KWASM_BENCH_MESSAGES` (default 1 000 000; 100-byte run),
 //!   `KWASM_BENCH_LARGE_MESSAGES` (default a fifth of that; 1 KiB run),
-//!   `KWASM_BENCH_RATE` (latency runs, msg/s, default 20 000),
-//!   `KWASM_BENCH_LATENCY_SECS` (default 5).
+//!   `KWASM_BENCH_BATCH1_MESSAGES` (default a tenth; batch-1 sweep point),
+//!   `KWASM_BENCH_REPEAT` (default 2), `KWASM_BENCH_RATE` (latency runs,
+//!   msg/s, default 20 000), `KWASM_BENCH_LATENCY_SECS` (default 5),
+//!   `KWASM_BENCH_LATENCY_LINGER_MS` (the load generator's `linger.ms`,
+//!   default 5; 1 overloads nisshi with requests).
 //! - `KWASM_BENCH_TARGETS` (`mock,nisshi`), `KWASM_BENCH_SECTIONS`
 //!   (`throughput,large,sweep,latency`), `KWASM_BENCH_CASES`
-//!   (`native,passthrough,transform`): subsets, e.g. for profiling one case.
+//!   (`direct,native,native-same,passthrough,transform`): subsets, e.g. for
+//!   profiling one case. `KWASM_BENCH_DEBUG=1` prints latency over time.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -56,9 +65,15 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
 /// The header carrying a latency record's send time (µs since [`epoch`]).
 const SENT_HEADER: &str = "bench.sent_us";
+/// Longest a sweep point runs (batch 1 on nisshi manages a few hundred msg/s).
+const SWEEP_TIME_CAP: Duration = Duration::from_secs(15);
 /// Batch sizes of the sweep; 512 is the default and case (b).
 const SWEEP: [usize; 4] = [1, 64, 512, 4096];
 const DEFAULT_BATCH: usize = 512;
+/// Partitions of the latency runs' topics, on both brokers: the mock
+/// cluster's fetch walks a partition's message sets from the start, and 64
+/// partitions of tiny sets at 20k msg/s made its latency grow without bound.
+const LATENCY_PARTITIONS: i32 = 6;
 /// The transform case's plugin configuration.
 const TRANSFORM_CONFIG: [(&str, &str); 2] = [("rename", "a=b"), ("add", "meta.via=kwasm")];
 
@@ -93,8 +108,8 @@ fn main() {
     println!();
     println!("machine: {} cores, {}; load average at start: {}", cores(), cpu_model(), loadavg());
     println!(
-        "messages: {} x 100 B (1 KiB run: {}), latency at {} msg/s for {} s; default batch {DEFAULT_BATCH}, max_wait 20 ms",
-        opts.messages, opts.large_messages, opts.rate, opts.latency_secs
+        "messages: {} x 100 B (1 KiB run: {}), best of {} rounds; latency at {} msg/s for {} s; default batch {DEFAULT_BATCH}, max_wait 20 ms",
+        opts.messages, opts.large_messages, opts.repeat, opts.rate, opts.latency_secs
     );
     println!();
     let mut failures = 0;
@@ -129,6 +144,7 @@ struct Options {
     batch1_messages: usize,
     rate: u64,
     latency_secs: u64,
+    repeat: usize,
     targets: Vec<String>,
     sections: Vec<String>,
     cases: Vec<String>,
@@ -155,6 +171,7 @@ impl Options {
             batch1_messages: env_or("KWASM_BENCH_BATCH1_MESSAGES", messages / 10),
             rate: env_or("KWASM_BENCH_RATE", 20_000) as u64,
             latency_secs: env_or("KWASM_BENCH_LATENCY_SECS", if quick { 2 } else { 5 }) as u64,
+            repeat: env_or("KWASM_BENCH_REPEAT", if quick { 1 } else { 2 }).max(1),
             targets: list("KWASM_BENCH_TARGETS", "mock,nisshi"),
             sections: list("KWASM_BENCH_SECTIONS", "throughput,large,sweep,latency"),
             cases: list("KWASM_BENCH_CASES", "direct,native,native-same,passthrough,transform"),
@@ -258,12 +275,12 @@ impl Broker {
         KafkaConfig { brokers: self.bootstrap.clone(), properties: BTreeMap::new() }
     }
 
-    fn create_topic(&self, name: &str) -> Res<()> {
+    fn create_topic(&self, name: &str, partitions: i32) -> Res<()> {
         if let Some(holder) = &self.mock {
             let mock = holder.client().mock_cluster().ok_or("mock cluster gone")?;
-            mock.create_topic(name, self.partitions, 1).map_err(|e| format!("create {name}: {e}"))?;
+            mock.create_topic(name, partitions, 1).map_err(|e| format!("create {name}: {e}"))?;
         } else if let Some(admin) = &self.admin {
-            let topic = NewTopic::new(name, self.partitions, TopicReplication::Fixed(1));
+            let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
             let results = self
                 .rt
@@ -277,12 +294,12 @@ impl Broker {
         loop {
             let md = self.probe.fetch_metadata(Some(name), Duration::from_secs(5));
             if let Ok(md) = md
-                && md.topics().first().is_some_and(|t| t.error().is_none() && t.partitions().len() == self.partitions as usize)
+                && md.topics().first().is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("topic {name} did not appear with {} partitions", self.partitions));
+                return Err(format!("topic {name} did not appear with {partitions} partitions"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -297,9 +314,9 @@ impl Broker {
     }
 
     /// (sum of low watermarks, sum of high watermarks) of `topic`.
-    fn watermarks(&self, topic: &str) -> Res<(i64, i64)> {
+    fn watermarks(&self, topic: &str, partitions: i32) -> Res<(i64, i64)> {
         let (mut low, mut high) = (0, 0);
-        for p in 0..self.partitions {
+        for p in 0..partitions {
             let (l, h) = self
                 .probe
                 .fetch_watermarks(topic, p, Duration::from_secs(5))
@@ -424,12 +441,26 @@ impl Bench<'_> {
                 return 1;
             }
             let throughput = value_bytes != 100 || o.section("throughput");
-            for (label, case, processor) in &cases {
-                if !throughput || !o.case(case) || (*case == "native-same" && value_bytes != 100) {
-                    continue;
+            let selected: Vec<_> = cases
+                .iter()
+                .filter(|(_, case, _)| throughput && o.case(case) && (*case != "native-same" || value_bytes == 100))
+                .collect();
+            // The cases take turns, `repeat` rounds, and each keeps its best
+            // round: other work on a shared machine only ever slows a run.
+            let mut best: Vec<Option<Res<Measured>>> = selected.iter().map(|_| None).collect();
+            for _ in 0..o.repeat {
+                for ((label, _, processor), slot) in selected.iter().zip(&mut best) {
+                    let result = self.throughput(processor, &input, n as u64, None);
+                    report_progress(b.name, label, value_bytes, &result);
+                    *slot = match (slot.take(), result) {
+                        (Some(Ok(old)), Ok(new)) => Some(Ok(if new.rate() > old.rate() { new } else { old })),
+                        (Some(Ok(old)), Err(_)) => Some(Ok(old)),
+                        (_, result) => Some(result),
+                    };
                 }
-                let result = self.throughput(processor, &input, n as u64);
-                report_progress(b.name, label, value_bytes, &result);
+            }
+            for ((label, case, _), result) in selected.into_iter().zip(best) {
+                let result = result.unwrap_or_else(|| Err("not run".into()));
                 if value_bytes == 100 && *case == "passthrough" && let Ok(m) = &result {
                     sweep.push((DEFAULT_BATCH, Ok(*m)));
                 }
@@ -441,7 +472,8 @@ impl Bench<'_> {
                         continue;
                     }
                     let n = if batch == 1 { o.batch1_messages } else { n } as u64;
-                    let result = self.throughput(&Processor::kwasm(&self.plugins.passthrough, &[], batch), &input, n);
+                    let processor = Processor::kwasm(&self.plugins.passthrough, &[], batch);
+                    let result = self.throughput(&processor, &input, n, Some(SWEEP_TIME_CAP));
                     report_progress(b.name, &format!("sweep batch {batch}"), value_bytes, &result);
                     sweep.push((batch, result));
                 }
@@ -479,7 +511,7 @@ impl Bench<'_> {
     /// spread round-robin; checks the broker kept them all.
     fn prepare_input(&self, topic: &str, n: usize, value_bytes: usize) -> Res<()> {
         let b = self.broker;
-        b.create_topic(topic)?;
+        b.create_topic(topic, b.partitions)?;
         let started = Instant::now();
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &b.bootstrap)
@@ -514,7 +546,7 @@ impl Bench<'_> {
         }
         producer.flush(Duration::from_secs(120)).map_err(|e| format!("flush input: {e}"))?;
         let probe_started = Instant::now();
-        let (low, high) = b.watermarks(topic)?;
+        let (low, high) = b.watermarks(topic, b.partitions)?;
         let probe_ms = probe_started.elapsed().as_secs_f64() * 1e3;
         if low != 0 || high != n as i64 {
             return Err(format!(
@@ -530,25 +562,26 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Runs `processor` over `input` until `n` outputs exist.
-    fn throughput(&self, processor: &Processor, input: &str, n: u64) -> Res<Measured> {
+    /// Runs `processor` over `input` until `n` outputs exist, or for
+    /// `time_cap` if given (then the rate is what it reached).
+    fn throughput(&self, processor: &Processor, input: &str, n: u64, time_cap: Option<Duration>) -> Res<Measured> {
         let b = self.broker;
         let output = unique("out");
-        b.create_topic(&output)?;
-        let running = self.start(processor, input, &output)?;
-        let result = self.measure(&output, n, &running);
+        b.create_topic(&output, b.partitions)?;
+        let running = self.start(processor, input, &output, b.partitions)?;
+        let result = self.measure(&output, n, &running, time_cap);
         running.stop();
         b.delete_topics(&[&output]);
         result
     }
 
-    fn start(&self, processor: &Processor, input: &str, output: &str) -> Res<Running> {
+    fn start(&self, processor: &Processor, input: &str, output: &str, partitions: i32) -> Res<Running> {
         let b = self.broker;
         let group = unique("group");
         Ok(match processor {
             Processor::Direct => Running::Direct,
             Processor::Native { same_partition } => {
-                Running::Native(NativeRun::start(b.kafka(), group, input, output, b.partitions, *same_partition)?)
+                Running::Native(NativeRun::start(b.kafka(), group, input, output, partitions, *same_partition)?)
             }
             Processor::Kwasm { plugin, config, batch } => {
                 let host = HostConfig { id: unique("bench-host"), ..HostConfig::default() };
@@ -588,7 +621,7 @@ impl Bench<'_> {
     }
 
     /// Waits for the first fetch, then for `n` records on `output`.
-    fn measure(&self, output: &str, n: u64, running: &Running) -> Res<Measured> {
+    fn measure(&self, output: &str, n: u64, running: &Running, time_cap: Option<Duration>) -> Res<Measured> {
         let b = self.broker;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !running.started() {
@@ -604,8 +637,10 @@ impl Bench<'_> {
         // Generous: 5k msg/s at the very least, plus a minute.
         let deadline = t0 + Duration::from_secs(60 + n / 5_000);
         loop {
-            let (_, high) = b.watermarks(output)?;
-            if high as u64 >= n {
+            let (_, high) = b.watermarks(output, b.partitions)?;
+            let capped = time_cap.is_some_and(|cap| t0.elapsed() >= cap) && high > 0;
+            if high as u64 >= n || capped {
+                let n = n.min(high as u64);
                 let secs = t0.elapsed().as_secs_f64();
                 let cpu_secs = cpu_seconds() - cpu0;
                 perf_control("disable");
@@ -625,19 +660,19 @@ impl Bench<'_> {
         let b = self.broker;
         let o = self.opts;
         let (input, output) = (unique("lat-in"), unique("lat-out"));
-        b.create_topic(&input)?;
-        b.create_topic(&output)?;
-        let running = self.start(processor, &input, &output)?;
+        b.create_topic(&input, LATENCY_PARTITIONS)?;
+        b.create_topic(&output, LATENCY_PARTITIONS)?;
+        let running = self.start(processor, &input, &output, LATENCY_PARTITIONS)?;
         let result = (|| {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while running.assigned() < b.partitions as usize {
+            while running.assigned() < LATENCY_PARTITIONS as usize {
                 if Instant::now() > deadline {
-                    return Err(format!("only {} of {} partitions assigned after 60 s", running.assigned(), b.partitions));
+                    return Err(format!("only {} of {} partitions assigned after 60 s", running.assigned(), LATENCY_PARTITIONS));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
             let read_from = if matches!(running, Running::Direct) { &input } else { &output };
-            let reader = LatencyReader::start(&b.bootstrap, read_from, b.partitions)?;
+            let reader = LatencyReader::start(&b.bootstrap, read_from, LATENCY_PARTITIONS)?;
             std::thread::sleep(Duration::from_millis(500));
             let sent = self.produce_paced(&input, o.rate, Duration::from_secs(o.latency_secs))?;
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -677,7 +712,7 @@ impl Bench<'_> {
     /// with its send time.
     fn produce_paced(&self, topic: &str, rate: u64, duration: Duration) -> Res<Paced> {
         let b = self.broker;
-        let linger = std::env::var("KWASM_BENCH_LATENCY_LINGER_MS").unwrap_or_else(|_| "1".into());
+        let linger = std::env::var("KWASM_BENCH_LATENCY_LINGER_MS").unwrap_or_else(|_| "5".into());
         let producer: BaseProducer<AckTimes> = ClientConfig::new()
             .set("bootstrap.servers", &b.bootstrap)
             .set("linger.ms", &linger)
@@ -697,7 +732,7 @@ impl Bench<'_> {
                 let stamp = now_us().to_le_bytes();
                 let headers = OwnedHeaders::new().insert(Header { key: SENT_HEADER, value: Some(&stamp[..]) });
                 let record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, now_us() as usize)
-                    .partition((sent % b.partitions as u64) as i32)
+                    .partition((sent % LATENCY_PARTITIONS as u64) as i32)
                     .key(key.as_bytes())
                     .payload(value.as_slice())
                     .headers(headers);
@@ -1031,7 +1066,7 @@ fn native_loop(
                 shared.started.store(true, Ordering::Release);
                 forward(producer, output, &msg);
                 sent += 1;
-                if sent % 256 == 0 {
+                if sent.is_multiple_of(256) {
                     producer.poll(Duration::ZERO);
                 }
             }

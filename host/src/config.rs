@@ -313,7 +313,10 @@ impl Config {
     }
 }
 
-fn is_name(s: &str) -> bool {
+/// The rule for pipeline and plugin names (and output topics in configs):
+/// 1 to 200 characters of `[a-zA-Z0-9._-]`, so a name is also safe in a
+/// topic name, a URL path and a registry key.
+pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))

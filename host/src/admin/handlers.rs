@@ -292,10 +292,7 @@ fn refuse_config_pipeline(state: &AdminState, name: &str) -> ApiResult<()> {
 }
 
 fn check_name(name: &str, what: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
+    if crate::config::is_name(name) {
         Ok(())
     } else {
         Err(AdminError::Invalid(format!("{what} name `{name}` must be 1-200 characters of [a-zA-Z0-9._-]")))
