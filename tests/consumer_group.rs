@@ -65,7 +65,7 @@ fn one_host_processes_every_message_once_in_order_and_commits_the_end() {
     let produced = produce_sequence(&t.input, PARTITIONS, 100_000);
     let host = Host::start("host-a", &passthrough(&t));
 
-    let output = consume_all(&t.output, produced.len(), Duration::from_secs(90));
+    let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
     assert_eq!((acc.lost, acc.duplicates, acc.out_of_order), (0, 0, 0), "{acc:?}");
     // Passthrough keeps the key, so the producer's partitioner spreads
@@ -137,7 +137,7 @@ fn three_hosts_own_disjoint_partitions_and_sigterm_hands_off_without_duplicates(
     println!("SIGTERM handoff: partitions held again elsewhere {:.2} s after the signal: {survivors:?}", signalled.elapsed().as_secs_f64());
 
     let produced = producer.join().expect("producer thread");
-    let output = consume_all(&t.output, produced.len(), Duration::from_secs(90));
+    let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
     print_accounting("SIGTERM", &acc);
     assert_eq!((acc.lost, acc.duplicates, acc.out_of_order), (0, 0, 0), "{acc:?}");
@@ -161,7 +161,7 @@ fn sigkill_of_one_of_three_hosts_loses_nothing() {
     println!("SIGKILL failover: partitions held again elsewhere {:.2} s after the kill: {survivors:?}", killed.elapsed().as_secs_f64());
 
     let produced = producer.join().expect("producer thread");
-    let output = consume_all(&t.output, produced.len() + 30_000, Duration::from_secs(30));
+    let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
     print_accounting("SIGKILL", &acc);
     assert_eq!(acc.lost, 0, "{acc:?}");
@@ -187,7 +187,7 @@ fn a_fourth_host_takes_partitions_without_loss_or_duplicates() {
     println!("assignment after scale-out: {:?}", [&a, &b, &c, &d].map(|h| h.partitions(&t.input)));
 
     let produced = producer.join().expect("producer thread");
-    let output = consume_all(&t.output, produced.len(), Duration::from_secs(90));
+    let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
     print_accounting("scale-out", &acc);
     assert_eq!((acc.lost, acc.duplicates, acc.out_of_order), (0, 0, 0), "{acc:?}");
@@ -311,7 +311,7 @@ fn consumption_never_stalls_across_many_rebalances() {
         wait_for_exclusive_cover(&[&a, &b], &t.input, Duration::from_secs(60));
     }
     let produced = producer.join().expect("producer thread");
-    let output = consume_all(&t.output, produced.len(), Duration::from_secs(90));
+    let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
     print_accounting("churn", &acc);
     assert_eq!((acc.lost, acc.duplicates, acc.out_of_order), (0, 0, 0), "{acc:?}");

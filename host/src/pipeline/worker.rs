@@ -54,11 +54,26 @@ pub(crate) struct Worker {
     handler: PluginHandler,
     /// The deployment generation `handler` belongs to.
     generation: u64,
+    metrics: WorkerMetrics,
+}
+
+/// Metric handles resolved once: looking them up by name and labels per
+/// message showed in profiles.
+struct WorkerMetrics {
+    messages_in: metrics::Counter,
+    messages_out: metrics::Counter,
+    batch_seconds: metrics::Histogram,
 }
 
 impl Worker {
     pub(crate) fn new(ctx: WorkerContext, handler: PluginHandler, generation: u64) -> Self {
-        Worker { ctx, handler, generation }
+        let pipeline = ctx.pipeline.clone();
+        let metrics = WorkerMetrics {
+            messages_in: metrics::counter!(m::MESSAGES_IN, "pipeline" => pipeline.clone()),
+            messages_out: metrics::counter!(m::MESSAGES_OUT, "pipeline" => pipeline.clone()),
+            batch_seconds: metrics::histogram!(m::BATCH_SECONDS, "pipeline" => pipeline),
+        };
+        Worker { ctx, handler, generation, metrics }
     }
 
     /// Switches to a newer deployment, between batches only. If the new
@@ -104,9 +119,8 @@ impl Worker {
         self.follow_deployment(batch.offsets());
         let started = std::time::Instant::now();
         let result = self.handler.handle_batch(batch);
-        metrics::histogram!(m::BATCH_SECONDS, "pipeline" => self.ctx.pipeline.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!(m::MESSAGES_IN, "pipeline" => self.ctx.pipeline.clone()).increment(batch.len() as u64);
+        self.metrics.batch_seconds.record(started.elapsed().as_secs_f64());
+        self.metrics.messages_in.increment(batch.len() as u64);
         match result {
             Ok(output) => {
                 // A started batch is finished even when `stop` is set, so
@@ -210,7 +224,7 @@ impl Worker {
                 return self.stall(offset, &e);
             }
         }
-        metrics::counter!(m::MESSAGES_OUT, "pipeline" => self.ctx.pipeline.clone()).increment(count as u64);
+        self.metrics.messages_out.increment(count as u64);
     }
 
     /// Produces the original message to the dead-letter topic with headers
