@@ -7,7 +7,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use e2e::{Host, PipelineDef, account};
-use kwasm_tests::{by_partition, committed_offsets, consume_all, create_topic, end_offsets, produce, produce_sequence, unique, wait_until, OutRecord};
+use kwasm_tests::{
+    OutRecord, by_partition, committed_offsets, consume_all, create_topic, end_offsets, produce,
+    produce_sequence, unique, wait_until,
+};
 
 const PARTITIONS: i32 = 6;
 
@@ -50,10 +53,15 @@ fn passthrough(t: &Topics) -> PipelineDef<'_> {
 fn wait_for_exclusive_cover(hosts: &[&Host], topic: &str, timeout: Duration) -> Vec<BTreeSet<i32>> {
     let mut last = Vec::new();
     let covered = wait_until(timeout, Duration::from_millis(100), || {
-        last = hosts.iter().map(|h| h.partitions(topic).unwrap_or_default()).collect();
+        last = hosts
+            .iter()
+            .map(|h| h.partitions(topic).unwrap_or_default())
+            .collect();
         let total: usize = last.iter().map(BTreeSet::len).sum();
         let union: BTreeSet<i32> = last.iter().flatten().copied().collect();
-        last.iter().all(|p| !p.is_empty()) && total == PARTITIONS as usize && union.len() == PARTITIONS as usize
+        last.iter().all(|p| !p.is_empty())
+            && total == PARTITIONS as usize
+            && union.len() == PARTITIONS as usize
     });
     assert!(covered, "partitions never covered exactly once: {last:?}");
     last
@@ -67,7 +75,11 @@ fn one_host_processes_every_message_once_in_order_and_commits_the_end() {
 
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
-    assert_eq!((acc.lost, acc.duplicates, acc.out_of_order), (0, 0, 0), "{acc:?}");
+    assert_eq!(
+        (acc.lost, acc.duplicates, acc.out_of_order),
+        (0, 0, 0),
+        "{acc:?}"
+    );
     // Passthrough keeps the key, so the producer's partitioner spreads
     // outputs by key; within each output partition, every input
     // partition's sequence must be strictly increasing (checked above).
@@ -89,7 +101,11 @@ fn one_host_processes_every_message_once_in_order_and_commits_the_end() {
 }
 
 /// Produces `total` records in chunks over `over`, from a thread.
-fn produce_slowly(topic: String, total: usize, over: Duration) -> std::thread::JoinHandle<Vec<(i32, String)>> {
+fn produce_slowly(
+    topic: String,
+    total: usize,
+    over: Duration,
+) -> std::thread::JoinHandle<Vec<(i32, String)>> {
     std::thread::spawn(move || {
         let chunks = 20;
         let per_chunk = total / chunks;
@@ -102,7 +118,12 @@ fn produce_slowly(topic: String, total: usize, over: Duration) -> std::thread::J
                     (p, format!("{p}:{}", n / PARTITIONS as usize))
                 })
                 .collect();
-            produce(&topic, chunk.iter().map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())));
+            produce(
+                &topic,
+                chunk
+                    .iter()
+                    .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
+            );
             produced.extend(chunk);
             std::thread::sleep(over / chunks as u32);
         }
@@ -111,7 +132,10 @@ fn produce_slowly(topic: String, total: usize, over: Duration) -> std::thread::J
 }
 
 fn print_accounting(label: &str, acc: &e2e::Accounting) {
-    println!("{label}: lost {}, duplicates {}, out of order {}", acc.lost, acc.duplicates, acc.out_of_order);
+    println!(
+        "{label}: lost {}, duplicates {}, out of order {}",
+        acc.lost, acc.duplicates, acc.out_of_order
+    );
 }
 
 #[test]
@@ -122,7 +146,10 @@ fn three_hosts_own_disjoint_partitions_and_sigterm_hands_off_without_duplicates(
     let b = Host::start("host-b", &pipeline);
     let c = Host::start("host-c", &pipeline);
     let owned = wait_for_exclusive_cover(&[&a, &b, &c], &t.input, Duration::from_secs(60));
-    assert!(owned.iter().all(|p| !p.is_empty()), "every host owns something: {owned:?}");
+    assert!(
+        owned.iter().all(|p| !p.is_empty()),
+        "every host owns something: {owned:?}"
+    );
     println!("assignment of 3 hosts: {owned:?}");
     let members = kwasm_tests::group_members(&t.group);
     assert_eq!(members.len(), 3, "broker's view of the group: {members:?}");
@@ -131,16 +158,26 @@ fn three_hosts_own_disjoint_partitions_and_sigterm_hands_off_without_duplicates(
     std::thread::sleep(Duration::from_secs(3));
     let signalled = Instant::now();
     a.process.sigterm();
-    let exit = a.process.wait_exit(Duration::from_secs(30)).expect("host-a exits after SIGTERM");
+    let exit = a
+        .process
+        .wait_exit(Duration::from_secs(30))
+        .expect("host-a exits after SIGTERM");
     assert!(exit.success(), "graceful exit code 0, got {exit:?}");
     let survivors = wait_for_exclusive_cover(&[&b, &c], &t.input, Duration::from_secs(60));
-    println!("SIGTERM handoff: partitions held again elsewhere {:.2} s after the signal: {survivors:?}", signalled.elapsed().as_secs_f64());
+    println!(
+        "SIGTERM handoff: partitions held again elsewhere {:.2} s after the signal: {survivors:?}",
+        signalled.elapsed().as_secs_f64()
+    );
 
     let produced = producer.join().expect("producer thread");
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
     print_accounting("SIGTERM", &acc);
-    assert_eq!((acc.lost, acc.duplicates, acc.out_of_order), (0, 0, 0), "{acc:?}");
+    assert_eq!(
+        (acc.lost, acc.duplicates, acc.out_of_order),
+        (0, 0, 0),
+        "{acc:?}"
+    );
     assert!(a.process.log_contents().contains("host shutting down"));
 }
 
@@ -158,7 +195,10 @@ fn sigkill_of_one_of_three_hosts_loses_nothing() {
     let killed = Instant::now();
     a.process.sigkill();
     let survivors = wait_for_exclusive_cover(&[&b, &c], &t.input, Duration::from_secs(60));
-    println!("SIGKILL failover: partitions held again elsewhere {:.2} s after the kill: {survivors:?}", killed.elapsed().as_secs_f64());
+    println!(
+        "SIGKILL failover: partitions held again elsewhere {:.2} s after the kill: {survivors:?}",
+        killed.elapsed().as_secs_f64()
+    );
 
     let produced = producer.join().expect("producer thread");
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
@@ -184,13 +224,20 @@ fn a_fourth_host_takes_partitions_without_loss_or_duplicates() {
         d.partitions(&t.input).is_some_and(|p| !p.is_empty())
     });
     assert!(d_owned, "the new host got no partition: {owned:?}");
-    println!("assignment after scale-out: {:?}", [&a, &b, &c, &d].map(|h| h.partitions(&t.input)));
+    println!(
+        "assignment after scale-out: {:?}",
+        [&a, &b, &c, &d].map(|h| h.partitions(&t.input))
+    );
 
     let produced = producer.join().expect("producer thread");
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
     print_accounting("scale-out", &acc);
-    assert_eq!((acc.lost, acc.duplicates, acc.out_of_order), (0, 0, 0), "{acc:?}");
+    assert_eq!(
+        (acc.lost, acc.duplicates, acc.out_of_order),
+        (0, 0, 0),
+        "{acc:?}"
+    );
 }
 
 #[test]
@@ -202,9 +249,17 @@ fn restarted_hosts_resume_at_the_committed_offsets() {
     let out = consume_all(&t.output, first.len(), Duration::from_secs(60));
     assert_eq!(out.len(), first.len());
     a.process.sigterm();
-    assert!(a.process.wait_exit(Duration::from_secs(30)).is_some_and(|s| s.success()));
+    assert!(
+        a.process
+            .wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
     let committed = committed_offsets(&t.group, &t.input, PARTITIONS);
-    assert_eq!(committed, vec![Some(1_000); PARTITIONS as usize], "commits at shutdown");
+    assert_eq!(
+        committed,
+        vec![Some(1_000); PARTITIONS as usize],
+        "commits at shutdown"
+    );
 
     // More input while no host runs, then a new host resumes.
     let second: Vec<(i32, String)> = (0..6_000)
@@ -213,21 +268,41 @@ fn restarted_hosts_resume_at_the_committed_offsets() {
             (p, format!("{p}:{}", 1_000 + i / PARTITIONS))
         })
         .collect();
-    produce(&t.input, second.iter().map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())));
+    produce(
+        &t.input,
+        second
+            .iter()
+            .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
+    );
     let _b = Host::start("host-b", &pipeline);
     let all: Vec<(i32, String)> = first.iter().chain(&second).cloned().collect();
     let output = consume_all(&t.output, all.len(), Duration::from_secs(60));
     let acc = account(&all, &output);
-    assert_eq!((acc.lost, acc.duplicates), (0, 0), "nothing committed is processed again: {acc:?}");
+    assert_eq!(
+        (acc.lost, acc.duplicates),
+        (0, 0),
+        "nothing committed is processed again: {acc:?}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(end_offsets(&t.output).iter().sum::<i64>(), 12_000);
 }
 
 fn dead_letter_test(action: &str) {
     let t = topics(&format!("poison-{action}"));
-    let config = [("mode", "poison"), ("poison", "poison"), ("poison_action", action)];
-    let pipeline = PipelineDef { name: "poison", plugin: "misbehave", config: &config, ..passthrough(&t) };
-    let mut records: Vec<OutRecord> = (0..300).map(|i| OutRecord::to(i % 3, format!("ok-{i}")).key(format!("k{i}"))).collect();
+    let config = [
+        ("mode", "poison"),
+        ("poison", "poison"),
+        ("poison_action", action),
+    ];
+    let pipeline = PipelineDef {
+        name: "poison",
+        plugin: "misbehave",
+        config: &config,
+        ..passthrough(&t)
+    };
+    let mut records: Vec<OutRecord> = (0..300)
+        .map(|i| OutRecord::to(i % 3, format!("ok-{i}")).key(format!("k{i}")))
+        .collect();
     records[100] = OutRecord::to(1, "poison").key("bad").header("trace", "t-1");
     let produced = produce(&t.input, records);
     let (poison_partition, poison_offset) = produced[100];
@@ -236,31 +311,57 @@ fn dead_letter_test(action: &str) {
     let dead = consume_all(&t.dlq, 1, Duration::from_secs(60));
     assert_eq!(dead.len(), 1, "one dead letter");
     let d = &dead[0];
-    assert_eq!((d.key_str().as_str(), d.value_str().as_str()), ("bad", "poison"));
-    let header = |n: &str| String::from_utf8_lossy(d.header(n).unwrap_or_else(|| panic!("header {n} missing"))).into_owned();
+    assert_eq!(
+        (d.key_str().as_str(), d.value_str().as_str()),
+        ("bad", "poison")
+    );
+    let header = |n: &str| {
+        String::from_utf8_lossy(d.header(n).unwrap_or_else(|| panic!("header {n} missing")))
+            .into_owned()
+    };
     assert_eq!(header("trace"), "t-1", "original headers kept");
     assert_eq!(header("kwasm.source.topic"), t.input);
-    assert_eq!(header("kwasm.source.partition"), poison_partition.to_string());
+    assert_eq!(
+        header("kwasm.source.partition"),
+        poison_partition.to_string()
+    );
     assert_eq!(header("kwasm.source.offset"), poison_offset.to_string());
     assert_eq!(header("kwasm.plugin.name"), "misbehave");
     assert_eq!(header("kwasm.plugin.digest").len(), 64);
-    let expected_kind = if action == "trap" { "trap" } else { "permanent" };
+    let expected_kind = if action == "trap" {
+        "trap"
+    } else {
+        "permanent"
+    };
     assert_eq!(header("kwasm.error.kind"), expected_kind);
     assert_eq!(header("kwasm.attempts"), "1");
     assert!(!header("kwasm.error.message").is_empty());
 
     let output = consume_all(&t.output, 299, Duration::from_secs(60));
     let values: BTreeSet<String> = output.iter().map(|r| r.value_str()).collect();
-    let expected: BTreeSet<String> = (0..300).filter(|&i| i != 100).map(|i| format!("ok-{i}")).collect();
+    let expected: BTreeSet<String> = (0..300)
+        .filter(|&i| i != 100)
+        .map(|i| format!("ok-{i}"))
+        .collect();
     assert_eq!(values, expected, "every other message flows");
     assert_eq!(output.len(), 299, "no duplicates");
     let per_partition = by_partition(&output);
     assert!(per_partition.values().all(|rs| !rs.is_empty()));
     let committed_all = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
-        committed_offsets(&t.group, &t.input, PARTITIONS).iter().take(3).all(|c| *c == Some(100))
+        committed_offsets(&t.group, &t.input, PARTITIONS)
+            .iter()
+            .take(3)
+            .all(|c| *c == Some(100))
     });
-    assert!(committed_all, "committed past the poison message: {:?}", committed_offsets(&t.group, &t.input, PARTITIONS));
-    assert!(e2e::http_get(host.admin_port, "/healthz").is_some_and(|(s, _)| s == 200), "host stays up");
+    assert!(
+        committed_all,
+        "committed past the poison message: {:?}",
+        committed_offsets(&t.group, &t.input, PARTITIONS)
+    );
+    assert!(
+        e2e::http_get(host.admin_port, "/healthz").is_some_and(|(s, _)| s == 200),
+        "host stays up"
+    );
 }
 
 #[test]
@@ -276,17 +377,39 @@ fn a_trapping_message_is_dead_lettered_and_others_flow() {
 #[test]
 fn retryable_errors_are_retried_then_dead_lettered() {
     let t = topics("retry");
-    let config = [("mode", "poison"), ("poison", "flaky"), ("poison_action", "retryable")];
-    let pipeline = PipelineDef { name: "retry", plugin: "misbehave", config: &config, ..passthrough(&t) };
+    let config = [
+        ("mode", "poison"),
+        ("poison", "flaky"),
+        ("poison_action", "retryable"),
+    ];
+    let pipeline = PipelineDef {
+        name: "retry",
+        plugin: "misbehave",
+        config: &config,
+        ..passthrough(&t)
+    };
     // One key, so the outputs share an output partition and keep their order.
-    produce(&t.input, ["a", "flaky", "b"].map(|v| OutRecord::to(0, v).key("k")));
+    produce(
+        &t.input,
+        ["a", "flaky", "b"].map(|v| OutRecord::to(0, v).key("k")),
+    );
     let _host = Host::start("host-a", &pipeline);
     let dead = consume_all(&t.dlq, 1, Duration::from_secs(60));
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].header("kwasm.error.kind"), Some(&b"retries-exhausted"[..]));
-    assert_eq!(dead[0].header("kwasm.attempts"), Some(&b"2"[..]), "max_attempts = 2 in the test config");
+    assert_eq!(
+        dead[0].header("kwasm.error.kind"),
+        Some(&b"retries-exhausted"[..])
+    );
+    assert_eq!(
+        dead[0].header("kwasm.attempts"),
+        Some(&b"2"[..]),
+        "max_attempts = 2 in the test config"
+    );
     let output = consume_all(&t.output, 2, Duration::from_secs(30));
-    assert_eq!(output.iter().map(|r| r.value_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+    assert_eq!(
+        output.iter().map(|r| r.value_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
 }
 
 #[test]
@@ -307,12 +430,21 @@ fn consumption_never_stalls_across_many_rebalances() {
         });
         assert!(joined, "round {round}: the joining host got nothing");
         c.process.sigterm();
-        assert!(c.process.wait_exit(Duration::from_secs(30)).is_some_and(|s| s.success()), "round {round}: clean exit");
+        assert!(
+            c.process
+                .wait_exit(Duration::from_secs(30))
+                .is_some_and(|s| s.success()),
+            "round {round}: clean exit"
+        );
         wait_for_exclusive_cover(&[&a, &b], &t.input, Duration::from_secs(60));
     }
     let produced = producer.join().expect("producer thread");
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
     print_accounting("churn", &acc);
-    assert_eq!((acc.lost, acc.duplicates, acc.out_of_order), (0, 0, 0), "{acc:?}");
+    assert_eq!(
+        (acc.lost, acc.duplicates, acc.out_of_order),
+        (0, 0, 0),
+        "{acc:?}"
+    );
 }

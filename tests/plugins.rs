@@ -144,7 +144,9 @@ fn passthrough_answers_a_batch_of_1000_in_order() {
 fn passthrough_rejects_any_config_key() {
     // It takes no configuration: a key set by mistake fails the deploy.
     let err = plugin("passthrough").handler(config(&[("anything", "goes")]), Limits::default());
-    let Err(e) = err else { panic!("passthrough accepted an unknown key") };
+    let Err(e) = err else {
+        panic!("passthrough accepted an unknown key")
+    };
     assert_eq!(
         e.kind,
         PluginErrorKind::InitRejected("unknown config key `anything` (known keys: )".into())

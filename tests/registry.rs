@@ -44,13 +44,19 @@ fn tagger(input: &str, output: &str, group: &str, version: u32, tag: &str) -> Ve
 fn wait_cover(hosts: &[&Host], topic: &str) -> Vec<BTreeSet<i32>> {
     let mut last = Vec::new();
     let ok = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
-        last = hosts.iter().map(|h| h.partitions(topic).unwrap_or_default()).collect();
+        last = hosts
+            .iter()
+            .map(|h| h.partitions(topic).unwrap_or_default())
+            .collect();
         let union: BTreeSet<i32> = last.iter().flatten().copied().collect();
         last.iter().all(|p| !p.is_empty())
             && last.iter().map(BTreeSet::len).sum::<usize>() == PARTITIONS as usize
             && union.len() == PARTITIONS as usize
     });
-    assert!(ok, "partitions never spread over every host exactly once: {last:?}");
+    assert!(
+        ok,
+        "partitions never spread over every host exactly once: {last:?}"
+    );
     last
 }
 
@@ -78,9 +84,19 @@ fn two_hosts_running_tagger(test: &str) -> Setup {
     let (status, body) = a.call("POST", "/v1/plugins/tagger", &wasm);
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["version"], 1);
-    let (status, body) = a.call("PUT", "/v1/pipelines/tagging", &tagger(&input, &output, &group, 1, "v1"));
+    let (status, body) = a.call(
+        "PUT",
+        "/v1/pipelines/tagging",
+        &tagger(&input, &output, &group, 1, "v1"),
+    );
     assert_eq!(status, 200, "{body}");
-    Setup { a, b, input, output, group }
+    Setup {
+        a,
+        b,
+        input,
+        output,
+        group,
+    }
 }
 
 #[test]
@@ -88,12 +104,21 @@ fn a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree() {
     let started = Instant::now();
     let s = two_hosts_running_tagger("spread");
     let owned = wait_cover(&[&s.a, &s.b], &s.input);
-    println!("pipeline running on both hosts {:.2} s after the upload: {owned:?}", started.elapsed().as_secs_f64());
-    assert!(owned.iter().all(|p| !p.is_empty()), "both hosts hold partitions: {owned:?}");
+    println!(
+        "pipeline running on both hosts {:.2} s after the upload: {owned:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        owned.iter().all(|p| !p.is_empty()),
+        "both hosts hold partitions: {owned:?}"
+    );
 
     // Host B knows the plugin and the pipeline through the registry.
     let (status, body) = s.b.call("GET", "/v1/plugins/tagger", b"");
-    assert_eq!((status, body["versions"][0]["version"].clone()), (200, json!(1)));
+    assert_eq!(
+        (status, body["versions"][0]["version"].clone()),
+        (200, json!(1))
+    );
     let (status, body) = s.b.call("GET", "/v1/pipelines/tagging", b"");
     assert_eq!((status, body["plugin"].clone()), (200, json!("tagger@1")));
 
@@ -106,20 +131,40 @@ fn a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree() {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .flat_map(|m| m["partitions"].as_array().cloned().unwrap_or_default().into_iter().map(|p| (m["host"].as_str().unwrap_or("").to_owned(), p["partition"].as_i64().unwrap_or(-1))))
+                .flat_map(|m| {
+                    m["partitions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|p| {
+                            (
+                                m["host"].as_str().unwrap_or("").to_owned(),
+                                p["partition"].as_i64().unwrap_or(-1),
+                            )
+                        })
+                })
                 .collect();
             let hosts: BTreeSet<&str> = parts.iter().map(|(h, _)| h.as_str()).collect();
             let partitions: BTreeSet<i64> = parts.iter().map(|(_, p)| *p).collect();
-            hosts == BTreeSet::from(["host-a", "host-b"]) && partitions.len() == PARTITIONS as usize && parts.len() == PARTITIONS as usize
+            hosts == BTreeSet::from(["host-a", "host-b"])
+                && partitions.len() == PARTITIONS as usize
+                && parts.len() == PARTITIONS as usize
         });
         assert!(complete, "members from {}: {members}", host.process.name());
     }
 
     // The records flow through the registry's plugin, tagged.
-    produce(&s.input, (0..60).map(|i| OutRecord::to(i % PARTITIONS, format!("m{i}"))));
+    produce(
+        &s.input,
+        (0..60).map(|i| OutRecord::to(i % PARTITIONS, format!("m{i}"))),
+    );
     let out = consume_all(&s.output, 60, Duration::from_secs(30));
     assert_eq!(out.len(), 60);
-    assert!(out.iter().all(|r| r.header("kwasm-tag") == Some(&b"v1"[..])));
+    assert!(
+        out.iter()
+            .all(|r| r.header("kwasm-tag") == Some(&b"v1"[..]))
+    );
     let _ = s.group;
 }
 
@@ -140,26 +185,47 @@ fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
                     (p, format!("{p}:{}", n / PARTITIONS))
                 })
                 .collect();
-            produce(&input, batch.iter().map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())));
+            produce(
+                &input,
+                batch
+                    .iter()
+                    .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
+            );
             produced.extend(batch);
             std::thread::sleep(Duration::from_millis(500));
         }
         produced
     });
     std::thread::sleep(Duration::from_secs(3));
-    let v2 = new_version_of(&std::fs::read(plugin_path("misbehave")).expect("misbehave.wasm"), "v2");
+    let v2 = new_version_of(
+        &std::fs::read(plugin_path("misbehave")).expect("misbehave.wasm"),
+        "v2",
+    );
     let (status, body) = s.b.call("POST", "/v1/plugins/tagger", &v2);
     assert_eq!((status, body["version"].clone()), (201, json!(2)), "{body}");
     let deployed = Instant::now();
-    let releases = |h: &Host| h.process.log_contents().matches("partition released").count();
+    let releases = |h: &Host| {
+        h.process
+            .log_contents()
+            .matches("partition released")
+            .count()
+    };
     let releases_before = (releases(&s.a), releases(&s.b));
-    let (status, body) = s.b.call("PUT", "/v1/pipelines/tagging", &tagger(&s.input, &s.output, &s.group, 2, "v2"));
+    let (status, body) = s.b.call(
+        "PUT",
+        "/v1/pipelines/tagging",
+        &tagger(&s.input, &s.output, &s.group, 2, "v2"),
+    );
     assert_eq!(status, 200, "{body}");
     let produced = producer.join().expect("producer");
     let total = produced.len();
 
     let output = consume_all(&s.output, total, Duration::from_secs(120));
-    println!("hot deploy: {} outputs for {total} inputs; v2 seen {:.2} s after the PUT", output.len(), deployed.elapsed().as_secs_f64());
+    println!(
+        "hot deploy: {} outputs for {total} inputs; v2 seen {:.2} s after the PUT",
+        output.len(),
+        deployed.elapsed().as_secs_f64()
+    );
     let per_partition = tags_by_input_partition(&output);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for r in &output {
@@ -169,23 +235,59 @@ fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
     assert!(counts.values().all(|&n| n == 1), "no duplicates");
     for (p, tags) in &per_partition {
         let switches = tags.windows(2).filter(|w| w[0] != w[1]).count();
-        assert_eq!(tags.first().map(String::as_str), Some("v1"), "partition {p} starts on v1");
-        assert_eq!(tags.last().map(String::as_str), Some("v2"), "partition {p} ends on v2");
-        assert_eq!(switches, 1, "partition {p} switches exactly once: v1 before, v2 after");
+        assert_eq!(
+            tags.first().map(String::as_str),
+            Some("v1"),
+            "partition {p} starts on v1"
+        );
+        assert_eq!(
+            tags.last().map(String::as_str),
+            Some("v2"),
+            "partition {p} ends on v2"
+        );
+        assert_eq!(
+            switches, 1,
+            "partition {p} switches exactly once: v1 before, v2 after"
+        );
     }
     // No rebalance happened: each host kept its partitions.
-    assert_eq!((releases(&s.a), releases(&s.b)), releases_before, "no partition moved during the deploy");
-    assert_eq!(vec![s.a.partitions(&s.input).unwrap_or_default(), s.b.partitions(&s.input).unwrap_or_default()], before);
+    assert_eq!(
+        (releases(&s.a), releases(&s.b)),
+        releases_before,
+        "no partition moved during the deploy"
+    );
+    assert_eq!(
+        vec![
+            s.a.partitions(&s.input).unwrap_or_default(),
+            s.b.partitions(&s.input).unwrap_or_default()
+        ],
+        before
+    );
 
     // Rollback is the same call with the old version.
-    let (status, _) = s.a.call("PUT", "/v1/pipelines/tagging", &tagger(&s.input, &s.output, &s.group, 1, "v1"));
+    let (status, _) = s.a.call(
+        "PUT",
+        "/v1/pipelines/tagging",
+        &tagger(&s.input, &s.output, &s.group, 1, "v1"),
+    );
     assert_eq!(status, 200);
     std::thread::sleep(Duration::from_secs(3));
-    produce(&s.input, (0..600).map(|i| OutRecord::to(i % PARTITIONS, format!("after-rollback-{i}")).key("r")));
+    produce(
+        &s.input,
+        (0..600).map(|i| OutRecord::to(i % PARTITIONS, format!("after-rollback-{i}")).key("r")),
+    );
     let all = consume_all(&s.output, total + 600, Duration::from_secs(60));
-    let rolled: Vec<_> = all.iter().filter(|r| r.value_str().starts_with("after-rollback-")).collect();
+    let rolled: Vec<_> = all
+        .iter()
+        .filter(|r| r.value_str().starts_with("after-rollback-"))
+        .collect();
     assert_eq!(rolled.len(), 600);
-    assert!(rolled.iter().all(|r| r.header("kwasm-tag") == Some(&b"v1"[..])), "rolled back to v1");
+    assert!(
+        rolled
+            .iter()
+            .all(|r| r.header("kwasm-tag") == Some(&b"v1"[..])),
+        "rolled back to v1"
+    );
 }
 
 /// For each input partition, the tags of its outputs in input offset order.
@@ -193,8 +295,12 @@ fn tags_by_input_partition(output: &[kwasm_tests::Record]) -> BTreeMap<i32, Vec<
     let mut by: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
     for r in output {
         let v = r.value_str();
-        let Some((p, seq)) = v.split_once(':') else { continue };
-        let (Ok(p), Ok(seq)) = (p.parse::<i32>(), seq.parse::<i64>()) else { continue };
+        let Some((p, seq)) = v.split_once(':') else {
+            continue;
+        };
+        let (Ok(p), Ok(seq)) = (p.parse::<i32>(), seq.parse::<i64>()) else {
+            continue;
+        };
         let tag = String::from_utf8_lossy(r.header("kwasm-tag").unwrap_or_default()).into_owned();
         by.entry(p).or_default().push((seq, tag));
     }
@@ -212,9 +318,24 @@ fn bad_uploads_get_a_clear_4xx_and_store_nothing() {
     let host = Host::start_bare("host-a", &registry);
     host.wait_ready(Duration::from_secs(60));
     let cases: [(&str, Vec<u8>, u16, &str); 3] = [
-        ("random", b"definitely not wasm".to_vec(), 400, "not a WebAssembly file"),
-        ("core", b"\0asm\x01\0\0\0".to_vec(), 400, "core WebAssembly module"),
-        ("other", std::fs::read(plugin_path("other-world")).expect("other-world.wasm"), 400, "does not export `kwasm:plugin/handler@0.1.0`"),
+        (
+            "random",
+            b"definitely not wasm".to_vec(),
+            400,
+            "not a WebAssembly file",
+        ),
+        (
+            "core",
+            b"\0asm\x01\0\0\0".to_vec(),
+            400,
+            "core WebAssembly module",
+        ),
+        (
+            "other",
+            std::fs::read(plugin_path("other-world")).expect("other-world.wasm"),
+            400,
+            "does not export `kwasm:plugin/handler@0.1.0`",
+        ),
     ];
     for (name, bytes, status, phrase) in cases {
         let (got, body) = host.call("POST", &format!("/v1/plugins/{name}"), &bytes);
@@ -224,5 +345,9 @@ fn bad_uploads_get_a_clear_4xx_and_store_nothing() {
         assert!(message.contains(phrase), "{name}: {message}");
     }
     let (status, body) = host.call("GET", "/v1/plugins", b"");
-    assert_eq!((status, body), (200, json!({"plugins": []})), "nothing stored");
+    assert_eq!(
+        (status, body),
+        (200, json!({"plugins": []})),
+        "nothing stored"
+    );
 }

@@ -56,7 +56,7 @@ fn expect_failure(handler: &mut PluginHandler, input: &InputBatch) -> PluginErro
         Err(e) => e,
     };
     assert_eq!(
-        err.context,
+        *err.context,
         BatchContext {
             plugin: "misbehave".to_owned(),
             digest: plugin("misbehave").digest().to_owned(),

@@ -75,18 +75,21 @@ impl Decoded {
     }
 
     fn iter(&self) -> impl Iterator<Item = Message> + '_ {
-        self.parts.iter().enumerate().map(|(i, (key, value, headers))| Message {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offsets[i],
-            timestamp_ms: (self.timestamps[i] >= 0).then_some(self.timestamps[i]),
-            key: key.clone(),
-            value: value.clone(),
-            headers: Headers {
-                table: self.headers.clone(),
-                range: headers.clone(),
-            },
-        })
+        self.parts
+            .iter()
+            .enumerate()
+            .map(|(i, (key, value, headers))| Message {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                offset: self.offsets[i],
+                timestamp_ms: (self.timestamps[i] >= 0).then_some(self.timestamps[i]),
+                key: key.clone(),
+                value: value.clone(),
+                headers: Headers {
+                    table: self.headers.clone(),
+                    range: headers.clone(),
+                },
+            })
     }
 }
 
@@ -94,7 +97,10 @@ impl Decoded {
 /// consistent; were they not, slicing panics and the batch fails loudly.
 fn decode(batch: Batch) -> Decoded {
     let data = Bytes::from(batch.data);
-    let mut reader = Reader { data: &data, pos: 0 };
+    let mut reader = Reader {
+        data: &data,
+        pos: 0,
+    };
     let mut header_lengths = batch.header_lengths.chunks_exact(2);
     let mut headers = Vec::new();
     let parts = (0..batch.offsets.len())
@@ -189,7 +195,8 @@ impl ResultEncoder {
         let r = &mut self.result;
         r.header_counts.push(o.headers.len() as u32);
         for (name, value) in &o.headers {
-            r.header_lengths.push(push(&mut r.data, Some(name.as_bytes())));
+            r.header_lengths
+                .push(push(&mut r.data, Some(name.as_bytes())));
             r.header_lengths.push(push(&mut r.data, value.as_deref()));
         }
         r.key_lengths.push(push(&mut r.data, o.key.as_deref()));

@@ -36,7 +36,12 @@ impl Config {
     /// A comma-separated list under `key`, trimmed, empty items skipped.
     pub fn list(&self, key: &str) -> Vec<&str> {
         self.get(key)
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -61,7 +66,10 @@ impl Config {
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Config {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Config {
-            entries: iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            entries: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
         }
     }
 }

@@ -17,7 +17,9 @@ impl Path {
     pub fn parse(path: &str) -> Result<Path, String> {
         let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
         if path.is_empty() || segments.iter().any(String::is_empty) {
-            return Err(format!("invalid JSON field path {path:?}: use dotted names like `user.email`"));
+            return Err(format!(
+                "invalid JSON field path {path:?}: use dotted names like `user.email`"
+            ));
         }
         Ok(Path { segments })
     }
@@ -112,8 +114,14 @@ mod tests {
         let mut doc = json!({"user": {"email": "a@b.c"}, "items": [{"sku": "x"}]});
         let email = Path::parse("user.email").expect("valid");
         assert_eq!(email.get(&doc), Some(&json!("a@b.c")));
-        assert_eq!(Path::parse("items.0.sku").expect("valid").get(&doc), Some(&json!("x")));
-        Path::parse("meta.source").expect("valid").set(&mut doc, json!("kwasm")).expect("settable");
+        assert_eq!(
+            Path::parse("items.0.sku").expect("valid").get(&doc),
+            Some(&json!("x"))
+        );
+        Path::parse("meta.source")
+            .expect("valid")
+            .set(&mut doc, json!("kwasm"))
+            .expect("settable");
         assert_eq!(doc["meta"]["source"], json!("kwasm"));
         assert_eq!(email.remove(&mut doc), Some(json!("a@b.c")));
         assert_eq!(doc["user"], json!({}));
@@ -128,6 +136,11 @@ mod tests {
     #[test]
     fn set_through_a_scalar_fails() {
         let mut doc = json!({"a": 1});
-        assert!(Path::parse("a.b").expect("valid").set(&mut doc, json!(2)).is_err());
+        assert!(
+            Path::parse("a.b")
+                .expect("valid")
+                .set(&mut doc, json!(2))
+                .is_err()
+        );
     }
 }

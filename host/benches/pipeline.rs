@@ -81,7 +81,9 @@ type Res<T> = Result<T, String>;
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     // As `kwasm serve` does: the host's metrics go to a real recorder.
@@ -95,18 +97,31 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(std::env::temp_dir().join("kwasm-bench-cache")) })
-        .expect("wasm runtime");
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(std::env::temp_dir().join("kwasm-bench-cache")),
+    })
+    .expect("wasm runtime");
     let load = |name: &str| {
         let path = opts.plugin_dir.join(format!("{name}.wasm"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        runtime.load(name, &bytes).unwrap_or_else(|e| panic!("cannot load {name}: {e}"))
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        runtime
+            .load(name, &bytes)
+            .unwrap_or_else(|e| panic!("cannot load {name}: {e}"))
     };
-    let plugins = Plugins { passthrough: load("passthrough"), transform: load("transform") };
+    let plugins = Plugins {
+        passthrough: load("passthrough"),
+        transform: load("transform"),
+    };
 
     println!("# kwasm pipeline benchmark");
     println!();
-    println!("machine: {} cores, {}; load average at start: {}", cores(), cpu_model(), loadavg());
+    println!(
+        "machine: {} cores, {}; load average at start: {}",
+        cores(),
+        cpu_model(),
+        loadavg()
+    );
     println!(
         "messages: {} x 100 B (1 KiB run: {}), best of {} rounds; latency at {} msg/s for {} s; default batch {DEFAULT_BATCH}, max_wait 20 ms",
         opts.messages, opts.large_messages, opts.repeat, opts.rate, opts.latency_secs
@@ -119,13 +134,20 @@ fn main() {
             "nisshi" => match std::env::var("KWASM_BENCH_BROKERS") {
                 Ok(b) => Broker::external("nisshi", &b, 6, rt.handle().clone()),
                 Err(_) => {
-                    println!("(nisshi skipped: KWASM_BENCH_BROKERS is unset; scripts/bench-pipeline starts it)");
+                    println!(
+                        "(nisshi skipped: KWASM_BENCH_BROKERS is unset; scripts/bench-pipeline starts it)"
+                    );
                     continue;
                 }
             },
             other => panic!("unknown target `{other}` in KWASM_BENCH_TARGETS (mock, nisshi)"),
         };
-        let bench = Bench { opts: &opts, broker: &broker, plugins: &plugins, rt: rt.handle().clone() };
+        let bench = Bench {
+            opts: &opts,
+            broker: &broker,
+            plugins: &plugins,
+            rt: rt.handle().clone(),
+        };
         failures += bench.run_suite();
     }
     if failures > 0 {
@@ -153,7 +175,10 @@ struct Options {
 impl Options {
     fn from_env() -> Options {
         let quick = std::env::var("KWASM_BENCH_QUICK").is_ok_and(|v| v == "1");
-        let messages = env_or("KWASM_BENCH_MESSAGES", if quick { 200_000 } else { 1_000_000 });
+        let messages = env_or(
+            "KWASM_BENCH_MESSAGES",
+            if quick { 200_000 } else { 1_000_000 },
+        );
         let list = |name: &str, default: &str| -> Vec<String> {
             std::env::var(name)
                 .unwrap_or_else(|_| default.to_owned())
@@ -189,7 +214,10 @@ impl Options {
 
 fn env_or(name: &str, default: usize) -> usize {
     match std::env::var(name) {
-        Ok(v) => v.replace('_', "").parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")),
+        Ok(v) => v
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
         Err(_) => default,
     }
 }
@@ -224,7 +252,10 @@ impl Broker {
             .set("test.mock.num.brokers", "1")
             .create()
             .expect("mock cluster");
-        let mock = holder.client().mock_cluster().expect("the client owns a mock cluster");
+        let mock = holder
+            .client()
+            .mock_cluster()
+            .expect("the client owns a mock cluster");
         let bootstrap = mock.bootstrap_servers();
         drop(mock);
         // Classic groups on the mock cluster wait 3 s before the first
@@ -232,7 +263,8 @@ impl Broker {
         // starts at the first fetch anyway, this only shortens the run.
         // SAFETY: the pointer comes from a live client that owns the cluster.
         unsafe {
-            let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(holder.client().native_ptr());
+            let cluster =
+                rdkafka::bindings::rd_kafka_handle_mock_cluster(holder.client().native_ptr());
             assert!(!cluster.is_null(), "no mock cluster");
             rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 100);
         }
@@ -252,15 +284,24 @@ impl Broker {
         }
     }
 
-    fn external(name: &'static str, bootstrap: &str, partitions: i32, rt: tokio::runtime::Handle) -> Broker {
-        let pid = std::env::var("KWASM_BENCH_BROKER_PID").ok().and_then(|p| p.parse().ok());
+    fn external(
+        name: &'static str,
+        bootstrap: &str,
+        partitions: i32,
+        rt: tokio::runtime::Handle,
+    ) -> Broker {
+        let pid = std::env::var("KWASM_BENCH_BROKER_PID")
+            .ok()
+            .and_then(|p| p.parse().ok());
         let admin = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .create()
             .expect("admin client");
         Broker {
             name,
-            description: format!("{name} at {bootstrap} (memory storage, separate process); topics of {partitions} partitions"),
+            description: format!(
+                "{name} at {bootstrap} (memory storage, separate process); topics of {partitions} partitions"
+            ),
             bootstrap: bootstrap.to_owned(),
             partitions,
             mock: None,
@@ -272,13 +313,17 @@ impl Broker {
     }
 
     fn kafka(&self) -> KafkaConfig {
-        KafkaConfig { brokers: self.bootstrap.clone(), properties: BTreeMap::new() }
+        KafkaConfig {
+            brokers: self.bootstrap.clone(),
+            properties: BTreeMap::new(),
+        }
     }
 
     fn create_topic(&self, name: &str, partitions: i32) -> Res<()> {
         if let Some(holder) = &self.mock {
             let mock = holder.client().mock_cluster().ok_or("mock cluster gone")?;
-            mock.create_topic(name, partitions, 1).map_err(|e| format!("create {name}: {e}"))?;
+            mock.create_topic(name, partitions, 1)
+                .map_err(|e| format!("create {name}: {e}"))?;
         } else if let Some(admin) = &self.admin {
             let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -292,14 +337,20 @@ impl Broker {
         }
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let md = self.probe.fetch_metadata(Some(name), Duration::from_secs(5));
+            let md = self
+                .probe
+                .fetch_metadata(Some(name), Duration::from_secs(5));
             if let Ok(md) = md
-                && md.topics().first().is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
+                && md.topics().first().is_some_and(|t| {
+                    t.error().is_none() && t.partitions().len() == partitions as usize
+                })
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("topic {name} did not appear with {partitions} partitions"));
+                return Err(format!(
+                    "topic {name} did not appear with {partitions} partitions"
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -333,7 +384,8 @@ impl Broker {
         // Fields after the `(comm)`: state is field 3; utime, stime are 14, 15.
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split(' ').collect();
-        let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         Some(ticks / hz)
@@ -366,14 +418,21 @@ enum Processor {
     /// (a): outputs keyed like kwasm's (librdkafka's partitioner on the
     /// key), or with `same_partition` to the input's partition number.
     Native { same_partition: bool },
-    Kwasm { plugin: Arc<CompiledPlugin>, config: Vec<(String, String)>, batch: usize },
+    Kwasm {
+        plugin: Arc<CompiledPlugin>,
+        config: Vec<(String, String)>,
+        batch: usize,
+    },
 }
 
 impl Processor {
     fn kwasm(plugin: &Arc<CompiledPlugin>, config: &[(&str, &str)], batch: usize) -> Processor {
         Processor::Kwasm {
             plugin: plugin.clone(),
-            config: config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            config: config
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             batch,
         }
     }
@@ -422,10 +481,30 @@ impl Bench<'_> {
         let mut rows: Vec<Row> = Vec::new();
         let mut sweep: Vec<(usize, Res<Measured>)> = Vec::new();
         let cases = [
-            ("(a) native passthrough", "native", Processor::Native { same_partition: false }),
-            ("(a2) native, output to the input's partition", "native-same", Processor::Native { same_partition: true }),
-            ("(b) kwasm passthrough", "passthrough", Processor::kwasm(&self.plugins.passthrough, &[], DEFAULT_BATCH)),
-            ("(c) kwasm transform", "transform", Processor::kwasm(&self.plugins.transform, &TRANSFORM_CONFIG, DEFAULT_BATCH)),
+            (
+                "(a) native passthrough",
+                "native",
+                Processor::Native {
+                    same_partition: false,
+                },
+            ),
+            (
+                "(a2) native, output to the input's partition",
+                "native-same",
+                Processor::Native {
+                    same_partition: true,
+                },
+            ),
+            (
+                "(b) kwasm passthrough",
+                "passthrough",
+                Processor::kwasm(&self.plugins.passthrough, &[], DEFAULT_BATCH),
+            ),
+            (
+                "(c) kwasm transform",
+                "transform",
+                Processor::kwasm(&self.plugins.transform, &TRANSFORM_CONFIG, DEFAULT_BATCH),
+            ),
         ];
         let mut sizes = Vec::new();
         if o.section("throughput") || o.section("sweep") {
@@ -443,7 +522,9 @@ impl Bench<'_> {
             let throughput = value_bytes != 100 || o.section("throughput");
             let selected: Vec<_> = cases
                 .iter()
-                .filter(|(_, case, _)| throughput && o.case(case) && (*case != "native-same" || value_bytes == 100))
+                .filter(|(_, case, _)| {
+                    throughput && o.case(case) && (*case != "native-same" || value_bytes == 100)
+                })
                 .collect();
             // The cases take turns, `repeat` rounds, and each keeps its best
             // round: other work on a shared machine only ever slows a run.
@@ -453,7 +534,9 @@ impl Bench<'_> {
                     let result = self.throughput(processor, &input, n as u64, None);
                     report_progress(b.name, label, value_bytes, &result);
                     *slot = match (slot.take(), result) {
-                        (Some(Ok(old)), Ok(new)) => Some(Ok(if new.rate() > old.rate() { new } else { old })),
+                        (Some(Ok(old)), Ok(new)) => {
+                            Some(Ok(if new.rate() > old.rate() { new } else { old }))
+                        }
                         (Some(Ok(old)), Err(_)) => Some(Ok(old)),
                         (_, result) => Some(result),
                     };
@@ -461,10 +544,19 @@ impl Bench<'_> {
             }
             for ((label, case, _), result) in selected.into_iter().zip(best) {
                 let result = result.unwrap_or_else(|| Err("not run".into()));
-                if value_bytes == 100 && *case == "passthrough" && let Ok(m) = &result {
+                if value_bytes == 100
+                    && *case == "passthrough"
+                    && let Ok(m) = &result
+                {
                     sweep.push((DEFAULT_BATCH, Ok(*m)));
                 }
-                rows.push(Row { label, value_bytes, result, latency: None, baseline: *case == "native" });
+                rows.push(Row {
+                    label,
+                    value_bytes,
+                    result,
+                    latency: None,
+                    baseline: *case == "native",
+                });
             }
             if value_bytes == 100 && o.section("sweep") && o.case("passthrough") {
                 for batch in SWEEP {
@@ -474,7 +566,12 @@ impl Bench<'_> {
                     let n = if batch == 1 { o.batch1_messages } else { n } as u64;
                     let processor = Processor::kwasm(&self.plugins.passthrough, &[], batch);
                     let result = self.throughput(&processor, &input, n, Some(SWEEP_TIME_CAP));
-                    report_progress(b.name, &format!("sweep batch {batch}"), value_bytes, &result);
+                    report_progress(
+                        b.name,
+                        &format!("sweep batch {batch}"),
+                        value_bytes,
+                        &result,
+                    );
                     sweep.push((batch, result));
                 }
                 sweep.sort_by_key(|(s, _)| *s);
@@ -482,19 +579,35 @@ impl Bench<'_> {
             b.delete_topics(&[&input]);
         }
         if o.section("latency") {
-            let direct = ("(0) no processing (reader on the input)", "direct", Processor::Direct);
+            let direct = (
+                "(0) no processing (reader on the input)",
+                "direct",
+                Processor::Direct,
+            );
             for (label, case, processor) in std::iter::once(&direct).chain(&cases) {
                 if !o.case(case) || *case == "native-same" {
                     continue;
                 }
                 let lat = self.latency(processor);
                 match &lat {
-                    Ok(l) => eprintln!("[bench] {}: latency {label}: p50 {:.1} ms, p99 {:.1} ms", b.name, l.p50_ms, l.p99_ms),
+                    Ok(l) => eprintln!(
+                        "[bench] {}: latency {label}: p50 {:.1} ms, p99 {:.1} ms",
+                        b.name, l.p50_ms, l.p99_ms
+                    ),
                     Err(e) => eprintln!("[bench] {}: latency {label}: FAILED: {e}", b.name),
                 }
-                match rows.iter_mut().find(|r| r.label == *label && r.value_bytes == 100) {
+                match rows
+                    .iter_mut()
+                    .find(|r| r.label == *label && r.value_bytes == 100)
+                {
                     Some(r) => r.latency = Some(lat),
-                    None => rows.push(Row { label, value_bytes: 100, result: Err("not run".into()), latency: Some(lat), baseline: *case == "native" }),
+                    None => rows.push(Row {
+                        label,
+                        value_bytes: 100,
+                        result: Err("not run".into()),
+                        latency: Some(lat),
+                        baseline: *case == "native",
+                    }),
                 }
             }
         }
@@ -502,7 +615,10 @@ impl Bench<'_> {
         println!("load average at end: {}", loadavg());
         println!();
         rows.iter()
-            .filter(|r| r.result.as_ref().is_err_and(|e| e != "not run") || r.latency.as_ref().is_some_and(|l| l.is_err()))
+            .filter(|r| {
+                r.result.as_ref().is_err_and(|e| e != "not run")
+                    || r.latency.as_ref().is_some_and(|l| l.is_err())
+            })
             .count()
             + sweep.iter().filter(|(_, r)| r.is_err()).count()
     }
@@ -528,8 +644,10 @@ impl Bench<'_> {
         for i in 0..n {
             let key = format!("k{i:09}");
             json_value(&mut value, i, value_bytes);
-            let mut record: BaseRecord<'_, [u8], [u8]> =
-                BaseRecord::to(topic).partition(i as i32 % b.partitions).key(key.as_bytes()).payload(value.as_slice());
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+                .partition(i as i32 % b.partitions)
+                .key(key.as_bytes())
+                .payload(value.as_slice());
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -544,7 +662,9 @@ impl Bench<'_> {
                 producer.poll(Duration::ZERO);
             }
         }
-        producer.flush(Duration::from_secs(120)).map_err(|e| format!("flush input: {e}"))?;
+        producer
+            .flush(Duration::from_secs(120))
+            .map_err(|e| format!("flush input: {e}"))?;
         let probe_started = Instant::now();
         let (low, high) = b.watermarks(topic, b.partitions)?;
         let probe_ms = probe_started.elapsed().as_secs_f64() * 1e3;
@@ -564,7 +684,13 @@ impl Bench<'_> {
 
     /// Runs `processor` over `input` until `n` outputs exist, or for
     /// `time_cap` if given (then the rate is what it reached).
-    fn throughput(&self, processor: &Processor, input: &str, n: u64, time_cap: Option<Duration>) -> Res<Measured> {
+    fn throughput(
+        &self,
+        processor: &Processor,
+        input: &str,
+        n: u64,
+        time_cap: Option<Duration>,
+    ) -> Res<Measured> {
         let b = self.broker;
         let output = unique("out");
         b.create_topic(&output, b.partitions)?;
@@ -575,18 +701,37 @@ impl Bench<'_> {
         result
     }
 
-    fn start(&self, processor: &Processor, input: &str, output: &str, partitions: i32) -> Res<Running> {
+    fn start(
+        &self,
+        processor: &Processor,
+        input: &str,
+        output: &str,
+        partitions: i32,
+    ) -> Res<Running> {
         let b = self.broker;
         let group = unique("group");
         Ok(match processor {
             Processor::Direct => Running::Direct,
-            Processor::Native { same_partition } => {
-                Running::Native(NativeRun::start(b.kafka(), group, input, output, partitions, *same_partition)?)
-            }
-            Processor::Kwasm { plugin, config, batch } => {
-                let host = HostConfig { id: unique("bench-host"), ..HostConfig::default() };
+            Processor::Native { same_partition } => Running::Native(NativeRun::start(
+                b.kafka(),
+                group,
+                input,
+                output,
+                partitions,
+                *same_partition,
+            )?),
+            Processor::Kwasm {
+                plugin,
+                config,
+                batch,
+            } => {
+                let host = HostConfig {
+                    id: unique("bench-host"),
+                    ..HostConfig::default()
+                };
                 let kafka = b.kafka();
-                let producer = OutputProducer::new(&producer_config(&kafka, &host.id)).map_err(|e| e.to_string())?;
+                let producer = OutputProducer::new(&producer_config(&kafka, &host.id))
+                    .map_err(|e| e.to_string())?;
                 let deps = PipelineDeps {
                     permits: Arc::new(tokio::sync::Semaphore::new(host.workers)),
                     host,
@@ -604,7 +749,10 @@ impl Bench<'_> {
                     group_id: Some(group),
                     dead_letter_topic: Some(format!("{name}.dlq")),
                     retry: RetryPolicy::default(),
-                    batch: BatchPolicy { max_messages: *batch, ..BatchPolicy::default() },
+                    batch: BatchPolicy {
+                        max_messages: *batch,
+                        ..BatchPolicy::default()
+                    },
                     limits: None,
                     name,
                 };
@@ -614,14 +762,25 @@ impl Bench<'_> {
                     config: config.clone(),
                     limits: Limits::default(),
                 };
-                let pipeline = Pipeline::start(spec, deployment, &deps).map_err(|e| e.to_string())?;
-                Running::Kwasm { status: pipeline.status().clone(), pipeline, producer }
+                let pipeline =
+                    Pipeline::start(spec, deployment, &deps).map_err(|e| e.to_string())?;
+                Running::Kwasm {
+                    status: pipeline.status().clone(),
+                    pipeline,
+                    producer,
+                }
             }
         })
     }
 
     /// Waits for the first fetch, then for `n` records on `output`.
-    fn measure(&self, output: &str, n: u64, running: &Running, time_cap: Option<Duration>) -> Res<Measured> {
+    fn measure(
+        &self,
+        output: &str,
+        n: u64,
+        running: &Running,
+        time_cap: Option<Duration>,
+    ) -> Res<Measured> {
         let b = self.broker;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !running.started() {
@@ -645,11 +804,19 @@ impl Bench<'_> {
                 let cpu_secs = cpu_seconds() - cpu0;
                 perf_control("disable");
                 let broker_cpu_secs = b.broker_cpu().zip(bcpu0).map(|(a, b)| a - b);
-                return Ok(Measured { messages: n, secs, cpu_secs, broker_cpu_secs });
+                return Ok(Measured {
+                    messages: n,
+                    secs,
+                    cpu_secs,
+                    broker_cpu_secs,
+                });
             }
             if Instant::now() > deadline {
                 perf_control("disable");
-                return Err(format!("only {high} of {n} outputs after {:.0} s", t0.elapsed().as_secs_f64()));
+                return Err(format!(
+                    "only {high} of {n} outputs after {:.0} s",
+                    t0.elapsed().as_secs_f64()
+                ));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -667,11 +834,19 @@ impl Bench<'_> {
             let deadline = Instant::now() + Duration::from_secs(60);
             while running.assigned() < LATENCY_PARTITIONS as usize {
                 if Instant::now() > deadline {
-                    return Err(format!("only {} of {} partitions assigned after 60 s", running.assigned(), LATENCY_PARTITIONS));
+                    return Err(format!(
+                        "only {} of {} partitions assigned after 60 s",
+                        running.assigned(),
+                        LATENCY_PARTITIONS
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let read_from = if matches!(running, Running::Direct) { &input } else { &output };
+            let read_from = if matches!(running, Running::Direct) {
+                &input
+            } else {
+                &output
+            };
             let reader = LatencyReader::start(&b.bootstrap, read_from, LATENCY_PARTITIONS)?;
             std::thread::sleep(Duration::from_millis(500));
             let sent = self.produce_paced(&input, o.rate, Duration::from_secs(o.latency_secs))?;
@@ -681,27 +856,48 @@ impl Bench<'_> {
             }
             let samples = reader.stop();
             if (samples.len() as u64) < sent.count {
-                return Err(format!("{} of {} records arrived within 30 s", samples.len(), sent.count));
+                return Err(format!(
+                    "{} of {} records arrived within 30 s",
+                    samples.len(),
+                    sent.count
+                ));
             }
             if std::env::var_os("KWASM_BENCH_DEBUG").is_some() {
                 let mut by_time: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
                 for (s, l) in &samples {
-                    by_time.entry((s - sent.start_us) / 250_000).or_default().push(*l);
+                    by_time
+                        .entry((s - sent.start_us) / 250_000)
+                        .or_default()
+                        .push(*l);
                 }
                 for (slot, mut v) in by_time {
                     v.sort_unstable();
-                    eprintln!("[debug] t={:.2}s n={} p50={}us max={}us", slot as f64 / 4.0, v.len(), v[v.len() / 2], v[v.len() - 1]);
+                    eprintln!(
+                        "[debug] t={:.2}s n={} p50={}us max={}us",
+                        slot as f64 / 4.0,
+                        v.len(),
+                        v[v.len() / 2],
+                        v[v.len() - 1]
+                    );
                 }
             }
             // The first half second warms up connections and fetch sessions.
             let warm = sent.start_us + 500_000;
-            let mut lat: Vec<u64> = samples.iter().filter(|(s, _)| *s >= warm).map(|(_, l)| *l).collect();
+            let mut lat: Vec<u64> = samples
+                .iter()
+                .filter(|(s, _)| *s >= warm)
+                .map(|(_, l)| *l)
+                .collect();
             lat.sort_unstable();
             if lat.is_empty() {
                 return Err("no samples".into());
             }
             let pct = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
-            Ok(Latency { p50_ms: pct(0.50), p99_ms: pct(0.99), samples: lat.len() })
+            Ok(Latency {
+                p50_ms: pct(0.50),
+                p99_ms: pct(0.99),
+                samples: lat.len(),
+            })
         })();
         running.stop();
         b.delete_topics(&[&input, &output]);
@@ -730,31 +926,56 @@ impl Bench<'_> {
                 json_value(&mut value, sent as usize, 100);
                 let key = format!("k{sent:09}");
                 let stamp = now_us().to_le_bytes();
-                let headers = OwnedHeaders::new().insert(Header { key: SENT_HEADER, value: Some(&stamp[..]) });
-                let record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, now_us() as usize)
-                    .partition((sent % LATENCY_PARTITIONS as u64) as i32)
-                    .key(key.as_bytes())
-                    .payload(value.as_slice())
-                    .headers(headers);
-                producer.send(record).map_err(|(e, _)| format!("produce: {e}"))?;
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: SENT_HEADER,
+                    value: Some(&stamp[..]),
+                });
+                let record: BaseRecord<'_, [u8], [u8], usize> =
+                    BaseRecord::with_opaque_to(topic, now_us() as usize)
+                        .partition((sent % LATENCY_PARTITIONS as u64) as i32)
+                        .key(key.as_bytes())
+                        .payload(value.as_slice())
+                        .headers(headers);
+                producer
+                    .send(record)
+                    .map_err(|(e, _)| format!("produce: {e}"))?;
                 sent += 1;
             }
             producer.poll(Duration::ZERO);
             std::thread::sleep(Duration::from_micros(500));
         }
-        producer.flush(Duration::from_secs(30)).map_err(|e| format!("flush: {e}"))?;
+        producer
+            .flush(Duration::from_secs(30))
+            .map_err(|e| format!("flush: {e}"))?;
         if std::env::var_os("KWASM_BENCH_DEBUG").is_some() {
-            let acks = producer.context().samples.lock().map(|v| v.clone()).unwrap_or_default();
+            let acks = producer
+                .context()
+                .samples
+                .lock()
+                .map(|v| v.clone())
+                .unwrap_or_default();
             let mut by_time: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
             for (s, l) in &acks {
-                by_time.entry((s - start_us) / 250_000).or_default().push(*l);
+                by_time
+                    .entry((s - start_us) / 250_000)
+                    .or_default()
+                    .push(*l);
             }
             for (slot, mut v) in by_time {
                 v.sort_unstable();
-                eprintln!("[debug] produce ack t={:.2}s n={} p50={}us max={}us", slot as f64 / 4.0, v.len(), v[v.len() / 2], v[v.len() - 1]);
+                eprintln!(
+                    "[debug] produce ack t={:.2}s n={} p50={}us max={}us",
+                    slot as f64 / 4.0,
+                    v.len(),
+                    v[v.len() / 2],
+                    v[v.len() - 1]
+                );
             }
         }
-        Ok(Paced { count: sent, start_us })
+        Ok(Paced {
+            count: sent,
+            start_us,
+        })
     }
 }
 
@@ -799,7 +1020,10 @@ fn report_progress(broker: &str, label: &str, value_bytes: usize, r: &Res<Measur
 fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &Options) {
     let broker_col = b.pid.is_some();
     let mut out = String::new();
-    let _ = write!(out, "| case | value | messages | msg/s | MB/s (values) | CPU s / 1M msgs (bench process) |");
+    let _ = write!(
+        out,
+        "| case | value | messages | msg/s | MB/s (values) | CPU s / 1M msgs (bench process) |"
+    );
     if broker_col {
         let _ = write!(out, " broker CPU s / 1M |");
     }
@@ -828,52 +1052,85 @@ fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &O
                 );
                 if broker_col {
                     match m.broker_cpu_secs {
-                        Some(c) => { let _ = write!(out, " {:.2} |", c * 1e6 / m.messages as f64); }
-                        None => { let _ = write!(out, " - |"); }
+                        Some(c) => {
+                            let _ = write!(out, " {:.2} |", c * 1e6 / m.messages as f64);
+                        }
+                        None => {
+                            let _ = write!(out, " - |");
+                        }
                     }
                 }
             }
             Err(e) => {
-                let _ = write!(out, " {} | | | |", if e == "not run" { "-" } else { "FAILED" });
+                let _ = write!(
+                    out,
+                    " {} | | | |",
+                    if e == "not run" { "-" } else { "FAILED" }
+                );
                 if broker_col {
                     let _ = write!(out, " |");
                 }
             }
         }
         match &r.latency {
-            Some(Ok(l)) => { let _ = write!(out, " {:.1} | {:.1} |", l.p50_ms, l.p99_ms); }
-            Some(Err(_)) => { let _ = write!(out, " FAILED | FAILED |"); }
-            None => { let _ = write!(out, " - | - |"); }
+            Some(Ok(l)) => {
+                let _ = write!(out, " {:.1} | {:.1} |", l.p50_ms, l.p99_ms);
+            }
+            Some(Err(_)) => {
+                let _ = write!(out, " FAILED | FAILED |");
+            }
+            None => {
+                let _ = write!(out, " - | - |");
+            }
         }
         match (&r.result, baseline) {
-            (Ok(m), Some(base)) if !r.baseline => { let _ = writeln!(out, " {:.2} |", m.rate() / base); }
-            (Ok(_), Some(_)) => { let _ = writeln!(out, " 1.00 |"); }
-            _ => { let _ = writeln!(out, " - |"); }
+            (Ok(m), Some(base)) if !r.baseline => {
+                let _ = writeln!(out, " {:.2} |", m.rate() / base);
+            }
+            (Ok(_), Some(_)) => {
+                let _ = writeln!(out, " 1.00 |");
+            }
+            _ => {
+                let _ = writeln!(out, " - |");
+            }
         }
     }
     print!("{out}");
     if rows.iter().any(|r| r.latency.is_some()) {
-        let n = rows.iter().find_map(|r| r.latency.as_ref()?.as_ref().ok().map(|l| l.samples)).unwrap_or(0);
+        let n = rows
+            .iter()
+            .find_map(|r| r.latency.as_ref()?.as_ref().ok().map(|l| l.samples))
+            .unwrap_or(0);
         println!();
         println!(
             "Latency: {} msg/s of 100 B for {} s into fresh topics, first 0.5 s dropped ({n} samples), send to output fetched.",
             o.rate, o.latency_secs
         );
     }
-    for r in rows.iter().filter(|r| matches!(&r.result, Err(e) if e != "not run")) {
+    for r in rows
+        .iter()
+        .filter(|r| matches!(&r.result, Err(e) if e != "not run"))
+    {
         if let Err(e) = &r.result {
             println!("{} ({} B) failed: {e}", r.label, r.value_bytes);
         }
     }
     if !sweep.is_empty() {
         println!();
-        println!("Batch size sweep, kwasm passthrough, 100 B (batch.max_messages; max_wait_ms 20):");
+        println!(
+            "Batch size sweep, kwasm passthrough, 100 B (batch.max_messages; max_wait_ms 20):"
+        );
         println!();
         println!("| batch | messages | msg/s | CPU s / 1M msgs |");
         println!("|---:|---:|---:|---:|");
         for (batch, r) in sweep {
             match r {
-                Ok(m) => println!("| {batch} | {} | {:.0} | {:.2} |", m.messages, m.rate(), m.cpu_per_million()),
+                Ok(m) => println!(
+                    "| {batch} | {} | {:.0} | {:.2} |",
+                    m.messages,
+                    m.rate(),
+                    m.cpu_per_million()
+                ),
                 Err(e) => println!("| {batch} | FAILED: {e} | | |"),
             }
         }
@@ -887,7 +1144,11 @@ fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &O
 enum Running {
     Direct,
     Native(NativeRun),
-    Kwasm { pipeline: Pipeline, producer: OutputProducer, status: Arc<PipelineStatus> },
+    Kwasm {
+        pipeline: Pipeline,
+        producer: OutputProducer,
+        status: Arc<PipelineStatus>,
+    },
 }
 
 impl Running {
@@ -896,7 +1157,9 @@ impl Running {
         match self {
             Running::Direct => true,
             Running::Native(n) => n.shared.started.load(Ordering::Acquire),
-            Running::Kwasm { status, .. } => status.partitions().iter().any(|p| p.position.is_some()),
+            Running::Kwasm { status, .. } => {
+                status.partitions().iter().any(|p| p.position.is_some())
+            }
         }
     }
 
@@ -912,7 +1175,9 @@ impl Running {
         match self {
             Running::Direct => {}
             Running::Native(n) => n.stop(),
-            Running::Kwasm { pipeline, producer, .. } => {
+            Running::Kwasm {
+                pipeline, producer, ..
+            } => {
                 pipeline.join();
                 producer.flush(Duration::from_secs(30));
             }
@@ -937,12 +1202,24 @@ struct NativeRun {
 }
 
 impl NativeRun {
-    fn start(kafka: KafkaConfig, group: String, input: &str, output: &str, partitions: i32, same_partition: bool) -> Res<NativeRun> {
+    fn start(
+        kafka: KafkaConfig,
+        group: String,
+        input: &str,
+        output: &str,
+        partitions: i32,
+        same_partition: bool,
+    ) -> Res<NativeRun> {
         let shared = Arc::new(NativeShared::default());
-        let consumer: BaseConsumer<NativeConsumerContext> = consumer_config(&kafka, &group, "bench-native", None)
-            .create_with_context(NativeConsumerContext { shared: shared.clone() })
-            .map_err(|e| format!("native consumer: {e}"))?;
-        consumer.subscribe(&[input]).map_err(|e| format!("subscribe: {e}"))?;
+        let consumer: BaseConsumer<NativeConsumerContext> =
+            consumer_config(&kafka, &group, "bench-native", None)
+                .create_with_context(NativeConsumerContext {
+                    shared: shared.clone(),
+                })
+                .map_err(|e| format!("native consumer: {e}"))?;
+        consumer
+            .subscribe(&[input])
+            .map_err(|e| format!("subscribe: {e}"))?;
         let producer: BaseProducer<NativeDelivery> = producer_config(&kafka, "bench-native")
             .create_with_context(NativeDelivery::new(partitions, same_partition))
             .map_err(|e| format!("native producer: {e}"))?;
@@ -972,7 +1249,9 @@ impl ClientContext for NativeConsumerContext {}
 impl ConsumerContext for NativeConsumerContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            self.shared.assigned.fetch_add(tpl.count(), Ordering::AcqRel);
+            self.shared
+                .assigned
+                .fetch_add(tpl.count(), Ordering::AcqRel);
         }
     }
 }
@@ -996,11 +1275,16 @@ struct AckWindow {
 
 impl NativeDelivery {
     fn new(partitions: i32, same_partition: bool) -> Self {
-        NativeDelivery { windows: (0..partitions).map(|_| Default::default()).collect(), same_partition }
+        NativeDelivery {
+            windows: (0..partitions).map(|_| Default::default()).collect(),
+            same_partition,
+        }
     }
 
     fn window(&self, partition: usize) -> std::sync::MutexGuard<'_, AckWindow> {
-        self.windows[partition].lock().unwrap_or_else(|p| p.into_inner())
+        self.windows[partition]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn sent(&self, partition: usize, offset: i64) {
@@ -1032,7 +1316,10 @@ fn pack(partition: i32, offset: i64) -> usize {
 }
 
 fn unpack(opaque: usize) -> (usize, i64) {
-    (opaque >> OFFSET_BITS, (opaque & ((1 << OFFSET_BITS) - 1)) as i64)
+    (
+        opaque >> OFFSET_BITS,
+        (opaque & ((1 << OFFSET_BITS) - 1)) as i64,
+    )
 }
 
 impl ClientContext for NativeDelivery {}
@@ -1044,7 +1331,9 @@ impl ProducerContext for NativeDelivery {
         let (partition, offset) = unpack(opaque);
         match result {
             Ok(_) => self.acked(partition, offset),
-            Err((e, _)) => eprintln!("[bench] native: delivery failed for input {partition}/{offset}: {e}"),
+            Err((e, _)) => {
+                eprintln!("[bench] native: delivery failed for input {partition}/{offset}: {e}")
+            }
         }
     }
 }
@@ -1076,17 +1365,30 @@ fn native_loop(
             }
         }
         if last_commit.elapsed() >= Duration::from_secs(1) {
-            commit_acked(consumer, producer.context(), input, &mut committed, CommitMode::Async);
+            commit_acked(
+                consumer,
+                producer.context(),
+                input,
+                &mut committed,
+                CommitMode::Async,
+            );
             last_commit = Instant::now();
         }
     }
     let _ = producer.flush(Duration::from_secs(30));
-    commit_acked(consumer, producer.context(), input, &mut committed, CommitMode::Sync);
+    commit_acked(
+        consumer,
+        producer.context(),
+        input,
+        &mut committed,
+        CommitMode::Sync,
+    );
 }
 
 fn forward(producer: &BaseProducer<NativeDelivery>, output: &str, msg: &BorrowedMessage<'_>) {
     let ctx = producer.context();
-    let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(output, pack(msg.partition(), msg.offset()));
+    let mut record: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(output, pack(msg.partition(), msg.offset()));
     if ctx.same_partition {
         record = record.partition(msg.partition());
     }
@@ -1132,7 +1434,9 @@ fn commit_acked(
     for (p, last) in committed.iter_mut().enumerate() {
         if let Some(next) = delivery.committable(p)
             && *last != Some(next)
-            && tpl.add_partition_offset(topic, p as i32, Offset::Offset(next)).is_ok()
+            && tpl
+                .add_partition_offset(topic, p as i32, Offset::Offset(next))
+                .is_ok()
         {
             *last = Some(next);
         }
@@ -1169,7 +1473,8 @@ impl LatencyReader {
             .map_err(|e| format!("latency reader: {e}"))?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| e.to_string())?;
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| e.to_string())?;
         }
         consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -1181,10 +1486,15 @@ impl LatencyReader {
                 move || {
                     let mut samples = Vec::new();
                     while !stop.load(Ordering::Acquire) {
-                        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(5)) else { continue };
+                        let Some(Ok(msg)) = consumer.poll(Duration::from_millis(5)) else {
+                            continue;
+                        };
                         let now = now_us();
                         let sent = msg.headers().and_then(|hs| {
-                            hs.iter().find(|h| h.key == SENT_HEADER).and_then(|h| h.value?.try_into().ok()).map(u64::from_le_bytes)
+                            hs.iter()
+                                .find(|h| h.key == SENT_HEADER)
+                                .and_then(|h| h.value?.try_into().ok())
+                                .map(u64::from_le_bytes)
                         });
                         if let Some(sent) = sent {
                             samples.push((sent, now.saturating_sub(sent)));
@@ -1195,7 +1505,11 @@ impl LatencyReader {
                 }
             })
             .map_err(|e| e.to_string())?;
-        Ok(LatencyReader { stop, received, thread })
+        Ok(LatencyReader {
+            stop,
+            received,
+            thread,
+        })
     }
 
     fn received(&self) -> u64 {
@@ -1232,7 +1546,11 @@ impl std::fmt::Write for VecWriter<'_> {
 
 fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("bench-{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "bench-{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn epoch() -> Instant {
@@ -1265,7 +1583,9 @@ fn perf_control(command: &str) {
     let fifo = FIFO.get_or_init(|| {
         let path = std::env::var_os("KWASM_BENCH_PERF_CTL")?;
         let file = std::fs::OpenOptions::new().write(true).open(&path);
-        Some(std::sync::Mutex::new(file.unwrap_or_else(|e| panic!("cannot open perf control {path:?}: {e}"))))
+        Some(std::sync::Mutex::new(file.unwrap_or_else(|e| {
+            panic!("cannot open perf control {path:?}: {e}")
+        })))
     });
     if let Some(f) = fifo {
         let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
@@ -1281,7 +1601,12 @@ fn cores() -> usize {
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }
 

@@ -34,9 +34,13 @@ fn main() {
 
     let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
     let compile = Instant::now();
-    let plugin = runtime.load("passthrough", &wasm).expect("load passthrough");
+    let plugin = runtime
+        .load("passthrough", &wasm)
+        .expect("load passthrough");
     let compile_ms = compile.elapsed().as_secs_f64() * 1e3;
-    let mut handler = plugin.handler(vec![], Limits::default()).expect("instantiate");
+    let mut handler = plugin
+        .handler(vec![], Limits::default())
+        .expect("instantiate");
 
     let records: Vec<SourceRecord> = (0..4096)
         .map(|i| SourceRecord {
@@ -47,9 +51,14 @@ fn main() {
         })
         .collect();
 
-    println!("kwasm runtime benchmark: passthrough plugin, {value_bytes}-byte values, 10-byte keys, one thread");
+    println!(
+        "kwasm runtime benchmark: passthrough plugin, {value_bytes}-byte values, 10-byte keys, one thread"
+    );
     println!("compile (no cache): {compile_ms:.1} ms");
-    println!("{:>6} {:>12} {:>14} {:>12}", "batch", "messages", "msg/s", "ns/msg");
+    println!(
+        "{:>6} {:>12} {:>14} {:>12}",
+        "batch", "messages", "msg/s", "ns/msg"
+    );
     for batch_size in [1usize, 64, 512, 4096] {
         let n = if batch_size == 1 { total / 4 } else { total };
         // Warm up: the instance grows its memory to the batch size once.
@@ -66,7 +75,12 @@ fn main() {
 }
 
 /// Pushes `n` messages through in batches; returns how many were handled.
-fn run(handler: &mut kwasm_host::runtime::PluginHandler, records: &[SourceRecord], batch_size: usize, n: usize) -> usize {
+fn run(
+    handler: &mut kwasm_host::runtime::PluginHandler,
+    records: &[SourceRecord],
+    batch_size: usize,
+    n: usize,
+) -> usize {
     let mut batch = InputBatch::new("bench", 0);
     let mut done = 0;
     let mut checksum = 0usize;
@@ -74,11 +88,19 @@ fn run(handler: &mut kwasm_host::runtime::PluginHandler, records: &[SourceRecord
         batch.clear();
         let take = batch_size.min(n - done);
         for r in records.iter().cycle().skip(done % records.len()).take(take) {
-            batch.push(r.offset, Some(r.timestamp_ms), Some(&r.key), Some(&r.value), []);
+            batch.push(
+                r.offset,
+                Some(r.timestamp_ms),
+                Some(&r.key),
+                Some(&r.value),
+                [],
+            );
         }
         let out = handler.handle_batch(&batch).expect("passthrough failed");
         for outcome in out.outcomes() {
-            let OutcomeView::Ok(recs) = outcome else { panic!("passthrough returned an error") };
+            let OutcomeView::Ok(recs) = outcome else {
+                panic!("passthrough returned an error")
+            };
             for rec in recs.iter() {
                 checksum += rec.topic().map_or(0, str::len)
                     + rec.key().map_or(0, <[u8]>::len)
@@ -94,5 +116,8 @@ fn run(handler: &mut kwasm_host::runtime::PluginHandler, records: &[SourceRecord
 }
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

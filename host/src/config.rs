@@ -194,7 +194,9 @@ impl Default for BatchPolicy {
 impl PipelineSpec {
     /// The consumer group this pipeline runs as.
     pub fn group_id(&self) -> String {
-        self.group_id.clone().unwrap_or_else(|| format!("kwasm-{}", self.name))
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("kwasm-{}", self.name))
     }
 
     /// Where failed messages go.
@@ -282,8 +284,16 @@ impl Config {
         if self.host.workers == 0 {
             return invalid("host.workers".into(), "must be at least 1");
         }
-        if self.host.admin_listen.parse::<std::net::SocketAddr>().is_err() {
-            return invalid("host.admin_listen".into(), "must be an address like 127.0.0.1:8080");
+        if self
+            .host
+            .admin_listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return invalid(
+                "host.admin_listen".into(),
+                "must be an address like 127.0.0.1:8080",
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
@@ -296,7 +306,9 @@ impl Config {
             }
             match (p.inputs.is_empty(), &p.input_regex) {
                 (true, None) => return invalid(at("inputs"), "give `inputs` or `input_regex`"),
-                (false, Some(_)) => return invalid(at("inputs"), "give `inputs` or `input_regex`, not both"),
+                (false, Some(_)) => {
+                    return invalid(at("inputs"), "give `inputs` or `input_regex`, not both");
+                }
                 _ => {}
             }
             if !is_name(&p.output) {
@@ -319,7 +331,8 @@ impl Config {
 pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]
@@ -351,7 +364,13 @@ mod tests {
         let p = &c.pipelines[0];
         assert_eq!(p.group_id(), "kwasm-p");
         assert_eq!(p.dead_letter_topic(), "p.dlq");
-        assert_eq!(p.batch, BatchPolicy { max_messages: 512, max_wait_ms: 20 });
+        assert_eq!(
+            p.batch,
+            BatchPolicy {
+                max_messages: 512,
+                max_wait_ms: 20
+            }
+        );
         assert_eq!(p.retry.max_attempts, 3);
     }
 
@@ -371,7 +390,14 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let r = RetryPolicy { max_attempts: 10, initial_backoff_ms: 100, max_backoff_ms: 350 };
-        assert_eq!([r.backoff_ms(2), r.backoff_ms(3), r.backoff_ms(4)], [100, 200, 350]);
+        let r = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 350,
+        };
+        assert_eq!(
+            [r.backoff_ms(2), r.backoff_ms(3), r.backoff_ms(4)],
+            [100, 200, 350]
+        );
     }
 }

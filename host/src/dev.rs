@@ -59,7 +59,10 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     // The mock cluster lives as long as this function: keep it in scope.
     let mock = match &opts.brokers {
         Some(_) => None,
-        None => Some(MockCluster::new(1).map_err(|e| setup(&format!("cannot start the mock cluster: {e}")))?),
+        None => Some(
+            MockCluster::new(1)
+                .map_err(|e| setup(&format!("cannot start the mock cluster: {e}")))?,
+        ),
     };
     let brokers = match (&opts.brokers, &mock) {
         (Some(b), _) => b.clone(),
@@ -73,10 +76,20 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
             let registry = &config.registry;
             let topics = [(INPUT, 6), (OUTPUT, 6), (DEAD_LETTERS, 1)]
                 .into_iter()
-                .chain([&registry.plugins_topic, &registry.pipelines_topic, &registry.members_topic].map(|t| (t.as_str(), 1)));
+                .chain(
+                    [
+                        &registry.plugins_topic,
+                        &registry.pipelines_topic,
+                        &registry.members_topic,
+                    ]
+                    .map(|t| (t.as_str(), 1)),
+                );
             for (topic, partitions) in topics {
-                m.create_topic(topic, partitions, 1)
-                    .map_err(|e| setup(&format!("cannot create topic `{topic}` on the mock cluster: {e}")))?;
+                m.create_topic(topic, partitions, 1).map_err(|e| {
+                    setup(&format!(
+                        "cannot create topic `{topic}` on the mock cluster: {e}"
+                    ))
+                })?;
             }
             config.registry.create_topics = false;
         }
@@ -130,7 +143,10 @@ async fn create_topics(brokers: &str) -> Result<(), String> {
     let topics = [(INPUT, 6), (OUTPUT, 6), (DEAD_LETTERS, 1)]
         .map(|(name, partitions)| NewTopic::new(name, partitions, TopicReplication::Fixed(1)));
     let results = admin
-        .create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .map_err(|e| format!("cannot create the demo topics: {e}"))?;
     for r in results {
@@ -168,7 +184,8 @@ fn spawn_sample_traffic(brokers: String, rate: u32) -> Result<(), String> {
                     })
                     .to_string()
                 };
-                if let Err((e, _)) = producer.send(BaseRecord::to(INPUT).key(&key).payload(&value)) {
+                if let Err((e, _)) = producer.send(BaseRecord::to(INPUT).key(&key).payload(&value))
+                {
                     tracing::warn!(error = %e, "sample traffic: produce failed");
                 }
                 producer.poll(Duration::ZERO);

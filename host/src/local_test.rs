@@ -56,8 +56,12 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 
 /// Runs the harness.
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&args.plugin).with_context(|| format!("cannot read {}", args.plugin.display()))?;
-    let name = args.plugin.file_stem().map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
+    let bytes = std::fs::read(&args.plugin)
+        .with_context(|| format!("cannot read {}", args.plugin.display()))?;
+    let name = args
+        .plugin
+        .file_stem()
+        .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
     let runtime = Runtime::new(RuntimeConfig::default())?;
     let plugin = runtime.load(&name, &bytes)?;
     let mut handler = plugin.handler(args.config, Limits::default())?;
@@ -65,7 +69,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
-            std::fs::File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?,
+            std::fs::File::open(&args.input)
+                .with_context(|| format!("cannot open {}", args.input.display()))?,
         ))
     };
     let mut out = std::io::stdout().lock();
@@ -74,7 +79,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let input: InputLine = serde_json::from_str(&line).with_context(|| format!("input line {}", n + 1))?;
+        let input: InputLine =
+            serde_json::from_str(&line).with_context(|| format!("input line {}", n + 1))?;
         let mut batch = InputBatch::new(args.topic.clone(), input.partition.unwrap_or(0));
         let value = input.value.map(|v| match v {
             Value::String(s) => s.into_bytes(),
@@ -83,18 +89,29 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         let headers: Vec<(String, Vec<u8>)> = input
             .headers
             .into_iter()
-            .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_owned).into_bytes()))
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.as_str()
+                        .map_or_else(|| v.to_string(), str::to_owned)
+                        .into_bytes(),
+                )
+            })
             .collect();
         batch.push(
             input.offset.unwrap_or(n as i64),
             input.timestamp_ms,
             input.key.as_deref().map(str::as_bytes),
             value.as_deref(),
-            headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
+            headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
         );
         let line = match handler.handle_batch(&batch) {
             Ok(output) => outcome_json(batch.message(0).offset(), output.outcome(0)),
-            Err(e) => json!({"offset": batch.message(0).offset(), "outcome": e.kind.code(), "error": e.to_string()}),
+            Err(e) => {
+                json!({"offset": batch.message(0).offset(), "outcome": e.kind.code(), "error": e.to_string()})
+            }
         };
         writeln!(out, "{line}")?;
     }

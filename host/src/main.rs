@@ -72,7 +72,12 @@ fn main() -> ExitCode {
     init_logging(&cli.log, cli.log_json);
     let result = match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Dev { admin_listen, plugin_dir, brokers, rate } => dev(kwasm_host::dev::DevOptions {
+        Command::Dev {
+            admin_listen,
+            plugin_dir,
+            brokers,
+            rate,
+        } => dev(kwasm_host::dev::DevOptions {
             admin_listen,
             plugin_dir,
             brokers,
@@ -95,20 +100,27 @@ fn main() -> ExitCode {
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = kwasm_host::config::Config::load(&path)?.with_env();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(kwasm_host::serve::serve(config))?;
     Ok(())
 }
 
 fn dev(options: kwasm_host::dev::DevOptions) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(kwasm_host::dev::run(options))?;
     Ok(())
 }
 
 fn init_logging(filter: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

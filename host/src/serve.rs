@@ -22,7 +22,10 @@ pub enum ServeError {
 /// Runs the host until a termination signal, then shuts down gracefully.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let start = |e: &dyn std::fmt::Display| ServeError::Start(e.to_string());
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(config.host.cache_dir.clone()) }).map_err(|e| start(&e))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(config.host.cache_dir.clone()),
+    })
+    .map_err(|e| start(&e))?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| start(&format!("cannot install the metrics recorder: {e}")))?;
@@ -39,19 +42,34 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .await
         .map_err(|e| start(&e))?;
     wait_caught_up(&registry).await;
-    let mut manager = PipelineManager::new(runtime.clone(), Some(registry.clone()), deps, config.pipelines.clone(), config.limits.clone());
+    let mut manager = PipelineManager::new(
+        runtime.clone(),
+        Some(registry.clone()),
+        deps,
+        config.pipelines.clone(),
+        config.limits.clone(),
+    );
     manager.reconcile().await;
     let view = manager.view();
     // A config-file pipeline that cannot start is a startup error: the
     // operator's deploy is wrong, and saying so now beats a silent stall.
-    if let Some((name, error)) = view.errors().into_iter().find(|(n, _)| view.config_names().contains(n)) {
+    if let Some((name, error)) = view
+        .errors()
+        .into_iter()
+        .find(|(n, _)| view.config_names().contains(n))
+    {
         return Err(ServeError::Start(format!("pipeline `{name}`: {error}")));
     }
     let (stop_manager, manager_stop) = tokio::sync::oneshot::channel();
     let manager_task = tokio::spawn(manager.run(manager_stop));
 
     let (stop_publisher, publisher_stop) = tokio::sync::oneshot::channel();
-    let publisher = tokio::spawn(publish_members(registry.clone(), view.clone(), config.host.id.clone(), publisher_stop));
+    let publisher = tokio::spawn(publish_members(
+        registry.clone(),
+        view.clone(),
+        config.host.id.clone(),
+        publisher_stop,
+    ));
 
     let state = AdminState {
         host_id: config.host.id.clone(),
@@ -63,7 +81,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     let listener = tokio::net::TcpListener::bind(&config.host.admin_listen)
         .await
-        .map_err(|e| start(&format!("cannot listen on host.admin_listen {}: {e}", config.host.admin_listen)))?;
+        .map_err(|e| {
+            start(&format!(
+                "cannot listen on host.admin_listen {}: {e}",
+                config.host.admin_listen
+            ))
+        })?;
     let local = listener.local_addr().map_err(|e| start(&e))?;
     tracing::info!(host = %config.host.id, admin = %local, "kwasm host running");
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -82,7 +105,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = manager_task.await;
     let _ = stop_publisher.send(());
     let _ = publisher.await;
-    producer.flush(std::time::Duration::from_millis(config.host.shutdown_grace_ms));
+    producer.flush(std::time::Duration::from_millis(
+        config.host.shutdown_grace_ms,
+    ));
     let _ = stop_admin.send(());
     let _ = admin.await;
     tracing::info!(host = %config.host.id, "kwasm host stopped");
@@ -98,8 +123,8 @@ async fn publish_members(
     host: String,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    use std::collections::HashMap;
     use crate::registry::{MemberRecord, TopicPartition};
+    use std::collections::HashMap;
     let mut last: HashMap<String, (Vec<TopicPartition>, std::time::Instant)> = HashMap::new();
     let mut published: HashMap<String, MemberRecord> = HashMap::new();
     loop {
@@ -107,11 +132,14 @@ async fn publish_members(
             let partitions: Vec<TopicPartition> = status
                 .partitions()
                 .into_iter()
-                .map(|p| TopicPartition { topic: p.topic, partition: p.partition })
+                .map(|p| TopicPartition {
+                    topic: p.topic,
+                    partition: p.partition,
+                })
                 .collect();
-            let due = last
-                .get(&status.pipeline)
-                .is_none_or(|(prev, at)| *prev != partitions || at.elapsed() >= std::time::Duration::from_secs(10));
+            let due = last.get(&status.pipeline).is_none_or(|(prev, at)| {
+                *prev != partitions || at.elapsed() >= std::time::Duration::from_secs(10)
+            });
             if !due {
                 continue;
             }
@@ -126,7 +154,10 @@ async fn publish_members(
             };
             match registry.publish_member(&record, false).await {
                 Ok(()) => {
-                    last.insert(status.pipeline.clone(), (partitions, std::time::Instant::now()));
+                    last.insert(
+                        status.pipeline.clone(),
+                        (partitions, std::time::Instant::now()),
+                    );
                     published.insert(status.pipeline.clone(), record);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot publish this host's assignment"),
@@ -151,7 +182,9 @@ async fn wait_caught_up(registry: &Registry) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     if !registry.caught_up() {
-        tracing::warn!("registry replay still running after 60 s; starting config-file pipelines now");
+        tracing::warn!(
+            "registry replay still running after 60 s; starting config-file pipelines now"
+        );
     }
 }
 

@@ -70,15 +70,28 @@ members_topic = "{registry}-members"
         let mut config = tempfile::NamedTempFile::new().expect("temp config file");
         config.write_all(text.as_bytes()).expect("write config");
         let path = config.path().to_string_lossy().into_owned();
-        let process = HostProcess::spawn(&["serve", "--config", &path], &[("KWASM_LOG", "info")], id);
-        Host { process, admin_port, _config: config }
+        let process =
+            HostProcess::spawn(&["serve", "--config", &path], &[("KWASM_LOG", "info")], id);
+        Host {
+            process,
+            admin_port,
+            _config: config,
+        }
     }
 
     /// A JSON call to this host's admin API.
     pub fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        let (status, text) = http_request(self.admin_port, method, path, body)
-            .unwrap_or_else(|| panic!("{method} {path}: host {} does not answer", self.process.name()));
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+        let (status, text) =
+            http_request(self.admin_port, method, path, body).unwrap_or_else(|| {
+                panic!(
+                    "{method} {path}: host {} does not answer",
+                    self.process.name()
+                )
+            });
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// Waits until the admin API answers `/readyz` with 200.
@@ -86,18 +99,27 @@ members_topic = "{registry}-members"
         let ready = kwasm_tests::wait_until(timeout, Duration::from_millis(100), || {
             http_get(self.admin_port, "/readyz").is_some_and(|(s, _)| s == 200)
         });
-        assert!(ready, "host {} not ready: {:?}", self.process.name(), http_get(self.admin_port, "/readyz"));
+        assert!(
+            ready,
+            "host {} not ready: {:?}",
+            self.process.name(),
+            http_get(self.admin_port, "/readyz")
+        );
     }
 }
 
 fn pipeline_toml(pipeline: &PipelineDef<'_>) -> String {
-        let plugin_config: Vec<String> = pipeline.config.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
-        let dead_letter = pipeline
-            .dead_letter
-            .map(|d| format!("dead_letter_topic = {d:?}\n"))
-            .unwrap_or_default();
-        format!(
-            r#"
+    let plugin_config: Vec<String> = pipeline
+        .config
+        .iter()
+        .map(|(k, v)| format!("{k} = {v:?}"))
+        .collect();
+    let dead_letter = pipeline
+        .dead_letter
+        .map(|d| format!("dead_letter_topic = {d:?}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
 [[pipeline]]
 name = {name:?}
 plugin = {plugin:?}
@@ -110,13 +132,13 @@ initial_backoff_ms = 10
 [pipeline.config]
 {plugin_config}
 "#,
-            name = pipeline.name,
-            plugin = plugin_path(pipeline.plugin),
-            input = pipeline.input,
-            output = pipeline.output,
-            group = pipeline.group,
-            plugin_config = plugin_config.join("\n"),
-        )
+        name = pipeline.name,
+        plugin = plugin_path(pipeline.plugin),
+        input = pipeline.input,
+        output = pipeline.output,
+        group = pipeline.group,
+        plugin_config = plugin_config.join("\n"),
+    )
 }
 
 impl Host {
@@ -147,13 +169,23 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// A bare HTTP/1.0 request on 127.0.0.1; `None` when nothing answers.
 pub fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len()).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .ok()?;
     stream.write_all(body).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
     Some((status, body))
 }
 
@@ -173,14 +205,21 @@ pub fn account(produced: &[(i32, String)], output: &[kwasm_tests::Record]) -> Ac
     for r in output {
         *seen.entry(r.value_str()).or_default() += 1;
     }
-    let lost = produced.iter().filter(|(_, v)| !seen.contains_key(v)).count();
+    let lost = produced
+        .iter()
+        .filter(|(_, v)| !seen.contains_key(v))
+        .count();
     let duplicates = seen.values().map(|&n| n.saturating_sub(1)).sum();
     let mut out_of_order = 0;
     let mut last: BTreeMap<(i32, i32), i64> = BTreeMap::new();
     for r in output {
         let v = r.value_str();
-        let Some((p, seq)) = v.split_once(':') else { continue };
-        let (Ok(p), Ok(seq)) = (p.parse::<i32>(), seq.parse::<i64>()) else { continue };
+        let Some((p, seq)) = v.split_once(':') else {
+            continue;
+        };
+        let (Ok(p), Ok(seq)) = (p.parse::<i32>(), seq.parse::<i64>()) else {
+            continue;
+        };
         let key = (r.partition, p);
         if let Some(&prev) = last.get(&key)
             && seq <= prev
@@ -190,7 +229,11 @@ pub fn account(produced: &[(i32, String)], output: &[kwasm_tests::Record]) -> Ac
         }
         last.insert(key, seq);
     }
-    Accounting { lost, duplicates, out_of_order }
+    Accounting {
+        lost,
+        duplicates,
+        out_of_order,
+    }
 }
 
 /// Reads every record of an output topic once at least `expected` have

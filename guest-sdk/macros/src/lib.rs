@@ -102,7 +102,10 @@ fn expand(func: &ItemFn, init: Option<&Path>) -> syn::Result<TokenStream2> {
 fn check_signature(func: &ItemFn) -> syn::Result<()> {
     let sig = &func.sig;
     if let Some(t) = &sig.asyncness {
-        return Err(syn::Error::new_spanned(t, "a kwasm handler cannot be async"));
+        return Err(syn::Error::new_spanned(
+            t,
+            "a kwasm handler cannot be async",
+        ));
     }
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
@@ -152,8 +155,9 @@ fn state_type(func: &ItemFn, init: Option<&Path>) -> syn::Result<TokenStream2> {
             arg.span(),
             "a second parameter holds the init function's result: add `#[handler(init = your_init_fn)]`",
         )),
-        (Some(FnArg::Receiver(r)), Some(_)) => {
-            Err(syn::Error::new_spanned(r, "a kwasm handler is a free function"))
-        }
+        (Some(FnArg::Receiver(r)), Some(_)) => Err(syn::Error::new_spanned(
+            r,
+            "a kwasm handler is a free function",
+        )),
     }
 }

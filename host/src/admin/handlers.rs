@@ -89,34 +89,58 @@ struct VersionView<'a> {
 }
 
 fn version_view(v: &PluginVersion) -> VersionView<'_> {
-    VersionView { version: v.version, digest: &v.digest, size_bytes: v.size_bytes, created_ms: v.created_ms }
+    VersionView {
+        version: v.version,
+        digest: &v.digest,
+        size_bytes: v.size_bytes,
+        created_ms: v.created_ms,
+    }
 }
 
 pub async fn list_plugins(State(state): State<AdminState>) -> ApiResult<Json<Value>> {
     let state = registry(&state)?.read();
     let plugins: Vec<PluginView<'_>> = state
         .plugins()
-        .map(|(name, versions)| PluginView { name, versions: versions.into_iter().map(version_view).collect() })
+        .map(|(name, versions)| PluginView {
+            name,
+            versions: versions.into_iter().map(version_view).collect(),
+        })
         .collect();
     Ok(Json(json!({ "plugins": plugins })))
 }
 
-pub async fn get_plugin(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_plugin(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     let reg = registry(&state)?.read();
-    let versions = reg.plugin(&name).ok_or_else(|| AdminError::NotFound(format!("no plugin named `{name}`")))?;
-    let view = PluginView { name: &name, versions: versions.into_iter().map(version_view).collect() };
+    let versions = reg
+        .plugin(&name)
+        .ok_or_else(|| AdminError::NotFound(format!("no plugin named `{name}`")))?;
+    let view = PluginView {
+        name: &name,
+        versions: versions.into_iter().map(version_view).collect(),
+    };
     Ok(Json(serde_json::to_value(view).unwrap_or_default()))
 }
 
-pub async fn upload_plugin(State(state): State<AdminState>, Path(name): Path<String>, body: Body) -> ApiResult<Response> {
+pub async fn upload_plugin(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
     let registry = registry(&state)?;
     check_name(&name, "plugin")?;
     let max = registry.config().max_plugin_bytes;
-    let bytes = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| AdminError::TooLarge(format!("the plugin is larger than this host's limit of {max} bytes (registry.max_plugin_bytes)")))?;
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        AdminError::TooLarge(format!(
+            "the plugin is larger than this host's limit of {max} bytes (registry.max_plugin_bytes)"
+        ))
+    })?;
     if bytes.is_empty() {
-        return Err(AdminError::Invalid("the body is empty: send the plugin's .wasm bytes".into()));
+        return Err(AdminError::Invalid(
+            "the body is empty: send the plugin's .wasm bytes".into(),
+        ));
     }
     // Validation compiles the component; keep it off the async workers.
     let runtime = state.runtime.clone();
@@ -126,7 +150,11 @@ pub async fn upload_plugin(State(state): State<AdminState>, Path(name): Path<Str
         .map_err(|e| AdminError::Unavailable(format!("validation failed to run: {e}")))?
         .map_err(|e| AdminError::Invalid(e.to_string()))?;
     let (version, created) = registry.put_plugin(&name, &bytes).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let body = json!({
         "name": version.name, "version": version.version, "digest": version.digest,
         "size_bytes": version.size_bytes, "created_ms": version.created_ms,
@@ -144,11 +172,14 @@ pub async fn delete_plugin_version(
         .map_err(|_| AdminError::Invalid(format!("version `{version}` must be a whole number")))?;
     {
         let reg = registry.read();
-        reg.plugin_version(&name, Some(version))
-            .ok_or_else(|| AdminError::NotFound(format!("no version {version} of plugin `{name}`")))?;
+        reg.plugin_version(&name, Some(version)).ok_or_else(|| {
+            AdminError::NotFound(format!("no version {version} of plugin `{name}`"))
+        })?;
         let users: Vec<String> = reg
             .pipelines()
-            .filter(|p| parse_plugin_ref(&p.plugin).is_ok_and(|(n, v)| n == name && v == Some(version)))
+            .filter(|p| {
+                parse_plugin_ref(&p.plugin).is_ok_and(|(n, v)| n == name && v == Some(version))
+            })
             .map(|p| format!("`{}`", p.name))
             .collect();
         if !users.is_empty() {
@@ -191,7 +222,10 @@ fn config_pipeline_view(status: &crate::pipeline::PipelineStatus) -> StoredPipel
     p
 }
 
-pub async fn get_pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<StoredPipeline>> {
+pub async fn get_pipeline(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<StoredPipeline>> {
     all_pipelines(&state)?
         .into_iter()
         .find(|p| p.name == name)
@@ -199,14 +233,21 @@ pub async fn get_pipeline(State(state): State<AdminState>, Path(name): Path<Stri
         .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))
 }
 
-pub async fn put_pipeline(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> ApiResult<Json<StoredPipeline>> {
+pub async fn put_pipeline(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<StoredPipeline>> {
     let registry = registry(&state)?;
     check_name(&name, "pipeline")?;
     refuse_config_pipeline(&state, &name)?;
-    let mut p: StoredPipeline =
-        serde_json::from_slice(&body).map_err(|e| AdminError::Invalid(format!("invalid pipeline JSON: {e}")))?;
+    let mut p: StoredPipeline = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::Invalid(format!("invalid pipeline JSON: {e}")))?;
     if !p.name.is_empty() && p.name != name {
-        return Err(AdminError::Invalid(format!("the body names pipeline `{}` but the path `{name}`", p.name)));
+        return Err(AdminError::Invalid(format!(
+            "the body names pipeline `{}` but the path `{name}`",
+            p.name
+        )));
     }
     p.name = name;
     p.source = "api".into();
@@ -219,10 +260,21 @@ pub async fn put_pipeline(State(state): State<AdminState>, Path(name): Path<Stri
     p.plugin = format!("{plugin}@{resolved}");
     validate_pipeline(&p)?;
     // Store the defaults resolved, so every host and reader sees the same.
-    p.group_id = Some(p.group_id.take().unwrap_or_else(|| format!("kwasm-{}", p.name)));
-    p.dead_letter_topic = Some(p.dead_letter_topic.take().unwrap_or_else(|| format!("{}.dlq", p.name)));
+    p.group_id = Some(
+        p.group_id
+            .take()
+            .unwrap_or_else(|| format!("kwasm-{}", p.name)),
+    );
+    p.dead_letter_topic = Some(
+        p.dead_letter_topic
+            .take()
+            .unwrap_or_else(|| format!("{}.dlq", p.name)),
+    );
     // Keep pause state across an update.
-    p.paused = registry.read().pipeline(&p.name).is_some_and(|old| old.paused);
+    p.paused = registry
+        .read()
+        .pipeline(&p.name)
+        .is_some_and(|old| old.paused);
     registry.put_pipeline(&p).await?;
     Ok(Json(p))
 }
@@ -231,7 +283,10 @@ pub async fn put_pipeline(State(state): State<AdminState>, Path(name): Path<Stri
 fn validate_pipeline(p: &StoredPipeline) -> ApiResult<()> {
     let config = crate::config::Config {
         host: Default::default(),
-        kafka: crate::config::KafkaConfig { brokers: "validation".into(), properties: Default::default() },
+        kafka: crate::config::KafkaConfig {
+            brokers: "validation".into(),
+            properties: Default::default(),
+        },
         limits: Default::default(),
         registry: Default::default(),
         pipelines: vec![crate::pipeline::manager::spec_of(p)],
@@ -241,7 +296,10 @@ fn validate_pipeline(p: &StoredPipeline) -> ApiResult<()> {
         .map_err(|e| AdminError::Invalid(e.to_string().replace("pipeline[0].", "")))
 }
 
-pub async fn delete_pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_pipeline(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     let registry = registry(&state)?;
     refuse_config_pipeline(&state, &name)?;
     if registry.read().pipeline(&name).is_none() {
@@ -251,15 +309,25 @@ pub async fn delete_pipeline(State(state): State<AdminState>, Path(name): Path<S
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn pause_pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<StoredPipeline>> {
+pub async fn pause_pipeline(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<StoredPipeline>> {
     set_paused(&state, &name, true).await
 }
 
-pub async fn resume_pipeline(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<StoredPipeline>> {
+pub async fn resume_pipeline(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<StoredPipeline>> {
     set_paused(&state, &name, false).await
 }
 
-async fn set_paused(state: &AdminState, name: &str, paused: bool) -> ApiResult<Json<StoredPipeline>> {
+async fn set_paused(
+    state: &AdminState,
+    name: &str,
+    paused: bool,
+) -> ApiResult<Json<StoredPipeline>> {
     let registry = registry(state)?;
     refuse_config_pipeline(state, name)?;
     let mut p = registry
@@ -272,14 +340,22 @@ async fn set_paused(state: &AdminState, name: &str, paused: bool) -> ApiResult<J
     Ok(Json(p))
 }
 
-pub async fn members(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn members(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     let pipeline = all_pipelines(&state)?
         .into_iter()
         .find(|p| p.name == name)
         .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))?;
-    let group = pipeline.group_id.clone().unwrap_or_else(|| format!("kwasm-{name}"));
+    let group = pipeline
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("kwasm-{name}"));
     let members = registry(&state)?.members(&group).await?;
-    Ok(Json(json!({"pipeline": name, "group_id": group, "members": members})))
+    Ok(Json(
+        json!({"pipeline": name, "group_id": group, "members": members}),
+    ))
 }
 
 fn refuse_config_pipeline(state: &AdminState, name: &str) -> ApiResult<()> {
@@ -295,6 +371,8 @@ fn check_name(name: &str, what: &str) -> ApiResult<()> {
     if crate::config::is_name(name) {
         Ok(())
     } else {
-        Err(AdminError::Invalid(format!("{what} name `{name}` must be 1-200 characters of [a-zA-Z0-9._-]")))
+        Err(AdminError::Invalid(format!(
+            "{what} name `{name}` must be 1-200 characters of [a-zA-Z0-9._-]"
+        )))
     }
 }

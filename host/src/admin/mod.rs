@@ -49,15 +49,26 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/assignments", get(handlers::assignments))
         .route("/v1/plugins", get(handlers::list_plugins))
-        .route("/v1/plugins/{name}", get(handlers::get_plugin).post(handlers::upload_plugin))
-        .route("/v1/plugins/{name}/versions/{version}", delete(handlers::delete_plugin_version))
+        .route(
+            "/v1/plugins/{name}",
+            get(handlers::get_plugin).post(handlers::upload_plugin),
+        )
+        .route(
+            "/v1/plugins/{name}/versions/{version}",
+            delete(handlers::delete_plugin_version),
+        )
         .route("/v1/pipelines", get(handlers::list_pipelines))
         .route(
             "/v1/pipelines/{name}",
-            get(handlers::get_pipeline).put(handlers::put_pipeline).delete(handlers::delete_pipeline),
+            get(handlers::get_pipeline)
+                .put(handlers::put_pipeline)
+                .delete(handlers::delete_pipeline),
         )
         .route("/v1/pipelines/{name}/pause", post(handlers::pause_pipeline))
-        .route("/v1/pipelines/{name}/resume", post(handlers::resume_pipeline))
+        .route(
+            "/v1/pipelines/{name}/resume",
+            post(handlers::resume_pipeline),
+        )
         .route("/v1/pipelines/{name}/members", get(handlers::members))
         // Upload size is checked by the handler, against the registry's
         // limit, so the answer is our JSON 413 rather than axum's text.
@@ -70,7 +81,10 @@ pub fn router(state: AdminState) -> Router {
 
 /// Mutating calls need `Authorization: Bearer <token>` when a token is set.
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let mutating = matches!(*request.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH);
+    let mutating = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+    );
     if let (true, Some(token)) = (mutating, &state.token) {
         let given = request
             .headers()

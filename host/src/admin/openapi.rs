@@ -14,7 +14,8 @@ fn op(summary: &str, responses: &[(&str, &str)]) -> Value {
     for (code, description) in responses {
         let mut resp = json!({"description": description});
         if code.starts_with('4') || code.starts_with('5') {
-            resp["content"] = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+            resp["content"] =
+                json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
         }
         r.insert((*code).to_owned(), resp);
     }
@@ -22,12 +23,32 @@ fn op(summary: &str, responses: &[(&str, &str)]) -> Value {
 }
 
 fn spec() -> Value {
-    let name = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
-    let version = json!({"name": "version", "in": "path", "required": true, "schema": {"type": "integer"}});
-    let mut upload = op("Upload a plugin version (body: the component's bytes)", &[("201", "stored"), ("200", "already stored"), ("400", "not a kwasm plugin"), ("401", "token required"), ("413", "too large")]);
+    let name =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let version =
+        json!({"name": "version", "in": "path", "required": true, "schema": {"type": "integer"}});
+    let mut upload = op(
+        "Upload a plugin version (body: the component's bytes)",
+        &[
+            ("201", "stored"),
+            ("200", "already stored"),
+            ("400", "not a kwasm plugin"),
+            ("401", "token required"),
+            ("413", "too large"),
+        ],
+    );
     upload["requestBody"] = json!({"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}});
     upload["parameters"] = json!([name]);
-    let mut put = op("Create or update a pipeline (plugin or config only: hot deploy)", &[("200", "stored"), ("400", "invalid"), ("401", "token required"), ("404", "unknown plugin"), ("409", "declared in a config file")]);
+    let mut put = op(
+        "Create or update a pipeline (plugin or config only: hot deploy)",
+        &[
+            ("200", "stored"),
+            ("400", "invalid"),
+            ("401", "token required"),
+            ("404", "unknown plugin"),
+            ("409", "declared in a config file"),
+        ],
+    );
     put["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pipeline"}}}});
     put["parameters"] = json!([name]);
     let with = |mut o: Value, params: Value| {

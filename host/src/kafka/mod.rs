@@ -14,7 +14,12 @@ use crate::config::KafkaConfig;
 
 /// Consumer settings. Each default here is one a production pipeline needs;
 /// any of them can be overridden through `kafka.properties`.
-pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, client_id: &str, instance_id: Option<&str>) -> ClientConfig {
+pub fn consumer_config(
+    kafka: &KafkaConfig,
+    group_id: &str,
+    client_id: &str,
+    instance_id: Option<&str>,
+) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)
         .set("group.id", group_id)

@@ -92,7 +92,8 @@ impl OutputProducer {
     pub fn send(&self, record: OutRecord<'_>, token: DeliveryToken) -> Result<(), ProduceError> {
         let mut token = Box::new(token);
         loop {
-            let mut r: BaseRecord<'_, [u8], [u8], Box<DeliveryToken>> = BaseRecord::with_opaque_to(record.topic, token);
+            let mut r: BaseRecord<'_, [u8], [u8], Box<DeliveryToken>> =
+                BaseRecord::with_opaque_to(record.topic, token);
             if let Some(k) = record.key {
                 r = r.key(k);
             }

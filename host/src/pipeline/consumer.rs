@@ -76,7 +76,9 @@ impl ClientContext for PipelineContext {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.hi_offset >= 0 {
-                    self.shared.status.set_high_watermark(topic, *partition, p.hi_offset);
+                    self.shared
+                        .status
+                        .set_high_watermark(topic, *partition, p.hi_offset);
                 }
             }
         }
@@ -91,7 +93,11 @@ impl ClientContext for PipelineContext {
 impl ConsumerContext for PipelineContext {
     /// A failed periodic commit is forgotten, so the next one sends it
     /// again instead of believing it landed.
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
         if let Err(e) = result {
             tracing::warn!(pipeline = %self.shared.spec.name, error = %e, "commit failed; will commit again");
             let mut table = self.table();
@@ -107,7 +113,9 @@ impl ConsumerContext for PipelineContext {
         match rebalance {
             Rebalance::Revoke(tpl) => self.revoke(consumer, &keys(tpl), "revoked by rebalance"),
             Rebalance::Assign(_) => {}
-            Rebalance::Error(e) => tracing::error!(pipeline = %self.shared.spec.name, error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                tracing::error!(pipeline = %self.shared.spec.name, error = %e, "rebalance error")
+            }
         }
     }
 
@@ -121,7 +129,10 @@ impl ConsumerContext for PipelineContext {
 }
 
 fn keys(tpl: &TopicPartitionList) -> Vec<PartitionKey> {
-    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect()
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 impl PipelineContext {
@@ -155,7 +166,8 @@ impl PipelineContext {
                 return;
             }
         };
-        let queue_batches = (WORKER_QUEUE_MESSAGES / s.spec.batch.max_messages.max(1)).clamp(2, 256);
+        let queue_batches =
+            (WORKER_QUEUE_MESSAGES / s.spec.batch.max_messages.max(1)).clamp(2, 256);
         let (tx, rx) = sync_channel(queue_batches);
         let stop = Arc::new(AtomicBool::new(false));
         let tracker = Arc::new(OffsetTracker::new());
@@ -196,11 +208,18 @@ impl PipelineContext {
 
     /// Stops the workers of `keys`, waits for their deliveries, commits what
     /// is done. Runs inside `poll` (a rebalance) or at shutdown.
-    pub(crate) fn revoke(&self, consumer: &BaseConsumer<Self>, keys: &[PartitionKey], reason: &str) {
+    pub(crate) fn revoke(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        keys: &[PartitionKey],
+        reason: &str,
+    ) {
         let s = &self.shared;
         let mut leaving: Vec<(PartitionKey, Assigned)> = {
             let mut table = self.table();
-            keys.iter().filter_map(|k| table.map.remove(k).map(|a| (k.clone(), a))).collect()
+            keys.iter()
+                .filter_map(|k| table.map.remove(k).map(|a| (k.clone(), a)))
+                .collect()
         };
         if leaving.is_empty() {
             return;
@@ -235,7 +254,9 @@ impl PipelineContext {
         if tpl.count() > 0 {
             match consumer.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => {}
-                Err(e) => tracing::error!(pipeline = %s.spec.name, error = %e, "commit on revoke failed; the next owner may redo some work"),
+                Err(e) => {
+                    tracing::error!(pipeline = %s.spec.name, error = %e, "commit on revoke failed; the next owner may redo some work")
+                }
             }
         }
         for (key, a) in &leaving {
@@ -258,8 +279,17 @@ impl PipelineContext {
             return;
         };
         let headers = msg.headers();
-        let header_iter = headers.into_iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value));
-        a.open.push(msg.offset(), msg.timestamp().to_millis(), msg.key(), msg.payload(), header_iter);
+        let header_iter = headers
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value));
+        a.open.push(
+            msg.offset(),
+            msg.timestamp().to_millis(),
+            msg.key(),
+            msg.payload(),
+            header_iter,
+        );
         a.opened_at.get_or_insert_with(Instant::now);
         if a.open.len() >= self.shared.spec.batch.max_messages {
             dispatch(consumer, key, a);
@@ -272,7 +302,9 @@ impl PipelineContext {
         let max_wait = Duration::from_millis(self.shared.spec.batch.max_wait_ms);
         let mut table = self.table();
         for (key, a) in table.map.iter_mut() {
-            let due = a.opened_at.is_some_and(|t| now.saturating_duration_since(t) >= max_wait);
+            let due = a
+                .opened_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= max_wait);
             if a.held.is_some() || due {
                 dispatch(consumer, key, a);
             }
@@ -286,7 +318,9 @@ impl PipelineContext {
         for (key, a) in table.map.iter_mut() {
             if let Some(next) = a.tracker.committable()
                 && a.committed != Some(next)
-                && tpl.add_partition_offset(&key.0, key.1, Offset::Offset(next)).is_ok()
+                && tpl
+                    .add_partition_offset(&key.0, key.1, Offset::Offset(next))
+                    .is_ok()
             {
                 a.committed = Some(next);
                 self.shared.status.committed(&key.0, key.1, next);
@@ -317,7 +351,11 @@ fn dispatch(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, a: &mu
             None if !a.open.is_empty() => {
                 a.opened_at = None;
                 if let Some((_, last)) = a.open.offsets() {
-                    consumer.context().shared.status.fetched(&key.0, key.1, last);
+                    consumer
+                        .context()
+                        .shared
+                        .status
+                        .fetched(&key.0, key.1, last);
                 }
                 std::mem::replace(&mut a.open, InputBatch::new(key.0.clone(), key.1))
             }
@@ -342,19 +380,39 @@ fn dispatch(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, a: &mu
 }
 
 fn set_paused(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, pause: bool) {
-    consumer.context().shared.status.set_paused(&key.0, key.1, pause);
+    consumer
+        .context()
+        .shared
+        .status
+        .set_paused(&key.0, key.1, pause);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&key.0, key.1);
-    let result = if pause { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
     match result {
-        Ok(()) => tracing::debug!(topic = %key.0, partition = key.1, paused = pause, reason = "worker queue", "backpressure"),
-        Err(e) => tracing::warn!(topic = %key.0, partition = key.1, error = %e, "cannot pause/resume partition"),
+        Ok(()) => {
+            tracing::debug!(topic = %key.0, partition = key.1, paused = pause, reason = "worker queue", "backpressure")
+        }
+        Err(e) => {
+            tracing::warn!(topic = %key.0, partition = key.1, error = %e, "cannot pause/resume partition")
+        }
     }
 }
 
-fn spawn_worker(pipeline: &str, key: &PartitionKey, worker: Worker, rx: Receiver<InputBatch>) -> Option<JoinHandle<()>> {
+fn spawn_worker(
+    pipeline: &str,
+    key: &PartitionKey,
+    worker: Worker,
+    rx: Receiver<InputBatch>,
+) -> Option<JoinHandle<()>> {
     let name = format!("kwasm-{}-{}", key.0, key.1);
-    match std::thread::Builder::new().name(name).spawn(move || worker.run(rx)) {
+    match std::thread::Builder::new()
+        .name(name)
+        .spawn(move || worker.run(rx))
+    {
         Ok(t) => Some(t),
         Err(e) => {
             tracing::error!(pipeline, topic = %key.0, partition = key.1, error = %e, "cannot start worker thread");

@@ -25,12 +25,15 @@ pub struct Deployment {
 impl Deployment {
     /// A new instance of this deployment.
     pub fn handler(&self) -> Result<PluginHandler, PluginError> {
-        self.plugin.handler(self.config.clone(), self.limits.clone())
+        self.plugin
+            .handler(self.config.clone(), self.limits.clone())
     }
 
     /// Whether `other` runs the same code with the same settings.
     pub fn same_as(&self, other: &Deployment) -> bool {
-        self.plugin.digest() == other.plugin.digest() && self.config == other.config && self.limits == other.limits
+        self.plugin.digest() == other.plugin.digest()
+            && self.config == other.config
+            && self.limits == other.limits
     }
 }
 
@@ -52,7 +55,11 @@ impl DeploymentCell {
 
     /// The deployment in force and its generation.
     pub fn current(&self) -> (Arc<Deployment>, u64) {
-        let d = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let d = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         (d, self.generation.load(Ordering::Acquire))
     }
 

@@ -88,10 +88,25 @@ pub struct PipelineManager {
 
 impl PipelineManager {
     /// A manager; nothing runs until [`PipelineManager::reconcile`].
-    pub fn new(runtime: Runtime, registry: Option<Registry>, deps: PipelineDeps, config_pipelines: Vec<PipelineSpec>, default_limits: Limits) -> Self {
+    pub fn new(
+        runtime: Runtime,
+        registry: Option<Registry>,
+        deps: PipelineDeps,
+        config_pipelines: Vec<PipelineSpec>,
+        default_limits: Limits,
+    ) -> Self {
         let view = ManagerView::default();
         view.write().config_names = config_pipelines.iter().map(|p| p.name.clone()).collect();
-        PipelineManager { runtime, registry, deps, config_pipelines, default_limits, running: HashMap::new(), compiled: HashMap::new(), view }
+        PipelineManager {
+            runtime,
+            registry,
+            deps,
+            config_pipelines,
+            default_limits,
+            running: HashMap::new(),
+            compiled: HashMap::new(),
+            view,
+        }
     }
 
     /// The view for the admin API.
@@ -159,12 +174,21 @@ impl PipelineManager {
             }
         }
         let mut view = self.view.write();
-        view.running = self.running.values().map(|r| r.pipeline.status().clone()).collect();
+        view.running = self
+            .running
+            .values()
+            .map(|r| r.pipeline.status().clone())
+            .collect();
         view.errors = errors;
         view.reconciled = true;
     }
 
-    fn start(&mut self, spec: PipelineSpec, deployment: Deployment, errors: &mut BTreeMap<String, String>) {
+    fn start(
+        &mut self,
+        spec: PipelineSpec,
+        deployment: Deployment,
+        errors: &mut BTreeMap<String, String>,
+    ) {
         let name = spec.name.clone();
         match Pipeline::start(spec.clone(), deployment, &self.deps) {
             Ok(pipeline) => {
@@ -178,20 +202,29 @@ impl PipelineManager {
     }
 
     async fn stop_many(&mut self, names: Vec<String>) {
-        let pipelines: Vec<Pipeline> = names.iter().filter_map(|n| self.running.remove(n)).map(|r| r.pipeline).collect();
+        let pipelines: Vec<Pipeline> = names
+            .iter()
+            .filter_map(|n| self.running.remove(n))
+            .map(|r| r.pipeline)
+            .collect();
         for p in &pipelines {
             p.begin_stop();
         }
         if !pipelines.is_empty() {
-            let _ = tokio::task::spawn_blocking(move || pipelines.into_iter().for_each(Pipeline::join)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || pipelines.into_iter().for_each(Pipeline::join))
+                    .await;
         }
     }
 
     /// Config-file pipelines, plus registry pipelines that are not paused
     /// and not shadowed by a config-file pipeline of the same name.
     fn desired(&self) -> BTreeMap<String, PipelineSpec> {
-        let mut desired: BTreeMap<String, PipelineSpec> =
-            self.config_pipelines.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        let mut desired: BTreeMap<String, PipelineSpec> = self
+            .config_pipelines
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
         if let Some(registry) = &self.registry {
             for stored in registry.read().pipelines() {
                 if stored.paused || desired.contains_key(&stored.name) {
@@ -206,27 +239,40 @@ impl PipelineManager {
     /// Loads, compiles and test-instantiates the pipeline's plugin.
     fn resolve(&mut self, spec: &PipelineSpec) -> Result<Deployment, String> {
         let (name, version, bytes) = if spec.plugin.ends_with(".wasm") {
-            let bytes = std::fs::read(&spec.plugin).map_err(|e| format!("cannot read plugin {}: {e}", spec.plugin))?;
+            let bytes = std::fs::read(&spec.plugin)
+                .map_err(|e| format!("cannot read plugin {}: {e}", spec.plugin))?;
             let name = std::path::Path::new(&spec.plugin)
                 .file_stem()
                 .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
             (name, None, Arc::new(bytes))
         } else {
-            let registry = self.registry.as_ref().ok_or("registry plugins need the registry")?;
+            let registry = self
+                .registry
+                .as_ref()
+                .ok_or("registry plugins need the registry")?;
             let (name, version) = parse_plugin_ref(&spec.plugin)?;
             let state = registry.read();
             let v = state
                 .plugin_version(name, version)
                 .ok_or_else(|| format!("no plugin `{}` in the registry", spec.plugin))?;
-            let bytes = state.blob(&v.digest).ok_or_else(|| format!("plugin `{}` has no stored bytes", spec.plugin))?;
+            let bytes = state
+                .blob(&v.digest)
+                .ok_or_else(|| format!("plugin `{}` has no stored bytes", spec.plugin))?;
             (name.to_owned(), Some(v.version), bytes)
         };
         let plugin = self.compile(&name, &bytes)?;
         let deployment = Deployment {
             plugin,
             version,
-            config: spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            limits: spec.limits.clone().unwrap_or_else(|| self.default_limits.clone()),
+            config: spec
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            limits: spec
+                .limits
+                .clone()
+                .unwrap_or_else(|| self.default_limits.clone()),
         };
         deployment.handler().map_err(|e| e.to_string())?;
         Ok(deployment)
@@ -237,7 +283,10 @@ impl PipelineManager {
         if let Some(p) = self.compiled.get(&digest).filter(|p| p.name() == name) {
             return Ok(p.clone());
         }
-        let plugin = self.runtime.load(name, bytes).map_err(|e| format!("plugin `{name}`: {e}"))?;
+        let plugin = self
+            .runtime
+            .load(name, bytes)
+            .map_err(|e| format!("plugin `{name}`: {e}"))?;
         self.compiled.insert(digest, plugin.clone());
         Ok(plugin)
     }
@@ -245,7 +294,12 @@ impl PipelineManager {
 
 /// Whether two specs differ at most in what a hot deploy changes.
 fn same_except_deployment(a: &PipelineSpec, b: &PipelineSpec) -> bool {
-    let strip = |s: &PipelineSpec| PipelineSpec { plugin: String::new(), config: BTreeMap::new(), limits: None, ..s.clone() };
+    let strip = |s: &PipelineSpec| PipelineSpec {
+        plugin: String::new(),
+        config: BTreeMap::new(),
+        limits: None,
+        ..s.clone()
+    };
     strip(a) == strip(b)
 }
 
@@ -289,14 +343,24 @@ mod tests {
     #[test]
     fn plugin_and_config_changes_are_hot_deploys() {
         let a = spec();
-        let b = PipelineSpec { plugin: "tag@2".into(), config: BTreeMap::new(), ..spec() };
+        let b = PipelineSpec {
+            plugin: "tag@2".into(),
+            config: BTreeMap::new(),
+            ..spec()
+        };
         assert!(same_except_deployment(&a, &b));
     }
 
     #[test]
     fn topic_or_batch_changes_restart() {
         let a = spec();
-        assert!(!same_except_deployment(&a, &PipelineSpec { inputs: vec!["other".into()], ..spec() }));
+        assert!(!same_except_deployment(
+            &a,
+            &PipelineSpec {
+                inputs: vec!["other".into()],
+                ..spec()
+            }
+        ));
         let mut batch = spec();
         batch.batch.max_messages = 7;
         assert!(!same_except_deployment(&a, &batch));

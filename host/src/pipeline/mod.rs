@@ -78,9 +78,16 @@ pub enum PipelineError {
 
 impl Pipeline {
     /// Joins the pipeline's consumer group and starts processing.
-    pub fn start(spec: PipelineSpec, deployment: Deployment, deps: &PipelineDeps) -> Result<Pipeline, PipelineError> {
+    pub fn start(
+        spec: PipelineSpec,
+        deployment: Deployment,
+        deps: &PipelineDeps,
+    ) -> Result<Pipeline, PipelineError> {
         let pipeline = spec.name.clone();
-        let kafka_err = |message: String| PipelineError::Kafka { pipeline: pipeline.clone(), message };
+        let kafka_err = |message: String| PipelineError::Kafka {
+            pipeline: pipeline.clone(),
+            message,
+        };
         let deployment = Arc::new(DeploymentCell::new(deployment));
         let status = Arc::new(PipelineStatus::new(&spec, deployment.clone()));
         let shared = Arc::new(PipelineShared {
@@ -93,8 +100,16 @@ impl Pipeline {
             status: status.clone(),
             spec,
         });
-        let instance_id = deps.host.static_membership.then(|| format!("{}-{}", deps.host.id, shared.spec.name));
-        let config = consumer_config(&deps.kafka, &shared.spec.group_id(), &deps.host.id, instance_id.as_deref());
+        let instance_id = deps
+            .host
+            .static_membership
+            .then(|| format!("{}-{}", deps.host.id, shared.spec.name));
+        let config = consumer_config(
+            &deps.kafka,
+            &shared.spec.group_id(),
+            &deps.host.id,
+            instance_id.as_deref(),
+        );
         let consumer: BaseConsumer<PipelineContext> = config
             .create_with_context(PipelineContext::new(shared.clone()))
             .map_err(|e| kafka_err(format!("cannot create consumer: {e}")))?;
@@ -114,7 +129,12 @@ impl Pipeline {
             })
             .map_err(|e| kafka_err(format!("cannot start consumer thread: {e}")))?;
         tracing::info!(pipeline = %name, group = %shared.spec.group_id(), ?topics, "pipeline started");
-        Ok(Pipeline { name, stop, thread: Some(thread), status })
+        Ok(Pipeline {
+            name,
+            stop,
+            thread: Some(thread),
+            status,
+        })
     }
 
     /// The pipeline's name.
@@ -150,7 +170,11 @@ impl Pipeline {
 
 /// The consumer thread's loop: poll, route, dispatch, commit; on stop,
 /// release every partition (drain, flush, commit) and leave the group.
-fn run_consumer(consumer: BaseConsumer<PipelineContext>, stop: Arc<AtomicBool>, commit_interval: Duration) {
+fn run_consumer(
+    consumer: BaseConsumer<PipelineContext>,
+    stop: Arc<AtomicBool>,
+    commit_interval: Duration,
+) {
     let ctx = consumer.context();
     let mut last_commit = Instant::now();
     let mut last_scan = Instant::now();
@@ -176,7 +200,9 @@ fn run_consumer(consumer: BaseConsumer<PipelineContext>, stop: Arc<AtomicBool>, 
             let now = Instant::now();
             if now.duration_since(last_scan) >= Duration::from_millis(1) {
                 last_scan = now;
-                ctx.shared().status.set_broker_ok(!idle || ctx.shared().status.broker_ok());
+                ctx.shared()
+                    .status
+                    .set_broker_ok(!idle || ctx.shared().status.broker_ok());
                 ctx.dispatch_due(&consumer, now);
             }
             if now.duration_since(last_commit) >= commit_interval {
@@ -198,4 +224,3 @@ fn run_consumer(consumer: BaseConsumer<PipelineContext>, stop: Arc<AtomicBool>, 
     drop(consumer);
     tracing::info!(pipeline = %name, "stopped");
 }
-

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use crate::config::PipelineSpec;
 use super::DeploymentCell;
+use crate::config::PipelineSpec;
 
 /// One held partition.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -19,11 +19,13 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 
+use super::DeploymentCell;
 use crate::config::RetryPolicy;
 use crate::kafka::{DeliveryToken, OffsetTracker, OutRecord, OutputProducer};
-use super::DeploymentCell;
 use crate::metrics_names as m;
-use crate::runtime::{InputBatch, InputMessage, OutcomeView, OutputView, PluginError, PluginErrorKind, PluginHandler};
+use crate::runtime::{
+    InputBatch, InputMessage, OutcomeView, OutputView, PluginError, PluginErrorKind, PluginHandler,
+};
 
 /// What a worker needs besides its plugin instance.
 pub(crate) struct WorkerContext {
@@ -73,7 +75,12 @@ impl Worker {
             messages_out: metrics::counter!(m::MESSAGES_OUT, "pipeline" => pipeline.clone()),
             batch_seconds: metrics::histogram!(m::BATCH_SECONDS, "pipeline" => pipeline),
         };
-        Worker { ctx, handler, generation, metrics }
+        Worker {
+            ctx,
+            handler,
+            generation,
+            metrics,
+        }
     }
 
     /// Switches to a newer deployment, between batches only. If the new
@@ -91,7 +98,9 @@ impl Worker {
                     from_offset = ?next_offset.map(|o| o.0), "partition switched to the new deployment");
                 self.handler = handler;
             }
-            Err(e) => tracing::error!(pipeline = %self.ctx.pipeline, error = %e, "cannot start the new deployment; keeping the old one"),
+            Err(e) => {
+                tracing::error!(pipeline = %self.ctx.pipeline, error = %e, "cannot start the new deployment; keeping the old one")
+            }
         }
     }
 
@@ -119,7 +128,9 @@ impl Worker {
         self.follow_deployment(batch.offsets());
         let started = std::time::Instant::now();
         let result = self.handler.handle_batch(batch);
-        self.metrics.batch_seconds.record(started.elapsed().as_secs_f64());
+        self.metrics
+            .batch_seconds
+            .record(started.elapsed().as_secs_f64());
         self.metrics.messages_in.increment(batch.len() as u64);
         match result {
             Ok(output) => {
@@ -154,18 +165,24 @@ impl Worker {
     fn settle(&mut self, msg: InputMessage<'_>, outcome: OutcomeView<'_>, attempt: u32) {
         match outcome {
             OutcomeView::Ok(records) => self.produce(msg, records.iter()),
-            OutcomeView::Permanent(reason) => self.dead_letter(msg, Failure {
-                kind: "permanent",
-                message: reason.to_owned(),
-                attempts: attempt,
-            }),
+            OutcomeView::Permanent(reason) => self.dead_letter(
+                msg,
+                Failure {
+                    kind: "permanent",
+                    message: reason.to_owned(),
+                    attempts: attempt,
+                },
+            ),
             OutcomeView::Retryable(reason) => {
                 if attempt >= self.ctx.retry.max_attempts {
-                    self.dead_letter(msg, Failure {
-                        kind: "retries-exhausted",
-                        message: reason.to_owned(),
-                        attempts: attempt,
-                    });
+                    self.dead_letter(
+                        msg,
+                        Failure {
+                            kind: "retries-exhausted",
+                            message: reason.to_owned(),
+                            attempts: attempt,
+                        },
+                    );
                 } else if self.backoff(attempt + 1) {
                     self.run_single(msg, attempt + 1);
                 }
@@ -183,11 +200,14 @@ impl Worker {
                     self.run_single(msg, attempt);
                 }
             }
-            kind => self.dead_letter(msg, Failure {
-                kind: kind.code(),
-                message: e.to_string(),
-                attempts: attempt,
-            }),
+            kind => self.dead_letter(
+                msg,
+                Failure {
+                    kind: kind.code(),
+                    message: e.to_string(),
+                    attempts: attempt,
+                },
+            ),
         }
     }
 
@@ -208,7 +228,11 @@ impl Worker {
 
     /// Hands a message's records to the producer. The tracker hears of them
     /// first: a delivery report can arrive before `send` returns.
-    fn produce<'o>(&mut self, msg: InputMessage<'_>, records: impl ExactSizeIterator<Item = OutputView<'o>>) {
+    fn produce<'o>(
+        &mut self,
+        msg: InputMessage<'_>,
+        records: impl ExactSizeIterator<Item = OutputView<'o>>,
+    ) {
         let offset = msg.offset();
         let count = records.len() as u32;
         self.ctx.tracker.processed(offset, count);
@@ -251,7 +275,9 @@ impl Worker {
             ("kwasm.plugin.digest", plugin.digest().as_bytes()),
             ("kwasm.attempts", attempts.as_bytes()),
         ];
-        let headers = msg.headers().chain(kwasm_headers.iter().map(|(k, v)| (*k, Some(*v))));
+        let headers = msg
+            .headers()
+            .chain(kwasm_headers.iter().map(|(k, v)| (*k, Some(*v))));
         let record = OutRecord {
             topic: &self.ctx.dead_letter_topic,
             key: msg.key(),
@@ -287,15 +313,19 @@ impl Worker {
 const MAX_ERROR_HEADER_BYTES: usize = 4096;
 
 fn truncate(s: &str, max: usize) -> &str {
-    let end = (0..=max.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    let end = (0..=max.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
     &s[..end]
 }
 
-fn owned_headers<'h>(headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>) -> Option<OwnedHeaders> {
+fn owned_headers<'h>(
+    headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
+) -> Option<OwnedHeaders> {
     let mut owned: Option<OwnedHeaders> = None;
     for (key, value) in headers {
         owned = Some(owned.unwrap_or_default().insert(Header { key, value }));
     }
     owned
 }
-

@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::KafkaConfig;
-pub use state::{MemberRecord, PluginVersion, RegistryState, StoredPipeline, TopicKind, TopicPartition, parse_plugin_ref};
+pub use state::{
+    MemberRecord, PluginVersion, RegistryState, StoredPipeline, TopicKind, TopicPartition,
+    parse_plugin_ref,
+};
 
 /// Chunk size of stored components: under the broker's default 1 MiB
 /// message limit with room for headers and batching overhead.
@@ -100,7 +103,11 @@ struct Inner {
 
 impl Registry {
     /// Creates the topics if missing, replays them, and keeps following.
-    pub async fn start(kafka: &KafkaConfig, config: RegistryConfig, host_id: &str) -> Result<Registry, RegistryError> {
+    pub async fn start(
+        kafka: &KafkaConfig,
+        config: RegistryConfig,
+        host_id: &str,
+    ) -> Result<Registry, RegistryError> {
         let k = |e: rdkafka::error::KafkaError| RegistryError::Kafka(e.to_string());
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &kafka.brokers);
@@ -110,7 +117,12 @@ impl Registry {
         if config.create_topics {
             create_topics(&client, &config).await?;
         }
-        let producer: FutureProducer = client.clone().set("acks", "all").set("enable.idempotence", "true").create().map_err(k)?;
+        let producer: FutureProducer = client
+            .clone()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .create()
+            .map_err(k)?;
         let (changes, _) = tokio::sync::watch::channel(0);
         let inner = Arc::new(Inner {
             config,
@@ -134,21 +146,26 @@ impl Registry {
             .map_err(k)?;
         let mut tpl = TopicPartitionList::new();
         for topic in inner.config.topics() {
-            tpl.add_partition_offset(topic, 0, Offset::Beginning).map_err(k)?;
+            tpl.add_partition_offset(topic, 0, Offset::Beginning)
+                .map_err(k)?;
         }
         consumer.assign(&tpl).map_err(k)?;
         let mut ends = Vec::new();
         for topic in inner.config.topics() {
             let (_, high) = consumer
                 .fetch_watermarks(topic, 0, Duration::from_secs(10))
-                .map_err(|e| RegistryError::Kafka(format!("cannot read the end offset of `{topic}`: {e}")))?;
+                .map_err(|e| {
+                    RegistryError::Kafka(format!("cannot read the end offset of `{topic}`: {e}"))
+                })?;
             ends.push((inner.config.kind_of(topic), high));
         }
         let follower = inner.clone();
         std::thread::Builder::new()
             .name("kwasm-registry".into())
             .spawn(move || follow(consumer, follower, ends))
-            .map_err(|e| RegistryError::Kafka(format!("cannot start the registry follower: {e}")))?;
+            .map_err(|e| {
+                RegistryError::Kafka(format!("cannot start the registry follower: {e}"))
+            })?;
         Ok(Registry { inner })
     }
 
@@ -175,7 +192,11 @@ impl Registry {
     /// Stores `bytes` (already validated by the caller) as the next version
     /// of `name`. Bytes already stored under `name` return that version and
     /// `false`.
-    pub async fn put_plugin(&self, name: &str, bytes: &[u8]) -> Result<(PluginVersion, bool), RegistryError> {
+    pub async fn put_plugin(
+        &self,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<(PluginVersion, bool), RegistryError> {
         let digest = hex::encode(Sha256::digest(bytes));
         let next_version = {
             let state = self.read();
@@ -188,7 +209,8 @@ impl Registry {
         let topic = &self.inner.config.plugins_topic;
         let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
         for (i, chunk) in chunks.iter().enumerate() {
-            self.send(topic, &format!("chunk/{digest}/{i}"), Some(chunk)).await?;
+            self.send(topic, &format!("chunk/{digest}/{i}"), Some(chunk))
+                .await?;
         }
         let manifest = PluginVersion {
             name: name.to_owned(),
@@ -198,32 +220,61 @@ impl Registry {
             chunks: chunks.len() as u32,
             created_ms: now_ms(),
         };
-        let json = serde_json::to_vec(&manifest).map_err(|e| RegistryError::Kafka(e.to_string()))?;
-        let offset = self.send(topic, &format!("manifest/{name}/{next_version}"), Some(&json)).await?;
+        let json =
+            serde_json::to_vec(&manifest).map_err(|e| RegistryError::Kafka(e.to_string()))?;
+        let offset = self
+            .send(
+                topic,
+                &format!("manifest/{name}/{next_version}"),
+                Some(&json),
+            )
+            .await?;
         self.wait_applied(TopicKind::Plugins, offset).await?;
         Ok((manifest, true))
     }
 
     /// Deletes one version (the caller checked no pipeline uses it).
-    pub async fn delete_plugin_version(&self, name: &str, version: u32) -> Result<(), RegistryError> {
-        let offset = self.send(&self.inner.config.plugins_topic, &format!("manifest/{name}/{version}"), None).await?;
+    pub async fn delete_plugin_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<(), RegistryError> {
+        let offset = self
+            .send(
+                &self.inner.config.plugins_topic,
+                &format!("manifest/{name}/{version}"),
+                None,
+            )
+            .await?;
         self.wait_applied(TopicKind::Plugins, offset).await
     }
 
     /// Stores a pipeline (replacing one of the same name).
     pub async fn put_pipeline(&self, pipeline: &StoredPipeline) -> Result<(), RegistryError> {
         let json = serde_json::to_vec(pipeline).map_err(|e| RegistryError::Kafka(e.to_string()))?;
-        let offset = self.send(&self.inner.config.pipelines_topic, &pipeline.name, Some(&json)).await?;
+        let offset = self
+            .send(
+                &self.inner.config.pipelines_topic,
+                &pipeline.name,
+                Some(&json),
+            )
+            .await?;
         self.wait_applied(TopicKind::Pipelines, offset).await
     }
 
     /// Publishes what this host holds of `record.group_id`; `None`
     /// partitions withdraws the record (clean shutdown).
-    pub async fn publish_member(&self, record: &MemberRecord, withdraw: bool) -> Result<(), RegistryError> {
+    pub async fn publish_member(
+        &self,
+        record: &MemberRecord,
+        withdraw: bool,
+    ) -> Result<(), RegistryError> {
         let key = format!("{}/{}", record.group_id, record.host);
         let json = serde_json::to_vec(record).map_err(|e| RegistryError::Kafka(e.to_string()))?;
         let value = (!withdraw).then_some(json.as_slice());
-        self.send(&self.inner.config.members_topic, &key, value).await.map(|_| ())
+        self.send(&self.inner.config.members_topic, &key, value)
+            .await
+            .map(|_| ())
     }
 
     /// The hosts of `group`: their published records, kept only for hosts
@@ -233,21 +284,32 @@ impl Registry {
         let records = self.read().members(group);
         let client = self.inner.client.clone();
         let group_name = group.to_owned();
-        let members = tokio::task::spawn_blocking(move || -> Result<Vec<(String, String)>, String> {
-            let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
-            let list = consumer.fetch_group_list(Some(&group_name), Duration::from_secs(5)).map_err(|e| e.to_string())?;
-            Ok(list
-                .groups()
-                .iter()
-                .flat_map(|g| g.members().iter().map(|m| (m.id().to_owned(), m.client_id().to_owned())))
-                .collect())
-        })
-        .await
-        .map_err(|e| RegistryError::Kafka(e.to_string()))?;
+        let members =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(String, String)>, String> {
+                let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+                let list = consumer
+                    .fetch_group_list(Some(&group_name), Duration::from_secs(5))
+                    .map_err(|e| e.to_string())?;
+                Ok(list
+                    .groups()
+                    .iter()
+                    .flat_map(|g| {
+                        g.members()
+                            .iter()
+                            .map(|m| (m.id().to_owned(), m.client_id().to_owned()))
+                    })
+                    .collect())
+            })
+            .await
+            .map_err(|e| RegistryError::Kafka(e.to_string()))?;
         match members {
             Ok(members) => Ok(records
                 .into_iter()
-                .filter(|r| members.iter().any(|(id, client_id)| is_member_of(&r.host, id, client_id)))
+                .filter(|r| {
+                    members
+                        .iter()
+                        .any(|(id, client_id)| is_member_of(&r.host, id, client_id))
+                })
                 .collect()),
             // Some brokers (librdkafka's mock cluster) cannot describe
             // groups: show what hosts published, stale entries included.
@@ -260,18 +322,32 @@ impl Registry {
 
     /// Deletes a pipeline.
     pub async fn delete_pipeline(&self, name: &str) -> Result<(), RegistryError> {
-        let offset = self.send(&self.inner.config.pipelines_topic, name, None).await?;
+        let offset = self
+            .send(&self.inner.config.pipelines_topic, name, None)
+            .await?;
         self.wait_applied(TopicKind::Pipelines, offset).await
     }
 
-    async fn send(&self, topic: &str, key: &str, value: Option<&[u8]>) -> Result<i64, RegistryError> {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<i64, RegistryError> {
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(key);
         if let Some(v) = value {
             record = record.payload(v);
         }
-        match self.inner.producer.send(record, Duration::from_secs(30)).await {
+        match self
+            .inner
+            .producer
+            .send(record, Duration::from_secs(30))
+            .await
+        {
             Ok(delivery) => Ok(delivery.offset),
-            Err((e, _)) => Err(RegistryError::Kafka(format!("writing `{key}` to `{topic}`: {e}"))),
+            Err((e, _)) => Err(RegistryError::Kafka(format!(
+                "writing `{key}` to `{topic}`: {e}"
+            ))),
         }
     }
 
@@ -290,7 +366,11 @@ impl Registry {
 
 impl RegistryConfig {
     fn topics(&self) -> [&String; 3] {
-        [&self.plugins_topic, &self.pipelines_topic, &self.members_topic]
+        [
+            &self.plugins_topic,
+            &self.pipelines_topic,
+            &self.members_topic,
+        ]
     }
 
     fn kind_of(&self, topic: &str) -> TopicKind {
@@ -326,14 +406,18 @@ fn follow(consumer: BaseConsumer, inner: Arc<Inner>, ends: Vec<(TopicKind, i64)>
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .apply(kind, &key, msg.payload());
-                inner.next_offset(kind).store(msg.offset() + 1, Ordering::Release);
+                inner
+                    .next_offset(kind)
+                    .store(msg.offset() + 1, Ordering::Release);
                 inner.changes.send_modify(|g| *g += 1);
             }
             Some(Err(e)) => tracing::warn!(error = %e, "registry follower error"),
             None => {}
         }
         if !inner.caught_up.load(Ordering::Relaxed)
-            && ends.iter().all(|(kind, end)| inner.next_offset(*kind).load(Ordering::Acquire) >= *end)
+            && ends
+                .iter()
+                .all(|(kind, end)| inner.next_offset(*kind).load(Ordering::Acquire) >= *end)
         {
             inner.caught_up.store(true, Ordering::Release);
             inner.changes.send_modify(|g| *g += 1);
@@ -344,8 +428,13 @@ fn follow(consumer: BaseConsumer, inner: Arc<Inner>, ends: Vec<(TopicKind, i64)>
 
 /// Creates the registry topics (one partition: a total order per topic;
 /// compacted: the newest record per key is kept forever).
-async fn create_topics(client: &ClientConfig, config: &RegistryConfig) -> Result<(), RegistryError> {
-    let admin: AdminClient<DefaultClientContext> = client.create().map_err(|e| RegistryError::Kafka(e.to_string()))?;
+async fn create_topics(
+    client: &ClientConfig,
+    config: &RegistryConfig,
+) -> Result<(), RegistryError> {
+    let admin: AdminClient<DefaultClientContext> = client
+        .create()
+        .map_err(|e| RegistryError::Kafka(e.to_string()))?;
     let topics: Vec<NewTopic<'_>> = config
         .topics()
         .into_iter()
@@ -356,13 +445,20 @@ async fn create_topics(client: &ClientConfig, config: &RegistryConfig) -> Result
         })
         .collect();
     let results = admin
-        .create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .map_err(|e| RegistryError::Kafka(e.to_string()))?;
     for r in results {
         match r {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(RegistryError::Kafka(format!("cannot create registry topic `{topic}`: {code}"))),
+            Err((topic, code)) => {
+                return Err(RegistryError::Kafka(format!(
+                    "cannot create registry topic `{topic}`: {code}"
+                )));
+            }
         }
     }
     Ok(())
@@ -379,7 +475,15 @@ fn is_member_of(host: &str, member_id: &str, client_id: &str) -> bool {
     member_id
         .strip_prefix(host)
         .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|uuid| uuid.len() == 36 && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+        .is_some_and(|uuid| {
+            uuid.len() == 36 && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -395,10 +499,4 @@ mod tests {
         assert!(is_member_of("a", "whatever", "a"));
         assert!(!is_member_of("a", &format!("a-{uuid}"), "a-b"));
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -126,7 +126,10 @@ impl RegistryState {
             (["chunk", digest, index], Some(bytes)) => {
                 let index: u32 = index.parse().map_err(|_| "bad chunk index".to_owned())?;
                 if !self.blobs.contains_key(*digest) {
-                    self.chunks.entry((*digest).to_owned()).or_default().insert(index, bytes.to_vec());
+                    self.chunks
+                        .entry((*digest).to_owned())
+                        .or_default()
+                        .insert(index, bytes.to_vec());
                 }
                 Ok(())
             }
@@ -144,8 +147,12 @@ impl RegistryState {
                 Ok(())
             }
             (["manifest", _, _], Some(json)) => {
-                let manifest: PluginVersion = serde_json::from_slice(json).map_err(|e| format!("bad manifest: {e}"))?;
-                let highest = self.highest_version.entry(manifest.name.clone()).or_default();
+                let manifest: PluginVersion =
+                    serde_json::from_slice(json).map_err(|e| format!("bad manifest: {e}"))?;
+                let highest = self
+                    .highest_version
+                    .entry(manifest.name.clone())
+                    .or_default();
                 *highest = (*highest).max(manifest.version);
                 self.assemble(&manifest)?;
                 self.plugins
@@ -165,12 +172,21 @@ impl RegistryState {
         }
         let chunks = self.chunks.remove(&m.digest).unwrap_or_default();
         if chunks.len() != m.chunks as usize || chunks.keys().copied().ne(0..m.chunks) {
-            return Err(format!("plugin {}@{}: {} of {} chunks present", m.name, m.version, chunks.len(), m.chunks));
+            return Err(format!(
+                "plugin {}@{}: {} of {} chunks present",
+                m.name,
+                m.version,
+                chunks.len(),
+                m.chunks
+            ));
         }
         let bytes: Vec<u8> = chunks.into_values().flatten().collect();
         let digest = hex::encode(Sha256::digest(&bytes));
         if digest != m.digest || bytes.len() != m.size_bytes {
-            return Err(format!("plugin {}@{}: stored bytes do not match digest {}", m.name, m.version, m.digest));
+            return Err(format!(
+                "plugin {}@{}: stored bytes do not match digest {}",
+                m.name, m.version, m.digest
+            ));
         }
         self.blobs.insert(digest, Arc::new(bytes));
         Ok(())
@@ -182,7 +198,8 @@ impl RegistryState {
                 self.pipelines.remove(key);
             }
             Some(json) => {
-                let mut p: StoredPipeline = serde_json::from_slice(json).map_err(|e| format!("bad pipeline: {e}"))?;
+                let mut p: StoredPipeline =
+                    serde_json::from_slice(json).map_err(|e| format!("bad pipeline: {e}"))?;
                 p.name = key.to_owned();
                 self.pipelines.insert(key.to_owned(), p);
             }
@@ -196,7 +213,8 @@ impl RegistryState {
                 self.members.remove(key);
             }
             Some(json) => {
-                let m: MemberRecord = serde_json::from_slice(json).map_err(|e| format!("bad member record: {e}"))?;
+                let m: MemberRecord =
+                    serde_json::from_slice(json).map_err(|e| format!("bad member record: {e}"))?;
                 self.members.insert(key.to_owned(), m);
             }
         }
@@ -205,12 +223,18 @@ impl RegistryState {
 
     /// What every host last published for `group`.
     pub fn members(&self, group: &str) -> Vec<MemberRecord> {
-        self.members.values().filter(|m| m.group_id == group).cloned().collect()
+        self.members
+            .values()
+            .filter(|m| m.group_id == group)
+            .cloned()
+            .collect()
     }
 
     /// Every plugin with its versions, oldest first.
     pub fn plugins(&self) -> impl Iterator<Item = (&str, Vec<&PluginVersion>)> {
-        self.plugins.iter().map(|(n, v)| (n.as_str(), v.values().collect()))
+        self.plugins
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.values().collect()))
     }
 
     /// Versions of `name`, oldest first.
@@ -322,19 +346,42 @@ mod tests {
         let mut s = RegistryState::default();
         let bytes = b"0123456789";
         let digest = hex::encode(Sha256::digest(bytes));
-        s.apply(TopicKind::Plugins, &format!("chunk/{digest}/1"), Some(b"56789"));
-        s.apply(TopicKind::Plugins, &format!("chunk/{digest}/0"), Some(b"01234"));
-        s.apply(TopicKind::Plugins, "manifest/redact/1", Some(&manifest("redact", 1, bytes, 2)));
+        s.apply(
+            TopicKind::Plugins,
+            &format!("chunk/{digest}/1"),
+            Some(b"56789"),
+        );
+        s.apply(
+            TopicKind::Plugins,
+            &format!("chunk/{digest}/0"),
+            Some(b"01234"),
+        );
+        s.apply(
+            TopicKind::Plugins,
+            "manifest/redact/1",
+            Some(&manifest("redact", 1, bytes, 2)),
+        );
         assert_eq!(s.plugin_version("redact", None).map(|v| v.version), Some(1));
-        assert_eq!(s.blob(&digest).as_deref().map(Vec::as_slice), Some(&bytes[..]));
+        assert_eq!(
+            s.blob(&digest).as_deref().map(Vec::as_slice),
+            Some(&bytes[..])
+        );
     }
 
     #[test]
     fn a_manifest_whose_bytes_do_not_match_is_dropped() {
         let mut s = RegistryState::default();
         let digest = hex::encode(Sha256::digest(b"good"));
-        s.apply(TopicKind::Plugins, &format!("chunk/{digest}/0"), Some(b"evil"));
-        s.apply(TopicKind::Plugins, "manifest/p/1", Some(&manifest("p", 1, b"good", 1)));
+        s.apply(
+            TopicKind::Plugins,
+            &format!("chunk/{digest}/0"),
+            Some(b"evil"),
+        );
+        s.apply(
+            TopicKind::Plugins,
+            "manifest/p/1",
+            Some(&manifest("p", 1, b"good", 1)),
+        );
         assert!(s.plugin("p").is_none());
     }
 
@@ -343,13 +390,29 @@ mod tests {
         let mut s = RegistryState::default();
         let digest = hex::encode(Sha256::digest(b"x"));
         s.apply(TopicKind::Plugins, &format!("chunk/{digest}/0"), Some(b"x"));
-        s.apply(TopicKind::Plugins, "manifest/p/1", Some(&manifest("p", 1, b"x", 1)));
-        s.apply(TopicKind::Plugins, "manifest/p/2", Some(&manifest("p", 2, b"x", 1)));
+        s.apply(
+            TopicKind::Plugins,
+            "manifest/p/1",
+            Some(&manifest("p", 1, b"x", 1)),
+        );
+        s.apply(
+            TopicKind::Plugins,
+            "manifest/p/2",
+            Some(&manifest("p", 2, b"x", 1)),
+        );
         s.apply(TopicKind::Plugins, "manifest/p/1", None);
-        assert_eq!(s.plugin("p").map(|v| v.iter().map(|v| v.version).collect::<Vec<_>>()), Some(vec![2]));
+        assert_eq!(
+            s.plugin("p")
+                .map(|v| v.iter().map(|v| v.version).collect::<Vec<_>>()),
+            Some(vec![2])
+        );
         let p = br#"{"plugin":"p@2","inputs":["in"],"output":"out"}"#;
         s.apply(TopicKind::Pipelines, "orders", Some(p));
-        assert_eq!(s.pipeline("orders").map(|p| (p.name.as_str(), p.source.as_str())), Some(("orders", "api")));
+        assert_eq!(
+            s.pipeline("orders")
+                .map(|p| (p.name.as_str(), p.source.as_str())),
+            Some(("orders", "api"))
+        );
         s.apply(TopicKind::Pipelines, "orders", None);
         assert!(s.pipeline("orders").is_none());
     }

@@ -67,7 +67,8 @@ impl InputBatch {
         let header_lengths_start = self.header_lengths.len() as u32;
         let mut count = 0;
         for (name, value) in headers {
-            self.header_lengths.push(push_bytes(&mut self.data, Some(name.as_bytes())));
+            self.header_lengths
+                .push(push_bytes(&mut self.data, Some(name.as_bytes())));
             self.header_lengths.push(push_bytes(&mut self.data, value));
             count += 1;
         }
@@ -85,7 +86,13 @@ impl InputBatch {
 
     /// Appends a copy of `msg` (from another batch).
     pub fn push_message(&mut self, msg: InputMessage<'_>) {
-        self.push(msg.offset(), msg.timestamp_ms(), msg.key(), msg.value(), msg.headers());
+        self.push(
+            msg.offset(),
+            msg.timestamp_ms(),
+            msg.key(),
+            msg.value(),
+            msg.headers(),
+        );
     }
 
     /// A new batch holding copies of the messages in `range`.
@@ -142,7 +149,10 @@ impl InputBatch {
     /// The `i`-th message. Panics when out of range, like slice indexing.
     pub fn message(&self, i: usize) -> InputMessage<'_> {
         assert!(i < self.len(), "message {i} of a batch of {}", self.len());
-        InputMessage { batch: self, index: i }
+        InputMessage {
+            batch: self,
+            index: i,
+        }
     }
 
     /// Every message in order.
@@ -191,7 +201,11 @@ impl<'a> InputMessage<'a> {
     /// Its key.
     pub fn key(&self) -> Option<&'a [u8]> {
         let b = self.batch;
-        field(&b.data, b.positions[self.index].key as usize, b.key_lengths[self.index])
+        field(
+            &b.data,
+            b.positions[self.index].key as usize,
+            b.key_lengths[self.index],
+        )
     }
 
     /// Its value.
@@ -207,7 +221,11 @@ impl<'a> InputMessage<'a> {
         let p = b.positions[self.index];
         let n = b.header_counts[self.index] as usize;
         let lengths = &b.header_lengths[p.header_lengths as usize..][..2 * n];
-        HeaderIter { data: &b.data, pos: p.data as usize, lengths }
+        HeaderIter {
+            data: &b.data,
+            pos: p.data as usize,
+            lengths,
+        }
     }
 }
 
@@ -273,10 +291,17 @@ pub struct OutputView<'a> {
 
 impl BatchOutput {
     /// Checks `result` against the contract for a batch of `inputs` messages.
-    pub(crate) fn check(result: BatchResult, inputs: usize, limits: &Limits) -> Result<Self, CheckError> {
+    pub(crate) fn check(
+        result: BatchResult,
+        inputs: usize,
+        limits: &Limits,
+    ) -> Result<Self, CheckError> {
         let r = &result;
         if r.record_counts.len() != inputs {
-            return bad(format!("{} record counts for {inputs} messages", r.record_counts.len()));
+            return bad(format!(
+                "{} record counts for {inputs} messages",
+                r.record_counts.len()
+            ));
         }
         if r.data.len() > limits.max_output_bytes {
             return Err(CheckError::TooLarge {
@@ -292,16 +317,28 @@ impl BatchOutput {
             records += c as u64;
         }
         let records = records as usize;
-        let columns = [r.record_topics.len(), r.timestamps.len(), r.key_lengths.len(), r.value_lengths.len(), r.header_counts.len()];
+        let columns = [
+            r.record_topics.len(),
+            r.timestamps.len(),
+            r.key_lengths.len(),
+            r.value_lengths.len(),
+            r.header_counts.len(),
+        ];
         if columns.iter().any(|&len| len != records) {
-            return bad(format!("record columns of lengths {columns:?} for {records} records"));
+            return bad(format!(
+                "record columns of lengths {columns:?} for {records} records"
+            ));
         }
         check_errors(r)?;
         for t in &r.topics {
             check_topic_name(t)?;
         }
         let positions = check_records(r, limits)?;
-        Ok(BatchOutput { result, first_record, positions })
+        Ok(BatchOutput {
+            result,
+            first_record,
+            positions,
+        })
     }
 
     /// Number of outcomes (= input messages).
@@ -364,19 +401,26 @@ impl<'a> OutputView<'a> {
     /// The topic override; `None` means the pipeline's output topic.
     pub fn topic(&self) -> Option<&'a str> {
         let r = &self.output.result;
-        usize::try_from(r.record_topics[self.index]).ok().map(|t| r.topics[t].as_str())
+        usize::try_from(r.record_topics[self.index])
+            .ok()
+            .map(|t| r.topics[t].as_str())
     }
 
     /// The key.
     pub fn key(&self) -> Option<&'a [u8]> {
         let r = &self.output.result;
-        field(&r.data, self.output.positions[self.index].key as usize, r.key_lengths[self.index])
+        field(
+            &r.data,
+            self.output.positions[self.index].key as usize,
+            r.key_lengths[self.index],
+        )
     }
 
     /// The value.
     pub fn value(&self) -> Option<&'a [u8]> {
         let r = &self.output.result;
-        let start = self.output.positions[self.index].key as usize + len_or_zero(r.key_lengths[self.index]);
+        let start =
+            self.output.positions[self.index].key as usize + len_or_zero(r.key_lengths[self.index]);
         field(&r.data, start, r.value_lengths[self.index])
     }
 
@@ -392,7 +436,11 @@ impl<'a> OutputView<'a> {
         let p = self.output.positions[self.index];
         let n = r.header_counts[self.index] as usize;
         let lengths = &r.header_lengths[p.header_lengths as usize..][..2 * n];
-        HeaderIter { data: &r.data, pos: p.data as usize, lengths }
+        HeaderIter {
+            data: &r.data,
+            pos: p.data as usize,
+            lengths,
+        }
     }
 }
 
@@ -417,7 +465,9 @@ fn check_errors(r: &BatchResult) -> Result<(), CheckError> {
     for e in &r.errors {
         let i = e.index as usize;
         if i >= r.record_counts.len() || previous.is_some_and(|p| p >= e.index) {
-            return bad(format!("error entry for message {i} is out of range or out of order"));
+            return bad(format!(
+                "error entry for message {i} is out of range or out of order"
+            ));
         }
         if r.record_counts[i] != 0 {
             return bad(format!("message {i} has both an error and output records"));
@@ -432,7 +482,10 @@ fn check_errors(r: &BatchResult) -> Result<(), CheckError> {
 fn check_records(r: &BatchResult, limits: &Limits) -> Result<Vec<Position>, CheckError> {
     let header_total: u64 = r.header_counts.iter().map(|&c| c as u64).sum();
     if r.header_lengths.len() as u64 != 2 * header_total {
-        return bad(format!("{} header lengths for {header_total} headers", r.header_lengths.len()));
+        return bad(format!(
+            "{} header lengths for {header_total} headers",
+            r.header_lengths.len()
+        ));
     }
     let mut positions = Vec::with_capacity(r.key_lengths.len());
     let mut pos = 0usize;
@@ -440,13 +493,19 @@ fn check_records(r: &BatchResult, limits: &Limits) -> Result<Vec<Position>, Chec
     let take = |len: i32, pos: &mut usize, what: &str| -> Result<usize, CheckError> {
         let n = len_or_zero(len);
         if *pos + n > r.data.len() {
-            return bad(format!("{what} of {n} bytes runs past the end of the output data"));
+            return bad(format!(
+                "{what} of {n} bytes runs past the end of the output data"
+            ));
         }
         *pos += n;
         Ok(n)
     };
     for j in 0..r.key_lengths.len() {
-        let start = Position { data: pos as u32, key: 0, header_lengths: hl as u32 };
+        let start = Position {
+            data: pos as u32,
+            key: 0,
+            header_lengths: hl as u32,
+        };
         for _ in 0..r.header_counts[j] {
             let (name_len, value_len) = (r.header_lengths[hl], r.header_lengths[hl + 1]);
             hl += 2;
@@ -461,18 +520,29 @@ fn check_records(r: &BatchResult, limits: &Limits) -> Result<Vec<Position>, Chec
             take(value_len, &mut pos, "a header value")?;
         }
         let key = pos;
-        let size = take(r.key_lengths[j], &mut pos, "a key")? + take(r.value_lengths[j], &mut pos, "a value")?;
+        let size = take(r.key_lengths[j], &mut pos, "a key")?
+            + take(r.value_lengths[j], &mut pos, "a value")?;
         if size > limits.max_record_bytes {
-            return Err(CheckError::TooLarge { bytes: size, limit_bytes: limits.max_record_bytes, what: "per record" });
+            return Err(CheckError::TooLarge {
+                bytes: size,
+                limit_bytes: limits.max_record_bytes,
+                what: "per record",
+            });
         }
         let topic = r.record_topics[j];
         if topic < -1 || topic >= r.topics.len() as i32 {
             return bad(format!("output topic index {topic} out of range"));
         }
-        positions.push(Position { key: key as u32, ..start });
+        positions.push(Position {
+            key: key as u32,
+            ..start
+        });
     }
     if pos != r.data.len() {
-        return bad(format!("lengths cover {pos} bytes of {} bytes of output data", r.data.len()));
+        return bad(format!(
+            "lengths cover {pos} bytes of {} bytes of output data",
+            r.data.len()
+        ));
     }
     Ok(positions)
 }
@@ -481,7 +551,9 @@ fn check_records(r: &BatchResult, limits: &Limits) -> Result<Vec<Position>, Chec
 fn check_topic_name(t: &str) -> Result<(), CheckError> {
     let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if t.is_empty() || t.len() > 249 || t == "." || t == ".." || !t.chars().all(legal) {
-        return bad(format!("output topic {t:?} is not a valid Kafka topic name"));
+        return bad(format!(
+            "output topic {t:?} is not a valid Kafka topic name"
+        ));
     }
     Ok(())
 }
@@ -514,7 +586,13 @@ mod tests {
 
     fn sample() -> InputBatch {
         let mut b = InputBatch::new("orders", 3);
-        b.push(10, Some(1_700), Some(b"k1"), Some(b"v1"), [("h", Some(&b"x"[..])), ("h", None)]);
+        b.push(
+            10,
+            Some(1_700),
+            Some(b"k1"),
+            Some(b"v1"),
+            [("h", Some(&b"x"[..])), ("h", None)],
+        );
         b.push(11, None, None, None, []);
         b
     }
@@ -524,10 +602,19 @@ mod tests {
         let b = sample();
         assert_eq!(b.offsets(), Some((10, 11)));
         let m = b.message(0);
-        assert_eq!((m.offset(), m.timestamp_ms(), m.key(), m.value()), (10, Some(1_700), Some(&b"k1"[..]), Some(&b"v1"[..])));
-        assert_eq!(m.headers().collect::<Vec<_>>(), vec![("h", Some(&b"x"[..])), ("h", None)]);
+        assert_eq!(
+            (m.offset(), m.timestamp_ms(), m.key(), m.value()),
+            (10, Some(1_700), Some(&b"k1"[..]), Some(&b"v1"[..]))
+        );
+        assert_eq!(
+            m.headers().collect::<Vec<_>>(),
+            vec![("h", Some(&b"x"[..])), ("h", None)]
+        );
         let m = b.message(1);
-        assert_eq!((m.timestamp_ms(), m.key(), m.value(), m.headers().count()), (None, None, None, 0));
+        assert_eq!(
+            (m.timestamp_ms(), m.key(), m.value(), m.headers().count()),
+            (None, None, None, 0)
+        );
     }
 
     #[test]
@@ -565,11 +652,20 @@ mod tests {
     #[test]
     fn check_accepts_a_valid_result_and_reads_it() {
         let mut r = result(vec![1, 0], vec![(0, b"abc")]);
-        r.errors.push(MessageError { index: 1, kind: ErrorKind::Permanent, message: "bad".into() });
+        r.errors.push(MessageError {
+            index: 1,
+            kind: ErrorKind::Permanent,
+            message: "bad".into(),
+        });
         let out = BatchOutput::check(r, 2, &Limits::default()).expect("valid");
-        let OutcomeView::Ok(recs) = out.outcome(0) else { panic!("expected ok") };
+        let OutcomeView::Ok(recs) = out.outcome(0) else {
+            panic!("expected ok")
+        };
         let rec = recs.iter().next().expect("one record");
-        assert_eq!((rec.topic(), rec.key(), rec.value(), rec.timestamp_ms()), (Some("t"), None, Some(&b"abc"[..]), None));
+        assert_eq!(
+            (rec.topic(), rec.key(), rec.value(), rec.timestamp_ms()),
+            (Some("t"), None, Some(&b"abc"[..]), None)
+        );
         assert!(matches!(out.outcome(1), OutcomeView::Permanent("bad")));
     }
 
@@ -592,21 +688,38 @@ mod tests {
         illegal.topics = vec!["no spaces".into()];
         assert!(check(illegal, 1).contains("not a valid Kafka topic"));
         let mut both = result(vec![1], vec![(-1, b"a")]);
-        both.errors.push(MessageError { index: 0, kind: ErrorKind::Retryable, message: "x".into() });
+        both.errors.push(MessageError {
+            index: 0,
+            kind: ErrorKind::Retryable,
+            message: "x".into(),
+        });
         assert!(check(both, 1).contains("both an error and output"));
     }
 
     #[test]
     fn check_enforces_record_and_batch_size() {
-        let limits = Limits { max_record_bytes: 2, ..Limits::default() };
+        let limits = Limits {
+            max_record_bytes: 2,
+            ..Limits::default()
+        };
         assert!(matches!(
             BatchOutput::check(result(vec![1], vec![(-1, b"abc")]), 1, &limits),
-            Err(CheckError::TooLarge { bytes: 3, limit_bytes: 2, what: "per record" })
+            Err(CheckError::TooLarge {
+                bytes: 3,
+                limit_bytes: 2,
+                what: "per record"
+            })
         ));
-        let limits = Limits { max_output_bytes: 2, ..Limits::default() };
+        let limits = Limits {
+            max_output_bytes: 2,
+            ..Limits::default()
+        };
         assert!(matches!(
             BatchOutput::check(result(vec![1], vec![(-1, b"abc")]), 1, &limits),
-            Err(CheckError::TooLarge { what: "per batch", .. })
+            Err(CheckError::TooLarge {
+                what: "per batch",
+                ..
+            })
         ));
     }
 }

@@ -10,6 +10,6 @@ wasmtime::component::bindgen!({
 });
 
 pub use kwasm::plugin::log::Level;
-pub use kwasm::plugin::types::{BatchResult, ErrorKind};
 #[cfg(test)]
 pub use kwasm::plugin::types::MessageError;
+pub use kwasm::plugin::types::{BatchResult, ErrorKind};

@@ -47,7 +47,9 @@ impl CompileCache {
             // the header and refuses an incompatible artifact.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => return Ok((component, None)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable compile cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable compile cache entry")
+                }
             }
         }
         let compiled = engine

@@ -39,8 +39,9 @@ impl fmt::Display for BatchContext {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{context}: {kind}")]
 pub struct PluginError {
-    /// Where it happened.
-    pub context: BatchContext,
+    /// Where it happened (boxed: it is mostly strings, and errors travel in
+    /// `Result`s on the hot path).
+    pub context: Box<BatchContext>,
     /// What happened.
     pub kind: PluginErrorKind,
 }

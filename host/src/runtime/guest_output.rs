@@ -91,7 +91,11 @@ impl StdoutStream for GuestOutput {
 }
 
 impl AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.write(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -114,7 +118,10 @@ mod tests {
         let out = GuestOutput::new("p".into(), "stderr");
         out.write(b"first line\nthread panicked at lib.rs:3:\n");
         out.write(b"boom");
-        assert_eq!(out.recent(), "first line\nthread panicked at lib.rs:3:\nboom");
+        assert_eq!(
+            out.recent(),
+            "first line\nthread panicked at lib.rs:3:\nboom"
+        );
     }
 
     #[test]

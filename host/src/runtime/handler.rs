@@ -60,7 +60,7 @@ impl PluginHandler {
         let mut instance = match self.instance.take() {
             Some(i) => i,
             None => self.instantiate().map_err(|e| PluginError {
-                context: self.context(batch),
+                context: Box::new(self.context(batch)),
                 kind: e.kind,
             })?,
         };
@@ -69,7 +69,9 @@ impl PluginHandler {
             state.log.topic = batch.topic().to_owned();
         }
         state.log.partition = batch.partition();
-        instance.store.set_epoch_deadline(self.limits.deadline_ticks());
+        instance
+            .store
+            .set_epoch_deadline(self.limits.deadline_ticks());
         let result = instance
             .bindings
             .kwasm_plugin_handler()
@@ -79,17 +81,23 @@ impl PluginHandler {
                 // A bad answer does not corrupt the instance: keep it.
                 self.instance = Some(instance);
                 BatchOutput::check(result, batch.len(), &self.limits).map_err(|e| PluginError {
-                    context: self.context(batch),
+                    context: Box::new(self.context(batch)),
                     kind: match e {
                         CheckError::Bad(m) => PluginErrorKind::BadOutput(m),
-                        CheckError::TooLarge { bytes, limit_bytes, what } => {
-                            PluginErrorKind::OutputTooLarge { bytes, limit_bytes, what }
-                        }
+                        CheckError::TooLarge {
+                            bytes,
+                            limit_bytes,
+                            what,
+                        } => PluginErrorKind::OutputTooLarge {
+                            bytes,
+                            limit_bytes,
+                            what,
+                        },
                     },
                 })
             }
             Err(e) => Err(PluginError {
-                context: self.context(batch),
+                context: Box::new(self.context(batch)),
                 kind: classify(&e, instance.store.data(), &self.limits),
             }),
         }
@@ -98,29 +106,42 @@ impl PluginHandler {
     /// A fresh instance with `init` already called.
     fn instantiate(&self) -> Result<Instance, PluginError> {
         let fail = |kind| PluginError {
-            context: BatchContext {
+            context: Box::new(BatchContext {
                 plugin: self.plugin.name.clone(),
                 digest: self.plugin.digest.clone(),
                 topic: String::new(),
                 partition: -1,
                 offsets: None,
-            },
+            }),
             kind,
         };
-        let state = HostState::new(Arc::from(self.plugin.name.as_str()), self.limits.memory_bytes);
+        let state = HostState::new(
+            Arc::from(self.plugin.name.as_str()),
+            self.limits.memory_bytes,
+        );
         let mut store = Store::new(&self.plugin.engine, state);
         store.limiter(|s| &mut s.limiter);
         // A new store's deadline is "now": set it before instantiating, or
         // the start function itself is interrupted.
         store.set_epoch_deadline(self.limits.deadline_ticks());
-        let bindings = self
-            .plugin
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| fail(classify_or(&e, store.data(), &self.limits, PluginErrorKind::Instantiate)))?;
+        let bindings = self.plugin.pre.instantiate(&mut store).map_err(|e| {
+            fail(classify_or(
+                &e,
+                store.data(),
+                &self.limits,
+                PluginErrorKind::Instantiate,
+            ))
+        })?;
         store.set_epoch_deadline(self.limits.deadline_ticks());
-        let config: Vec<(&str, &str)> = self.config.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        match bindings.kwasm_plugin_handler().call_init(&mut store, &config) {
+        let config: Vec<(&str, &str)> = self
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match bindings
+            .kwasm_plugin_handler()
+            .call_init(&mut store, &config)
+        {
             Ok(Ok(())) => Ok(Instance { store, bindings }),
             Ok(Err(message)) => Err(fail(PluginErrorKind::InitRejected(message))),
             Err(e) => Err(fail(classify(&e, store.data(), &self.limits))),
@@ -154,7 +175,9 @@ fn classify_or(
             limit_ms: limits.batch_timeout_ms,
         },
         Some(Trap::StackOverflow) => PluginErrorKind::StackOverflow,
-        Some(Trap::MemoryOutOfBounds) if is_shadow_stack_overflow(e) => PluginErrorKind::StackOverflow,
+        Some(Trap::MemoryOutOfBounds) if is_shadow_stack_overflow(e) => {
+            PluginErrorKind::StackOverflow
+        }
         // A Rust guest whose allocation is refused aborts (`unreachable`);
         // the limiter's note says the refusal came first.
         _ if state.limiter.refused => PluginErrorKind::MemoryLimit {
@@ -164,7 +187,10 @@ fn classify_or(
             let printed = state.output.recent();
             let mut reason = format!("{e:#}");
             if !printed.is_empty() {
-                reason = format!("{reason}; the plugin printed: {}", last_chars(&printed, 1000));
+                reason = format!(
+                    "{reason}; the plugin printed: {}",
+                    last_chars(&printed, 1000)
+                );
             }
             other(reason)
         }
@@ -189,6 +215,8 @@ fn is_shadow_stack_overflow(e: &wasmtime::Error) -> bool {
 
 fn last_chars(s: &str, n: usize) -> &str {
     let start = s.len().saturating_sub(n);
-    let start = (start..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
     &s[start..]
 }

@@ -79,7 +79,9 @@ impl Default for Limits {
 impl Limits {
     /// Epoch ticks for the deadline: at least one full tick past the limit.
     fn deadline_ticks(&self) -> u64 {
-        self.batch_timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1
+        self.batch_timeout_ms
+            .div_ceil(EPOCH_TICK.as_millis() as u64)
+            + 1
     }
 }
 
@@ -138,7 +140,10 @@ impl Runtime {
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<CompiledPlugin>, ValidationError> {
         check_header(bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
-        let (component, compiled) = self.inner.cache.load_or_compile(&self.inner.engine, &digest, bytes)?;
+        let (component, compiled) =
+            self.inner
+                .cache
+                .load_or_compile(&self.inner.engine, &digest, bytes)?;
         self.check_world(&component)?;
         let instance_pre = self
             .inner
@@ -192,7 +197,11 @@ fn list_or_none(names: &[&str]) -> String {
     if names.is_empty() {
         "nothing".to_owned()
     } else {
-        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
