@@ -42,6 +42,8 @@ pub(crate) struct WorkerContext {
     pub runtime: tokio::runtime::Handle,
     /// What to run; checked at every batch boundary (hot deploy).
     pub deployment: Arc<DeploymentCell>,
+    /// Hands processed batches back, emptied, for reuse.
+    pub recycle: std::sync::mpsc::SyncSender<InputBatch>,
 }
 
 /// Why a message is dead-lettered.
@@ -117,6 +119,10 @@ impl Worker {
                 break;
             };
             self.process(&batch);
+            let mut batch = batch;
+            batch.clear();
+            // Full or closed: the consumer thread allocates a new one.
+            let _ = self.ctx.recycle.try_send(batch);
         }
     }
 
