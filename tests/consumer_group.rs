@@ -448,3 +448,53 @@ fn consumption_never_stalls_across_many_rebalances() {
         "{acc:?}"
     );
 }
+
+#[test]
+fn stopping_during_a_retry_never_commits_past_the_retried_message() {
+    // Regression: a retry interrupted by SIGTERM abandoned its message, but
+    // the rest of the batch went on, so the commit moved past the message
+    // nobody had handled: it was lost for the next owner.
+    let t = topics("retry-stop");
+    let config = [
+        ("mode", "poison"),
+        ("poison", "flaky"),
+        ("poison_action", "retryable"),
+    ];
+    let pipeline = PipelineDef {
+        name: "retry-stop",
+        plugin: "misbehave",
+        config: &config,
+        ..passthrough(&t)
+    };
+    produce(
+        &t.input,
+        ["a", "flaky", "b", "c"].map(|v| OutRecord::to(0, v).key("k")),
+    );
+    // max_attempts 2 with a 10 ms backoff in the shared config would settle
+    // at once: give this host a long backoff to stop it in.
+    let host = Host::start_with_retry(&pipeline, 5, 60_000);
+    let first = consume_all(&t.output, 1, Duration::from_secs(60));
+    assert_eq!(
+        first.iter().map(|r| r.value_str()).collect::<Vec<_>>(),
+        vec!["a"]
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let mut host = host;
+    host.process.sigterm();
+    assert!(
+        host.process
+            .wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success()),
+        "clean exit"
+    );
+    assert_eq!(
+        committed_offsets(&t.group, &t.input, 1),
+        vec![Some(1)],
+        "committed up to `a` only: `flaky` and what follows are left for the next owner"
+    );
+    assert_eq!(
+        end_offsets(&t.output).iter().sum::<i64>(),
+        1,
+        "nothing after `flaky` was produced"
+    );
+}

@@ -34,6 +34,18 @@ impl Host {
         Self::start_with(id, pipeline.group, Some(pipeline))
     }
 
+    /// Starts `host-a` with `pipeline` and a retry policy of its own.
+    pub fn start_with_retry(
+        pipeline: &PipelineDef<'_>,
+        max_attempts: u32,
+        backoff_ms: u64,
+    ) -> Host {
+        Self::start_with_text("host-a", pipeline.group, Some(&pipeline_toml(pipeline).replace(
+            "[pipeline.retry]\nmax_attempts = 2\ninitial_backoff_ms = 10",
+            &format!("[pipeline.retry]\nmax_attempts = {max_attempts}\ninitial_backoff_ms = {backoff_ms}\nmax_backoff_ms = {backoff_ms}"),
+        )))
+    }
+
     /// Starts `kwasm serve` with no config-file pipeline, on the registry
     /// topics `<registry>-plugins`, `-pipelines`, `-members`.
     pub fn start_bare(id: &str, registry: &str) -> Host {
@@ -41,8 +53,12 @@ impl Host {
     }
 
     fn start_with(id: &str, registry: &str, pipeline: Option<&PipelineDef<'_>>) -> Host {
+        Self::start_with_text(id, registry, pipeline.map(pipeline_toml).as_deref())
+    }
+
+    fn start_with_text(id: &str, registry: &str, pipeline_text: Option<&str>) -> Host {
         let admin_port = free_port();
-        let pipeline_text = pipeline.map(pipeline_toml).unwrap_or_default();
+        let pipeline_text = pipeline_text.unwrap_or_default();
         let text = format!(
             r#"
 [host]

@@ -177,7 +177,11 @@ mod tests {
         t.acked(5);
         assert_eq!(t.committable(), Some(11));
         t.acked(42);
-        assert_eq!(t.committable(), Some(11), "an unknown offset changes nothing");
+        assert_eq!(
+            t.committable(),
+            Some(11),
+            "an unknown offset changes nothing"
+        );
     }
 
     #[test]

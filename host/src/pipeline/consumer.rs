@@ -363,7 +363,10 @@ fn dispatch(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, a: &mu
                         .status
                         .fetched(&key.0, key.1, last);
                 }
-                let next = a.spare.try_recv().unwrap_or_else(|_| InputBatch::new(key.0.clone(), key.1));
+                let next = a
+                    .spare
+                    .try_recv()
+                    .unwrap_or_else(|_| InputBatch::new(key.0.clone(), key.1));
                 std::mem::replace(&mut a.open, next)
             }
             None => break,

@@ -46,6 +46,14 @@ pub(crate) struct WorkerContext {
     pub recycle: std::sync::mpsc::SyncSender<InputBatch>,
 }
 
+/// What is left to do for a message after an attempt.
+enum Next {
+    /// Produced or dead-lettered.
+    Done,
+    /// Run it again alone, as this attempt, after the backoff.
+    Retry { attempt: u32 },
+}
+
 /// Why a message is dead-lettered.
 struct Failure<'a> {
     kind: &'a str,
@@ -139,36 +147,62 @@ impl Worker {
             .record(started.elapsed().as_secs_f64());
         self.metrics.messages_in.increment(batch.len() as u64);
         match result {
+            // A started batch is finished even when `stop` is set, so what
+            // reaches the producer stays a contiguous prefix; only a retry
+            // interrupted by `stop` ends it early (see `settle_fully`).
             Ok(output) => {
-                // A started batch is finished even when `stop` is set, so
-                // what reaches the producer stays a contiguous prefix.
                 for (i, outcome) in output.outcomes().enumerate() {
-                    self.settle(batch.message(i), outcome, 1);
+                    let next = self.settle(batch.message(i), outcome, 1);
+                    if !self.settle_fully(batch.message(i), next) {
+                        return;
+                    }
                 }
             }
-            Err(e) if batch.len() == 1 => self.settle_error(batch.message(0), e, 1),
+            Err(e) if batch.len() == 1 => {
+                let next = self.settle_error(batch.message(0), e, 1);
+                self.settle_fully(batch.message(0), next);
+            }
             Err(e) => {
                 tracing::warn!(pipeline = %self.ctx.pipeline, error = %e, "batch failed; re-running its messages one by one");
                 for msg in batch.messages() {
-                    self.run_single(msg, 1);
+                    let next = self.run_once(msg, 1);
+                    if !self.settle_fully(msg, next) {
+                        return;
+                    }
                 }
             }
         }
     }
 
-    /// Runs one message alone (attempt `attempt`), until it is settled.
-    fn run_single(&mut self, msg: InputMessage<'_>, attempt: u32) {
+    /// Retries `msg` alone until it is settled (a loop, not recursion: a
+    /// plugin that cannot be instantiated retries for as long as it takes).
+    /// Returns false when `stop` interrupted a backoff: the message is then
+    /// abandoned, and so must be every later message of the batch, or the
+    /// tracker would commit past it.
+    fn settle_fully(&mut self, msg: InputMessage<'_>, mut next: Next) -> bool {
+        while let Next::Retry { attempt } = next {
+            if !self.backoff(attempt) {
+                tracing::info!(pipeline = %self.ctx.pipeline, offset = msg.offset(),
+                    "stopping during a retry: the message is left for the partition's next owner");
+                return false;
+            }
+            next = self.run_once(msg, attempt);
+        }
+        true
+    }
+
+    /// Runs one message alone, as attempt `attempt`.
+    fn run_once(&mut self, msg: InputMessage<'_>, attempt: u32) -> Next {
         let mut single = InputBatch::new(msg.topic(), msg.partition());
         single.push_message(msg);
-        let result = self.handler.handle_batch(&single);
-        match result {
+        match self.handler.handle_batch(&single) {
             Ok(output) => self.settle(msg, output.outcome(0), attempt),
             Err(e) => self.settle_error(msg, e, attempt),
         }
     }
 
     /// Acts on a message's outcome from attempt `attempt`.
-    fn settle(&mut self, msg: InputMessage<'_>, outcome: OutcomeView<'_>, attempt: u32) {
+    fn settle(&mut self, msg: InputMessage<'_>, outcome: OutcomeView<'_>, attempt: u32) -> Next {
         match outcome {
             OutcomeView::Ok(records) => self.produce(msg, records.iter()),
             OutcomeView::Permanent(reason) => self.dead_letter(
@@ -179,32 +213,33 @@ impl Worker {
                     attempts: attempt,
                 },
             ),
-            OutcomeView::Retryable(reason) => {
-                if attempt >= self.ctx.retry.max_attempts {
-                    self.dead_letter(
-                        msg,
-                        Failure {
-                            kind: "retries-exhausted",
-                            message: reason.to_owned(),
-                            attempts: attempt,
-                        },
-                    );
-                } else if self.backoff(attempt + 1) {
-                    self.run_single(msg, attempt + 1);
-                }
+            OutcomeView::Retryable(_) if attempt < self.ctx.retry.max_attempts => {
+                return Next::Retry {
+                    attempt: attempt + 1,
+                };
             }
+            OutcomeView::Retryable(reason) => self.dead_letter(
+                msg,
+                Failure {
+                    kind: "retries-exhausted",
+                    message: reason.to_owned(),
+                    attempts: attempt,
+                },
+            ),
         }
+        Next::Done
     }
 
-    fn settle_error(&mut self, msg: InputMessage<'_>, e: PluginError, attempt: u32) {
+    fn settle_error(&mut self, msg: InputMessage<'_>, e: PluginError, attempt: u32) -> Next {
         metrics::counter!(m::ERRORS, "pipeline" => self.ctx.pipeline.clone(), "kind" => e.kind.code()).increment(1);
         match &e.kind {
-            // The instance cannot be made: not this message's fault.
+            // The instance cannot be made: not this message's fault. The
+            // partition stalls (and says so) until it can be.
             PluginErrorKind::InitRejected(_) | PluginErrorKind::Instantiate(_) => {
                 tracing::error!(pipeline = %self.ctx.pipeline, error = %e, "cannot instantiate the plugin; partition stalled, retrying");
-                if self.backoff(attempt + 1) {
-                    self.run_single(msg, attempt);
-                }
+                return Next::Retry {
+                    attempt: attempt + 1,
+                };
             }
             kind => self.dead_letter(
                 msg,
@@ -215,6 +250,7 @@ impl Worker {
                 },
             ),
         }
+        Next::Done
     }
 
     /// Sleeps before attempt `attempt`; false when stopped meanwhile (the
