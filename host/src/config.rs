@@ -297,29 +297,50 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
-            let at = |f: &str| format!("pipeline[{i}].{f}");
-            if !is_name(&p.name) {
-                return invalid(at("name"), "must be 1-200 characters of [a-zA-Z0-9._-]");
+            let at = |field: &str| format!("pipeline[{i}].{field}");
+            if let Err(ConfigError::Invalid { field, message }) = p.validate() {
+                return Err(ConfigError::Invalid {
+                    field: at(&field),
+                    message,
+                });
             }
             if !names.insert(&p.name) {
                 return invalid(at("name"), "is used by another pipeline");
             }
-            match (p.inputs.is_empty(), &p.input_regex) {
-                (true, None) => return invalid(at("inputs"), "give `inputs` or `input_regex`"),
-                (false, Some(_)) => {
-                    return invalid(at("inputs"), "give `inputs` or `input_regex`, not both");
-                }
-                _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl PipelineSpec {
+    /// Checks one pipeline, naming the field relative to it (`inputs`,
+    /// `retry.max_attempts`): the config file prefixes `pipeline[i].`, the
+    /// admin API reports it as is.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        if !is_name(&self.name) {
+            return invalid("name", "must be 1-200 characters of [a-zA-Z0-9._-]");
+        }
+        match (self.inputs.is_empty(), &self.input_regex) {
+            (true, None) => return invalid("inputs", "give `inputs` or `input_regex`"),
+            (false, Some(_)) => {
+                return invalid("inputs", "give `inputs` or `input_regex`, not both");
             }
-            if !is_name(&p.output) {
-                return invalid(at("output"), "must be a valid topic name");
-            }
-            if p.retry.max_attempts == 0 {
-                return invalid(at("retry.max_attempts"), "must be at least 1");
-            }
-            if p.batch.max_messages == 0 {
-                return invalid(at("batch.max_messages"), "must be at least 1");
-            }
+            _ => {}
+        }
+        if !is_name(&self.output) {
+            return invalid("output", "must be a valid topic name");
+        }
+        if self.retry.max_attempts == 0 {
+            return invalid("retry.max_attempts", "must be at least 1");
+        }
+        if self.batch.max_messages == 0 {
+            return invalid("batch.max_messages", "must be at least 1");
         }
         Ok(())
     }

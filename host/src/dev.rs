@@ -11,8 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -136,27 +135,11 @@ fn dev_config(opts: &DevOptions, brokers: &str, plugin: PathBuf) -> Config {
 }
 
 async fn create_topics(brokers: &str) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|e| format!("cannot reach {brokers}: {e}"))?;
     let topics = [(INPUT, 6), (OUTPUT, 6), (DEAD_LETTERS, 1)]
         .map(|(name, partitions)| NewTopic::new(name, partitions, TopicReplication::Fixed(1)));
-    let results = admin
-        .create_topics(
-            &topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .map_err(|e| format!("cannot create the demo topics: {e}"))?;
-    for r in results {
-        if let Err((topic, code)) = r
-            && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
-        {
-            return Err(format!("cannot create topic `{topic}`: {code}"));
-        }
-    }
-    Ok(())
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    crate::kafka::create_topics(&client, &topics).await
 }
 
 /// Produces JSON orders at `rate` per second; every 50th is not JSON, to

@@ -281,19 +281,9 @@ pub async fn put_pipeline(
 
 /// The same checks as the config file's, naming the field.
 fn validate_pipeline(p: &StoredPipeline) -> ApiResult<()> {
-    let config = crate::config::Config {
-        host: Default::default(),
-        kafka: crate::config::KafkaConfig {
-            brokers: "validation".into(),
-            properties: Default::default(),
-        },
-        limits: Default::default(),
-        registry: Default::default(),
-        pipelines: vec![crate::pipeline::manager::spec_of(p)],
-    };
-    config
+    crate::pipeline::manager::spec_of(p)
         .validate()
-        .map_err(|e| AdminError::Invalid(e.to_string().replace("pipeline[0].", "")))
+        .map_err(|e| AdminError::Invalid(e.to_string()))
 }
 
 pub async fn delete_pipeline(

@@ -5,7 +5,11 @@
 pub mod offsets;
 mod producer;
 
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
+use rdkafka::client::DefaultClientContext;
 
 pub use offsets::OffsetTracker;
 pub use producer::{DeliveryToken, OutRecord, OutputProducer, ProduceError};
@@ -66,4 +70,25 @@ fn apply_overrides(c: &mut ClientConfig, kafka: &KafkaConfig) {
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
+}
+
+/// Creates `topics`; ones that already exist are fine (several hosts start
+/// at once, and restarts find their topics). The error names the topic.
+pub async fn create_topics(client: &ClientConfig, topics: &[NewTopic<'_>]) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = client
+        .create()
+        .map_err(|e| format!("cannot create an admin client: {e}"))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(topics, &options)
+        .await
+        .map_err(|e| format!("cannot create topics: {e}"))?;
+    for r in results {
+        if let Err((topic, code)) = r
+            && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+        {
+            return Err(format!("cannot create topic `{topic}`: {code}"));
+        }
+    }
+    Ok(())
 }

@@ -155,22 +155,39 @@ impl PipelineManager {
                     continue;
                 }
             };
-            match self.running.get(&name) {
-                Some(r) if same_except_deployment(&r.spec, &spec) => {
-                    let current = r.pipeline.status().deployment().current().0;
-                    if !current.same_as(&deployment) {
+            let unchanged = match self.running.get(&name) {
+                Some(r) if same_except_deployment(&r.spec, &spec) => Some(
+                    r.pipeline
+                        .status()
+                        .deployment()
+                        .current()
+                        .0
+                        .same_as(&deployment),
+                ),
+                _ => None,
+            };
+            // Only a deployment about to run is test-instantiated: a pass
+            // that changes nothing costs no instance.
+            if unchanged != Some(true)
+                && let Err(e) = deployment.handler()
+            {
+                tracing::error!(pipeline = %name, error = %e, "cannot deploy pipeline");
+                errors.insert(name, e.to_string());
+                continue;
+            }
+            match (unchanged, self.running.get_mut(&name)) {
+                (Some(same), Some(r)) => {
+                    if !same {
                         r.pipeline.redeploy(deployment);
                     }
-                    if let Some(r) = self.running.get_mut(&name) {
-                        r.spec = spec;
-                    }
+                    r.spec = spec;
                 }
-                Some(_) => {
+                (None, Some(_)) => {
                     tracing::info!(pipeline = %name, "pipeline definition changed: restarting it");
                     self.stop_many(vec![name.clone()]).await;
                     self.start(spec, deployment, &mut errors);
                 }
-                None => self.start(spec, deployment, &mut errors),
+                (_, None) => self.start(spec, deployment, &mut errors),
             }
         }
         let mut view = self.view.write();
@@ -236,7 +253,8 @@ impl PipelineManager {
         desired
     }
 
-    /// Loads, compiles and test-instantiates the pipeline's plugin.
+    /// Loads and compiles the pipeline's plugin (the caller test-
+    /// instantiates it when it is about to run).
     fn resolve(&mut self, spec: &PipelineSpec) -> Result<Deployment, String> {
         let (name, version, bytes) = if spec.plugin.ends_with(".wasm") {
             let bytes = std::fs::read(&spec.plugin)
@@ -261,7 +279,7 @@ impl PipelineManager {
             (name.to_owned(), Some(v.version), bytes)
         };
         let plugin = self.compile(&name, &bytes)?;
-        let deployment = Deployment {
+        Ok(Deployment {
             plugin,
             version,
             config: spec
@@ -273,9 +291,7 @@ impl PipelineManager {
                 .limits
                 .clone()
                 .unwrap_or_else(|| self.default_limits.clone()),
-        };
-        deployment.handler().map_err(|e| e.to_string())?;
-        Ok(deployment)
+        })
     }
 
     fn compile(&mut self, name: &str, bytes: &[u8]) -> Result<Arc<CompiledPlugin>, String> {

@@ -200,9 +200,10 @@ fn run_consumer(
             let now = Instant::now();
             if now.duration_since(last_scan) >= Duration::from_millis(1) {
                 last_scan = now;
-                ctx.shared()
-                    .status
-                    .set_broker_ok(!idle || ctx.shared().status.broker_ok());
+                if !idle {
+                    // The last poll returned a message: the broker answers.
+                    ctx.shared().status.set_broker_ok(true);
+                }
                 ctx.dispatch_due(&consumer, now);
             }
             if now.duration_since(last_commit) >= commit_interval {

@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -89,7 +88,7 @@ pub struct Registry {
 struct Inner {
     config: RegistryConfig,
     state: RwLock<RegistryState>,
-    /// Bumped by the follower after each applied change.
+    /// Bumped by the follower after each applied plugin or pipeline record.
     changes: tokio::sync::watch::Sender<u64>,
     /// Next offset the follower will apply, per topic.
     plugins_next: AtomicI64,
@@ -184,7 +183,7 @@ impl Registry {
         self.inner.caught_up.load(Ordering::Acquire)
     }
 
-    /// Notified after every applied change.
+    /// Notified after every applied plugin or pipeline record.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.changes.subscribe()
     }
@@ -409,7 +408,11 @@ fn follow(consumer: BaseConsumer, inner: Arc<Inner>, ends: Vec<(TopicKind, i64)>
                 inner
                     .next_offset(kind)
                     .store(msg.offset() + 1, Ordering::Release);
-                inner.changes.send_modify(|g| *g += 1);
+                // Member records change every few seconds per host and
+                // deploy nothing: only plugins and pipelines wake the manager.
+                if kind != TopicKind::Members {
+                    inner.changes.send_modify(|g| *g += 1);
+                }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "registry follower error"),
             None => {}
@@ -432,9 +435,6 @@ async fn create_topics(
     client: &ClientConfig,
     config: &RegistryConfig,
 ) -> Result<(), RegistryError> {
-    let admin: AdminClient<DefaultClientContext> = client
-        .create()
-        .map_err(|e| RegistryError::Kafka(e.to_string()))?;
     let topics: Vec<NewTopic<'_>> = config
         .topics()
         .into_iter()
@@ -444,24 +444,9 @@ async fn create_topics(
                 .set("max.message.bytes", "2097152")
         })
         .collect();
-    let results = admin
-        .create_topics(
-            &topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+    crate::kafka::create_topics(client, &topics)
         .await
-        .map_err(|e| RegistryError::Kafka(e.to_string()))?;
-    for r in results {
-        match r {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(RegistryError::Kafka(format!(
-                    "cannot create registry topic `{topic}`: {code}"
-                )));
-            }
-        }
-    }
-    Ok(())
+        .map_err(|e| RegistryError::Kafka(format!("registry: {e}")))
 }
 
 /// Whether a group member is host `host` (its `client.id`). Brokers that
