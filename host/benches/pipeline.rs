@@ -8,13 +8,18 @@
 //!   host's own client settings (`kafka::consumer_config`/`producer_config`),
 //!   outputs keyed like kwasm's, and the host's commit discipline (async,
 //!   every second, only the acknowledged prefix of each partition);
-//!   (a2) the same with each output sent to its input's partition number;
 //! - (b) the kwasm pipeline (`Pipeline::start`, as `kwasm serve` runs it)
 //!   with the `passthrough` plugin;
 //! - (c) the kwasm pipeline with the `transform` plugin rewriting JSON values
 //!   (every value is a JSON object of the stated size).
 //!
-//! Throughput: the input is produced before a case starts; the clock runs
+//! - (a') and (b'): (a) and (b) on an input spread round-robin instead of
+//!   partitioned by key, so that every fetched batch scatters over all output
+//!   partitions.
+//!
+//! Throughput: the input is produced before a case starts, partitioned by
+//! key with the host's partitioner (a keyed topic: so a keyed output lands
+//! on the input's partition number) unless the case says otherwise; the clock runs
 //! from the first message the case's consumer fetches (so the group join is
 //! not counted) until the output topic's high watermarks add up to N. CPU is
 //! `getrusage(RUSAGE_SELF)` over the same span: it includes everything in
@@ -40,7 +45,7 @@
 //!   default 5; 1 overloads nisshi with requests).
 //! - `KWASM_BENCH_TARGETS` (`mock,nisshi`), `KWASM_BENCH_SECTIONS`
 //!   (`throughput,large,sweep,latency`), `KWASM_BENCH_CASES`
-//!   (`direct,native,native-same,passthrough,transform`): subsets, e.g. for
+//!   (`direct,native,passthrough,transform,native-spread,passthrough-spread`): subsets, e.g. for
 //!   profiling one case. `KWASM_BENCH_DEBUG=1` prints latency over time.
 
 use std::collections::BTreeMap;
@@ -199,7 +204,10 @@ impl Options {
             repeat: env_or("KWASM_BENCH_REPEAT", if quick { 1 } else { 2 }).max(1),
             targets: list("KWASM_BENCH_TARGETS", "mock,nisshi"),
             sections: list("KWASM_BENCH_SECTIONS", "throughput,large,sweep,latency"),
-            cases: list("KWASM_BENCH_CASES", "direct,native,native-same,passthrough,transform"),
+            cases: list(
+                "KWASM_BENCH_CASES",
+                "direct,native,passthrough,transform,native-spread,passthrough-spread",
+            ),
         }
     }
 
@@ -415,9 +423,8 @@ struct Bench<'a> {
 enum Processor {
     /// Nothing: the latency reader reads the input topic (the harness's floor).
     Direct,
-    /// (a): outputs keyed like kwasm's (librdkafka's partitioner on the
-    /// key), or with `same_partition` to the input's partition number.
-    Native { same_partition: bool },
+    /// (a): outputs keyed like kwasm's (the host's partitioner on the key).
+    Native,
     Kwasm {
         plugin: Arc<CompiledPlugin>,
         config: Vec<(String, String)>,
@@ -461,10 +468,33 @@ struct Latency {
     samples: usize,
 }
 
+/// How the input topic's records are spread over its partitions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Layout {
+    /// Partitioned by key with the host's partitioner, as a keyed topic is
+    /// when its producers use the same (Java-compatible) partitioner: a
+    /// keyed output then lands on the input's partition number.
+    Keyed,
+    /// Round-robin regardless of the key: every fetched batch scatters over
+    /// all output partitions (many small produce batches).
+    Spread,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Keyed => "keyed",
+            Layout::Spread => "spread",
+        }
+    }
+}
+
 /// One line of a broker's table.
 struct Row {
     label: &'static str,
     value_bytes: usize,
+    /// Rows compare with the baseline of the same value size and layout.
+    layout: Layout,
     result: Res<Measured>,
     latency: Option<Res<Latency>>,
     baseline: bool,
@@ -484,26 +514,32 @@ impl Bench<'_> {
             (
                 "(a) native passthrough",
                 "native",
-                Processor::Native {
-                    same_partition: false,
-                },
-            ),
-            (
-                "(a2) native, output to the input's partition",
-                "native-same",
-                Processor::Native {
-                    same_partition: true,
-                },
+                Layout::Keyed,
+                Processor::Native,
             ),
             (
                 "(b) kwasm passthrough",
                 "passthrough",
+                Layout::Keyed,
                 Processor::kwasm(&self.plugins.passthrough, &[], DEFAULT_BATCH),
             ),
             (
                 "(c) kwasm transform",
                 "transform",
+                Layout::Keyed,
                 Processor::kwasm(&self.plugins.transform, &TRANSFORM_CONFIG, DEFAULT_BATCH),
+            ),
+            (
+                "(a') native, input spread round-robin",
+                "native-spread",
+                Layout::Spread,
+                Processor::Native,
+            ),
+            (
+                "(b') kwasm passthrough, input spread round-robin",
+                "passthrough-spread",
+                Layout::Spread,
+                Processor::kwasm(&self.plugins.passthrough, &[], DEFAULT_BATCH),
             ),
         ];
         let mut sizes = Vec::new();
@@ -514,24 +550,42 @@ impl Bench<'_> {
             sizes.push((1024, o.large_messages));
         }
         for (value_bytes, n) in sizes {
-            let input = unique(&format!("in-{value_bytes}"));
-            if let Err(e) = self.prepare_input(&input, n, value_bytes) {
-                eprintln!("[bench] {}: cannot prepare input: {e}", b.name);
-                return 1;
-            }
             let throughput = value_bytes != 100 || o.section("throughput");
+            // The spread layout is a 100-byte comparison only.
             let selected: Vec<_> = cases
                 .iter()
-                .filter(|(_, case, _)| {
-                    throughput && o.case(case) && (*case != "native-same" || value_bytes == 100)
+                .filter(|(_, case, layout, _)| {
+                    throughput && o.case(case) && (*layout == Layout::Keyed || value_bytes == 100)
                 })
                 .collect();
+            let sweeping = value_bytes == 100 && o.section("sweep") && o.case("passthrough");
+            let mut inputs: Vec<(Layout, String)> = Vec::new();
+            for layout in [Layout::Keyed, Layout::Spread] {
+                let needed =
+                    selected.iter().any(|c| c.2 == layout) || (layout == Layout::Keyed && sweeping);
+                if !needed {
+                    continue;
+                }
+                let input = unique(&format!("in-{value_bytes}-{}", layout.name()));
+                if let Err(e) = self.prepare_input(&input, n, value_bytes, layout) {
+                    eprintln!("[bench] {}: cannot prepare input: {e}", b.name);
+                    return 1;
+                }
+                inputs.push((layout, input));
+            }
+            let input_of = |layout: Layout| -> &str {
+                &inputs
+                    .iter()
+                    .find(|(l, _)| *l == layout)
+                    .expect("input prepared")
+                    .1
+            };
             // The cases take turns, `repeat` rounds, and each keeps its best
             // round: other work on a shared machine only ever slows a run.
             let mut best: Vec<Option<Res<Measured>>> = selected.iter().map(|_| None).collect();
             for _ in 0..o.repeat {
-                for ((label, _, processor), slot) in selected.iter().zip(&mut best) {
-                    let result = self.throughput(processor, &input, n as u64, None);
+                for ((label, _, layout, processor), slot) in selected.iter().zip(&mut best) {
+                    let result = self.throughput(processor, input_of(*layout), n as u64, None);
                     report_progress(b.name, label, value_bytes, &result);
                     *slot = match (slot.take(), result) {
                         (Some(Ok(old)), Ok(new)) => {
@@ -542,7 +596,7 @@ impl Bench<'_> {
                     };
                 }
             }
-            for ((label, case, _), result) in selected.into_iter().zip(best) {
+            for ((label, case, layout, processor), result) in selected.into_iter().zip(best) {
                 let result = result.unwrap_or_else(|| Err("not run".into()));
                 if value_bytes == 100
                     && *case == "passthrough"
@@ -553,19 +607,25 @@ impl Bench<'_> {
                 rows.push(Row {
                     label,
                     value_bytes,
+                    layout: *layout,
                     result,
                     latency: None,
-                    baseline: *case == "native",
+                    baseline: matches!(processor, Processor::Native),
                 });
             }
-            if value_bytes == 100 && o.section("sweep") && o.case("passthrough") {
+            if sweeping {
                 for batch in SWEEP {
                     if sweep.iter().any(|(s, _)| *s == batch) {
                         continue;
                     }
                     let n = if batch == 1 { o.batch1_messages } else { n } as u64;
                     let processor = Processor::kwasm(&self.plugins.passthrough, &[], batch);
-                    let result = self.throughput(&processor, &input, n, Some(SWEEP_TIME_CAP));
+                    let result = self.throughput(
+                        &processor,
+                        input_of(Layout::Keyed),
+                        n,
+                        Some(SWEEP_TIME_CAP),
+                    );
                     report_progress(
                         b.name,
                         &format!("sweep batch {batch}"),
@@ -576,16 +636,18 @@ impl Bench<'_> {
                 }
                 sweep.sort_by_key(|(s, _)| *s);
             }
-            b.delete_topics(&[&input]);
+            let names: Vec<&str> = inputs.iter().map(|(_, t)| t.as_str()).collect();
+            b.delete_topics(&names);
         }
         if o.section("latency") {
             let direct = (
                 "(0) no processing (reader on the input)",
                 "direct",
+                Layout::Keyed,
                 Processor::Direct,
             );
-            for (label, case, processor) in std::iter::once(&direct).chain(&cases) {
-                if !o.case(case) || *case == "native-same" {
+            for (label, case, layout, processor) in std::iter::once(&direct).chain(&cases) {
+                if !o.case(case) || *layout != Layout::Keyed {
                     continue;
                 }
                 let lat = self.latency(processor);
@@ -604,6 +666,7 @@ impl Bench<'_> {
                     None => rows.push(Row {
                         label,
                         value_bytes: 100,
+                        layout: Layout::Keyed,
                         result: Err("not run".into()),
                         latency: Some(lat),
                         baseline: *case == "native",
@@ -623,14 +686,15 @@ impl Bench<'_> {
             + sweep.iter().filter(|(_, r)| r.is_err()).count()
     }
 
-    /// Creates `topic` and fills it with `n` JSON values of `value_bytes`,
-    /// spread round-robin; checks the broker kept them all.
-    fn prepare_input(&self, topic: &str, n: usize, value_bytes: usize) -> Res<()> {
+    /// Creates `topic` and fills it with `n` JSON values of `value_bytes`
+    /// laid out as `layout` says; checks the broker kept them all.
+    fn prepare_input(&self, topic: &str, n: usize, value_bytes: usize, layout: Layout) -> Res<()> {
         let b = self.broker;
         b.create_topic(topic, b.partitions)?;
         let started = Instant::now();
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &b.bootstrap)
+            .set("partitioner", kwasm_host::kafka::PARTITIONER)
             .set("linger.ms", "20")
             .set("batch.num.messages", "10000")
             .set("batch.size", "1000000")
@@ -645,9 +709,11 @@ impl Bench<'_> {
             let key = format!("k{i:09}");
             json_value(&mut value, i, value_bytes);
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
-                .partition(i as i32 % b.partitions)
                 .key(key.as_bytes())
                 .payload(value.as_slice());
+            if layout == Layout::Spread {
+                record = record.partition(i as i32 % b.partitions);
+            }
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -675,7 +741,7 @@ impl Bench<'_> {
             ));
         }
         eprintln!(
-            "[bench] {}: input {topic}: {n} x {value_bytes} B in {:.1} s (a watermark probe of all partitions: {probe_ms:.1} ms)",
+            "[bench] {}: input {topic} ({layout:?}): {n} x {value_bytes} B in {:.1} s (a watermark probe of all partitions: {probe_ms:.1} ms)",
             b.name,
             started.elapsed().as_secs_f64()
         );
@@ -712,13 +778,12 @@ impl Bench<'_> {
         let group = unique("group");
         Ok(match processor {
             Processor::Direct => Running::Direct,
-            Processor::Native { same_partition } => Running::Native(NativeRun::start(
+            Processor::Native => Running::Native(NativeRun::start(
                 b.kafka(),
                 group,
                 input,
                 output,
                 partitions,
-                *same_partition,
             )?),
             Processor::Kwasm {
                 plugin,
@@ -1036,7 +1101,7 @@ fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &O
     for r in rows {
         let baseline = rows
             .iter()
-            .find(|x| x.baseline && x.value_bytes == r.value_bytes)
+            .find(|x| x.baseline && x.value_bytes == r.value_bytes && x.layout == r.layout)
             .and_then(|x| x.result.as_ref().ok())
             .map(Measured::rate);
         let _ = write!(out, "| {} | {} B |", r.label, r.value_bytes);
@@ -1208,7 +1273,6 @@ impl NativeRun {
         input: &str,
         output: &str,
         partitions: i32,
-        same_partition: bool,
     ) -> Res<NativeRun> {
         let shared = Arc::new(NativeShared::default());
         let consumer: BaseConsumer<NativeConsumerContext> =
@@ -1221,7 +1285,7 @@ impl NativeRun {
             .subscribe(&[input])
             .map_err(|e| format!("subscribe: {e}"))?;
         let producer: BaseProducer<NativeDelivery> = producer_config(&kafka, "bench-native")
-            .create_with_context(NativeDelivery::new(partitions, same_partition))
+            .create_with_context(NativeDelivery::new(partitions))
             .map_err(|e| format!("native producer: {e}"))?;
         let (input, output) = (input.to_owned(), output.to_owned());
         let thread = std::thread::Builder::new()
@@ -1262,7 +1326,6 @@ impl ConsumerContext for NativeConsumerContext {
 /// to many output partitions and their reports come back in any order.
 struct NativeDelivery {
     windows: Vec<std::sync::Mutex<AckWindow>>,
-    same_partition: bool,
 }
 
 #[derive(Default)]
@@ -1274,10 +1337,9 @@ struct AckWindow {
 }
 
 impl NativeDelivery {
-    fn new(partitions: i32, same_partition: bool) -> Self {
+    fn new(partitions: i32) -> Self {
         NativeDelivery {
             windows: (0..partitions).map(|_| Default::default()).collect(),
-            same_partition,
         }
     }
 
@@ -1389,9 +1451,6 @@ fn forward(producer: &BaseProducer<NativeDelivery>, output: &str, msg: &Borrowed
     let ctx = producer.context();
     let mut record: BaseRecord<'_, [u8], [u8], usize> =
         BaseRecord::with_opaque_to(output, pack(msg.partition(), msg.offset()));
-    if ctx.same_partition {
-        record = record.partition(msg.partition());
-    }
     if let Some(k) = msg.key() {
         record = record.key(k);
     }

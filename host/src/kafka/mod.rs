@@ -50,6 +50,13 @@ pub fn consumer_config(
     c
 }
 
+/// How output records with a key choose their partition: murmur2 of the
+/// key, as the Java client, Kafka Streams and most other Kafka tools do
+/// (librdkafka's own default, CRC32, puts the same key elsewhere). So a
+/// record keeps its key's partition across a kwasm pipeline and anything
+/// else writing the same topic; records without a key are spread randomly.
+pub const PARTITIONER: &str = "murmur2_random";
+
 /// Producer settings: idempotent (in order per partition, no duplicates
 /// from retries), and it never gives up on its own during a broker outage.
 pub fn producer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
@@ -58,6 +65,7 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("partitioner", PARTITIONER)
         // 0 = no deadline: an outage pauses output instead of failing it.
         .set("message.timeout.ms", "0")
         .set("linger.ms", "5")
