@@ -46,7 +46,7 @@ pub fn run_batch<T: IntoOutputs>(
 ) -> BatchResult {
     let messages = decode(batch);
     let mut out = ResultEncoder::with_capacity(messages.len(), messages.data_len);
-    for (index, msg) in messages.iter().enumerate() {
+    for (index, msg) in messages.into_messages().enumerate() {
         crate::log::set_current_offset(Some(msg.offset));
         match handle(&msg) {
             Ok(outputs) => out.encode(outputs),
@@ -74,20 +74,31 @@ impl Decoded {
         self.parts.len()
     }
 
-    fn iter(&self) -> impl Iterator<Item = Message> + '_ {
-        self.parts
-            .iter()
+    /// The messages, each taking its own key and value slices (moved, not
+    /// cloned: reference-count traffic showed in the guest's profile).
+    fn into_messages(self) -> impl Iterator<Item = Message> {
+        let Decoded {
+            topic,
+            partition,
+            offsets,
+            timestamps,
+            parts,
+            headers,
+            ..
+        } = self;
+        parts
+            .into_iter()
             .enumerate()
-            .map(|(i, (key, value, headers))| Message {
-                topic: self.topic.clone(),
-                partition: self.partition,
-                offset: self.offsets[i],
-                timestamp_ms: (self.timestamps[i] >= 0).then_some(self.timestamps[i]),
-                key: key.clone(),
-                value: value.clone(),
+            .map(move |(i, (key, value, range))| Message {
+                topic: topic.clone(),
+                partition,
+                offset: offsets[i],
+                timestamp_ms: (timestamps[i] >= 0).then_some(timestamps[i]),
+                key,
+                value,
                 headers: Headers {
-                    table: self.headers.clone(),
-                    range: headers.clone(),
+                    table: headers.clone(),
+                    range,
                 },
             })
     }

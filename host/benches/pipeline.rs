@@ -451,6 +451,8 @@ struct Measured {
     secs: f64,
     cpu_secs: f64,
     broker_cpu_secs: Option<f64>,
+    /// Voluntary and involuntary context switches of this process.
+    switches: (i64, i64),
 }
 
 impl Measured {
@@ -857,6 +859,7 @@ impl Bench<'_> {
         perf_control("enable");
         let t0 = Instant::now();
         let cpu0 = cpu_seconds();
+        let sw0 = context_switches();
         let bcpu0 = b.broker_cpu();
         // Generous: 5k msg/s at the very least, plus a minute.
         let deadline = t0 + Duration::from_secs(60 + n / 5_000);
@@ -867,6 +870,7 @@ impl Bench<'_> {
                 let n = n.min(high as u64);
                 let secs = t0.elapsed().as_secs_f64();
                 let cpu_secs = cpu_seconds() - cpu0;
+                let sw = context_switches();
                 perf_control("disable");
                 let broker_cpu_secs = b.broker_cpu().zip(bcpu0).map(|(a, b)| a - b);
                 return Ok(Measured {
@@ -874,6 +878,7 @@ impl Bench<'_> {
                     secs,
                     cpu_secs,
                     broker_cpu_secs,
+                    switches: (sw.0 - sw0.0, sw.1 - sw0.1),
                 });
             }
             if Instant::now() > deadline {
@@ -1072,11 +1077,13 @@ struct Paced {
 fn report_progress(broker: &str, label: &str, value_bytes: usize, r: &Res<Measured>) {
     match r {
         Ok(m) => eprintln!(
-            "[bench] {broker}: {label} ({value_bytes} B): {} msgs in {:.2} s = {:.0} msg/s, {:.2} CPU s/1M",
+            "[bench] {broker}: {label} ({value_bytes} B): {} msgs in {:.2} s = {:.0} msg/s, {:.2} CPU s/1M, context switches {} voluntary, {} involuntary",
             m.messages,
             m.secs,
             m.rate(),
-            m.cpu_per_million()
+            m.cpu_per_million(),
+            m.switches.0,
+            m.switches.1
         ),
         Err(e) => eprintln!("[bench] {broker}: {label} ({value_bytes} B): FAILED: {e}"),
     }
@@ -1622,15 +1629,24 @@ fn now_us() -> u64 {
 }
 
 /// User plus system CPU time of this process so far.
-fn cpu_seconds() -> f64 {
+fn rusage() -> libc::rusage {
     // SAFETY: getrusage writes into the struct we pass; zeroed is a valid rusage.
-    let usage = unsafe {
+    unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_SELF, &mut usage);
         usage
-    };
+    }
+}
+
+fn cpu_seconds() -> f64 {
+    let usage = rusage();
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn context_switches() -> (i64, i64) {
+    let usage = rusage();
+    (usage.ru_nvcsw, usage.ru_nivcsw)
 }
 
 /// Under `scripts/bench-pipeline --perf`, perf starts with its events

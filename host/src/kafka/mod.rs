@@ -12,7 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic};
 use rdkafka::client::DefaultClientContext;
 
 pub use offsets::OffsetTracker;
-pub use producer::{DeliveryToken, OutRecord, OutputProducer, ProduceError};
+pub use producer::{DeliveryRoute, DeliveryToken, OutRecord, OutputProducer, ProduceError};
 
 use crate::config::KafkaConfig;
 

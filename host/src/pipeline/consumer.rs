@@ -13,7 +13,7 @@
 //! batch, the producer is flushed, done offsets are committed synchronously,
 //! and only then does librdkafka give the partition away).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -66,9 +66,11 @@ pub(crate) struct PipelineContext {
 /// The partitions held, plus the key of the last routed message: fetches
 /// come in runs per partition, and reusing the key avoids allocating one
 /// per message.
+/// Fx, not SipHash: it is looked up per message, and the keys are the
+/// broker's topic names, not attacker-chosen.
 #[derive(Default)]
 struct Table {
-    map: HashMap<PartitionKey, Assigned>,
+    map: FxHashMap<PartitionKey, Assigned>,
     route_key: PartitionKey,
 }
 
@@ -183,6 +185,7 @@ impl PipelineContext {
                 retry: s.spec.retry.clone(),
                 producer: s.producer.clone(),
                 tracker: tracker.clone(),
+                route: s.producer.route(tracker.clone()),
                 stop: stop.clone(),
                 permits: s.permits.clone(),
                 runtime: s.runtime.clone(),

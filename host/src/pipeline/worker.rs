@@ -21,7 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 
 use super::DeploymentCell;
 use crate::config::RetryPolicy;
-use crate::kafka::{DeliveryToken, OffsetTracker, OutRecord, OutputProducer};
+use crate::kafka::{DeliveryRoute, OffsetTracker, OutRecord, OutputProducer};
 use crate::metrics_names as m;
 use crate::runtime::{
     InputBatch, InputMessage, OutcomeView, OutputView, PluginError, PluginErrorKind, PluginHandler,
@@ -35,6 +35,8 @@ pub(crate) struct WorkerContext {
     pub retry: RetryPolicy,
     pub producer: OutputProducer,
     pub tracker: Arc<OffsetTracker>,
+    /// How this partition's records name `tracker` to the producer.
+    pub route: DeliveryRoute,
     /// Set by the consumer thread on revocation or shutdown.
     pub stop: Arc<AtomicBool>,
     /// Bounds plugin calls running at once across the host.
@@ -286,7 +288,7 @@ impl Worker {
                 headers: owned_headers(rec.headers()),
                 timestamp_ms: rec.timestamp_ms(),
             };
-            if let Err(e) = self.ctx.producer.send(out, self.token(offset)) {
+            if let Err(e) = self.ctx.producer.send(out, self.ctx.route.token(offset)) {
                 return self.stall(offset, &e);
             }
         }
@@ -328,7 +330,7 @@ impl Worker {
             timestamp_ms: msg.timestamp_ms(),
         };
         self.ctx.tracker.processed(offset, 1);
-        if let Err(e) = self.ctx.producer.send(record, self.token(offset)) {
+        if let Err(e) = self.ctx.producer.send(record, self.ctx.route.token(offset)) {
             self.stall(offset, &e);
         }
     }
@@ -340,13 +342,6 @@ impl Worker {
         tracing::error!(pipeline = %self.ctx.pipeline, offset, error = %e,
             "record rejected by the producer; the partition stops committing at this offset");
         self.ctx.tracker.failed(offset);
-    }
-
-    fn token(&self, offset: i64) -> DeliveryToken {
-        DeliveryToken {
-            tracker: self.ctx.tracker.clone(),
-            offset,
-        }
     }
 }
 
