@@ -25,7 +25,9 @@
 //! `getrusage(RUSAGE_SELF)` over the same span: it includes everything in
 //! this process (consumer, producer, plugin, the watermark probe, and for the
 //! mock cluster the broker itself). Cases take turns `KWASM_BENCH_REPEAT`
-//! times and keep their best run. Latency: records produced at a fixed,
+//! times and keep their best run; the table gives the ratio of the bests and
+//! each round's ratio (a case against the baseline run just before it) with
+//! their median, the figure least moved by a noisy neighbour. Latency: records produced at a fixed,
 //! sub-saturation rate carry their send time in a header; a separate reader
 //! of the output topic takes `now - sent`; row (0) reads the input topic
 //! instead, the harness's own floor.
@@ -39,7 +41,7 @@
 //! - `KWASM_BENCH_MESSAGES` (default 1 000 000; 100-byte run),
 //!   `KWASM_BENCH_LARGE_MESSAGES` (default a fifth of that; 1 KiB run),
 //!   `KWASM_BENCH_BATCH1_MESSAGES` (default a tenth; batch-1 sweep point),
-//!   `KWASM_BENCH_REPEAT` (default 2), `KWASM_BENCH_RATE` (latency runs,
+//!   `KWASM_BENCH_REPEAT` (default 3), `KWASM_BENCH_RATE` (latency runs,
 //!   msg/s, default 20 000), `KWASM_BENCH_LATENCY_SECS` (default 5),
 //!   `KWASM_BENCH_LATENCY_LINGER_MS` (the load generator's `linger.ms`,
 //!   default 5; 1 overloads nisshi with requests).
@@ -128,7 +130,7 @@ fn main() {
         loadavg()
     );
     println!(
-        "messages: {} x 100 B (1 KiB run: {}), best of {} rounds; latency at {} msg/s for {} s; default batch {DEFAULT_BATCH}, max_wait 20 ms",
+        "messages: {} x 100 B (1 KiB run: {}), {} rounds (best kept); latency at {} msg/s for {} s; default batch {DEFAULT_BATCH}, max_wait 20 ms",
         opts.messages, opts.large_messages, opts.repeat, opts.rate, opts.latency_secs
     );
     println!();
@@ -201,7 +203,7 @@ impl Options {
             batch1_messages: env_or("KWASM_BENCH_BATCH1_MESSAGES", messages / 10),
             rate: env_or("KWASM_BENCH_RATE", 20_000) as u64,
             latency_secs: env_or("KWASM_BENCH_LATENCY_SECS", if quick { 2 } else { 5 }) as u64,
-            repeat: env_or("KWASM_BENCH_REPEAT", if quick { 1 } else { 2 }).max(1),
+            repeat: env_or("KWASM_BENCH_REPEAT", if quick { 1 } else { 3 }).max(1),
             targets: list("KWASM_BENCH_TARGETS", "mock,nisshi"),
             sections: list("KWASM_BENCH_SECTIONS", "throughput,large,sweep,latency"),
             cases: list(
@@ -498,6 +500,9 @@ struct Row {
     /// Rows compare with the baseline of the same value size and layout.
     layout: Layout,
     result: Res<Measured>,
+    /// Against the baseline, round by round (each round runs the cases
+    /// back to back, so a pair shares the machine's state of the moment).
+    ratios: Vec<f64>,
     latency: Option<Res<Latency>>,
     baseline: bool,
 }
@@ -584,11 +589,16 @@ impl Bench<'_> {
             };
             // The cases take turns, `repeat` rounds, and each keeps its best
             // round: other work on a shared machine only ever slows a run.
+            // Every round's rate is kept too, for the per-round ratios.
             let mut best: Vec<Option<Res<Measured>>> = selected.iter().map(|_| None).collect();
+            let mut rounds: Vec<Vec<Option<f64>>> = selected.iter().map(|_| Vec::new()).collect();
             for _ in 0..o.repeat {
-                for ((label, _, layout, processor), slot) in selected.iter().zip(&mut best) {
+                for (((label, _, layout, processor), slot), rates) in
+                    selected.iter().zip(&mut best).zip(&mut rounds)
+                {
                     let result = self.throughput(processor, input_of(*layout), n as u64, None);
                     report_progress(b.name, label, value_bytes, &result);
+                    rates.push(result.as_ref().ok().map(Measured::rate));
                     *slot = match (slot.take(), result) {
                         (Some(Ok(old)), Ok(new)) => {
                             Some(Ok(if new.rate() > old.rate() { new } else { old }))
@@ -598,7 +608,25 @@ impl Bench<'_> {
                     };
                 }
             }
-            for ((label, case, layout, processor), result) in selected.into_iter().zip(best) {
+            // Per round, each case against the baseline run just before it.
+            let round_ratios = |i: usize| -> Vec<f64> {
+                let layout = selected[i].2;
+                let Some(base) = selected
+                    .iter()
+                    .position(|c| c.2 == layout && matches!(c.3, Processor::Native))
+                else {
+                    return Vec::new();
+                };
+                rounds[i]
+                    .iter()
+                    .zip(&rounds[base])
+                    .filter_map(|(r, b)| Some((*r)? / (*b)?))
+                    .collect()
+            };
+            let ratios: Vec<Vec<f64>> = (0..selected.len()).map(round_ratios).collect();
+            for (((label, case, layout, processor), result), ratios) in
+                selected.into_iter().zip(best).zip(ratios)
+            {
                 let result = result.unwrap_or_else(|| Err("not run".into()));
                 if value_bytes == 100
                     && *case == "passthrough"
@@ -611,6 +639,7 @@ impl Bench<'_> {
                     value_bytes,
                     layout: *layout,
                     result,
+                    ratios,
                     latency: None,
                     baseline: matches!(processor, Processor::Native),
                 });
@@ -670,6 +699,7 @@ impl Bench<'_> {
                         value_bytes: 100,
                         layout: Layout::Keyed,
                         result: Err("not run".into()),
+                        ratios: Vec::new(),
                         latency: Some(lat),
                         baseline: *case == "native",
                     }),
@@ -1099,12 +1129,15 @@ fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &O
     if broker_col {
         let _ = write!(out, " broker CPU s / 1M |");
     }
-    let _ = writeln!(out, " p50 ms | p99 ms | vs (a) |");
+    let _ = writeln!(
+        out,
+        " p50 ms | p99 ms | vs (a), best | vs (a), per round (median) |"
+    );
     let _ = write!(out, "|---|---:|---:|---:|---:|---:|");
     if broker_col {
         let _ = write!(out, "---:|");
     }
-    let _ = writeln!(out, "---:|---:|---:|");
+    let _ = writeln!(out, "---:|---:|---:|---|");
     for r in rows {
         let baseline = rows
             .iter()
@@ -1157,14 +1190,20 @@ fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &O
         }
         match (&r.result, baseline) {
             (Ok(m), Some(base)) if !r.baseline => {
-                let _ = writeln!(out, " {:.2} |", m.rate() / base);
+                let _ = write!(out, " {:.2} |", m.rate() / base);
             }
             (Ok(_), Some(_)) => {
-                let _ = writeln!(out, " 1.00 |");
+                let _ = write!(out, " 1.00 |");
             }
             _ => {
-                let _ = writeln!(out, " - |");
+                let _ = write!(out, " - |");
             }
+        }
+        if r.baseline || r.ratios.is_empty() {
+            let _ = writeln!(out, " - |");
+        } else {
+            let each: Vec<String> = r.ratios.iter().map(|x| format!("{x:.2}")).collect();
+            let _ = writeln!(out, " {} ({:.2}) |", each.join(" "), median(&r.ratios));
         }
     }
     print!("{out}");
@@ -1629,6 +1668,16 @@ fn now_us() -> u64 {
 }
 
 /// User plus system CPU time of this process so far.
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn rusage() -> libc::rusage {
     // SAFETY: getrusage writes into the struct we pass; zeroed is a valid rusage.
     unsafe {
