@@ -84,6 +84,22 @@ fn one_host_processes_every_message_once_in_order_and_commits_the_end() {
     // outputs by key; within each output partition, every input
     // partition's sequence must be strictly increasing (checked above).
     assert_eq!(end_offsets(&t.output).iter().sum::<i64>(), 100_000);
+    // ...and by the Java client's murmur2, not librdkafka's default CRC32:
+    // a key lands where any other Kafka tool would put it.
+    let misplaced: Vec<_> = output
+        .iter()
+        .filter_map(|r| {
+            let key = r.key.as_deref()?;
+            let java = kwasm_tests::kafka::java_partition(key, PARTITIONS);
+            (r.partition != java)
+                .then(|| (String::from_utf8_lossy(key).into_owned(), r.partition, java))
+        })
+        .take(5)
+        .collect();
+    assert!(
+        misplaced.is_empty(),
+        "(key, partition, Java's partition): {misplaced:?}"
+    );
 
     let ends = end_offsets(&t.input);
     let committed_all = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {

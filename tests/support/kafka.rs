@@ -568,3 +568,60 @@ pub fn describe_group(group: &str) -> Group {
 pub fn group_members(group: &str) -> Vec<Member> {
     describe_group(group).members
 }
+
+/// The partition Kafka's Java producer gives `key` in a topic of
+/// `partitions`: `murmur2(key) & 0x7fffffff % partitions`. Written from the
+/// Java client's definition, independently of librdkafka, so tests can check
+/// that the host partitions keys the way the rest of the Kafka world does.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_clients_published_values() {
+        // From the Java client's own test of `Utils.murmur2`.
+        let cases: [(&str, i32); 6] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ];
+        for (key, java) in cases {
+            assert_eq!(murmur2(key.as_bytes()) as i32, java, "murmur2({key:?})");
+        }
+        assert_eq!(java_partition(b"abc", 6), 479_470_107 % 6);
+    }
+}
