@@ -45,6 +45,8 @@
 //!   msg/s, default 20 000), `KWASM_BENCH_LATENCY_SECS` (default 5),
 //!   `KWASM_BENCH_LATENCY_LINGER_MS` (the load generator's `linger.ms`,
 //!   default 5; 1 overloads nisshi with requests).
+//! - `KWASM_BENCH_KAFKA_PROPERTIES` (`name=value,...`): librdkafka properties
+//!   added to every case's clients (as `kafka.properties` does for the host).
 //! - `KWASM_BENCH_TARGETS` (`mock,nisshi`), `KWASM_BENCH_SECTIONS`
 //!   (`throughput,large,sweep,latency`), `KWASM_BENCH_CASES`
 //!   (`direct,native,passthrough,transform,native-spread,passthrough-spread`): subsets, e.g. for
@@ -322,10 +324,21 @@ impl Broker {
         }
     }
 
+    /// The client settings of every case: the host's defaults plus
+    /// `KWASM_BENCH_KAFKA_PROPERTIES` (`name=value,...`), for experiments.
     fn kafka(&self) -> KafkaConfig {
+        let properties = std::env::var("KWASM_BENCH_KAFKA_PROPERTIES")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|kv| !kv.trim().is_empty())
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.trim().to_owned(), v.trim().to_owned()),
+                None => panic!("KWASM_BENCH_KAFKA_PROPERTIES: `{kv}` is not name=value"),
+            })
+            .collect::<BTreeMap<_, _>>();
         KafkaConfig {
             brokers: self.bootstrap.clone(),
-            properties: BTreeMap::new(),
+            properties,
         }
     }
 

@@ -69,6 +69,10 @@ pub(crate) struct Worker {
     /// The deployment generation `handler` belongs to.
     generation: u64,
     metrics: WorkerMetrics,
+    /// Records produced in the current batch, added to `messages_out` once
+    /// per batch: the counter is shared by every worker of the pipeline,
+    /// and an atomic add per record bounced its cache line (measured).
+    produced: u64,
 }
 
 /// Metric handles resolved once: looking them up by name and labels per
@@ -92,6 +96,7 @@ impl Worker {
             handler,
             generation,
             metrics,
+            produced: 0,
         }
     }
 
@@ -129,6 +134,9 @@ impl Worker {
                 break;
             };
             self.process(&batch);
+            self.metrics
+                .messages_out
+                .increment(std::mem::take(&mut self.produced));
             let mut batch = batch;
             batch.clear();
             // Full or closed: the consumer thread allocates a new one.
@@ -292,7 +300,7 @@ impl Worker {
                 return self.stall(offset, &e);
             }
         }
-        self.metrics.messages_out.increment(count as u64);
+        self.produced += u64::from(count);
     }
 
     /// Produces the original message to the dead-letter topic with headers
