@@ -13,7 +13,6 @@
 //! batch, the producer is flushed, done offsets are committed synchronously,
 //! and only then does librdkafka give the partition away).
 
-use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +23,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
 
 use super::PipelineShared;
 use super::worker::{Worker, WorkerContext};
@@ -66,6 +66,7 @@ pub(crate) struct PipelineContext {
 /// The partitions held, plus the key of the last routed message: fetches
 /// come in runs per partition, and reusing the key avoids allocating one
 /// per message.
+///
 /// Fx, not SipHash: it is looked up per message, and the keys are the
 /// broker's topic names, not attacker-chosen.
 #[derive(Default)]
