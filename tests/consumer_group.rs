@@ -391,6 +391,62 @@ fn a_trapping_message_is_dead_lettered_and_others_flow() {
 }
 
 #[test]
+fn an_output_the_producer_refuses_is_dead_lettered_and_the_partition_moves_on() {
+    // 1 020 000-byte values: within the host's record limit (1 MiB, the
+    // broker's default), over librdkafka's `message.max.bytes` (1 000 000),
+    // so `send` refuses them. Before, the partition stopped committing at
+    // the first one.
+    let t = topics("refused");
+    let config = [("mode", "giant-output"), ("size", "1020000")];
+    let pipeline = PipelineDef {
+        name: "refused",
+        plugin: "misbehave",
+        config: &config,
+        ..passthrough(&t)
+    };
+    let produced = produce(
+        &t.input,
+        (0..30).map(|i| OutRecord::to(i % 3, format!("v{i}")).key(format!("k{i}"))),
+    );
+    let host = Host::start("host-a", &pipeline);
+
+    let dead = consume_all(&t.dlq, produced.len(), Duration::from_secs(60));
+    let values: BTreeSet<String> = dead.iter().map(|r| r.value_str()).collect();
+    let expected: BTreeSet<String> = (0..30).map(|i| format!("v{i}")).collect();
+    assert_eq!(
+        values, expected,
+        "every message dead-lettered, as it came in"
+    );
+    for d in &dead {
+        assert_eq!(d.header("kwasm.error.kind"), Some(&b"output-rejected"[..]));
+        let message = String::from_utf8_lossy(d.header("kwasm.error.message").unwrap_or_default())
+            .to_lowercase();
+        assert!(message.contains("size"), "the producer's reason: {message}");
+    }
+    let ends = end_offsets(&t.input);
+    let committed_all = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+        committed_offsets(&t.group, &t.input, PARTITIONS)
+            .iter()
+            .zip(&ends)
+            .all(|(c, e)| *e == 0 || *c == Some(*e))
+    });
+    assert!(
+        committed_all,
+        "committed {:?}, end offsets {ends:?}",
+        committed_offsets(&t.group, &t.input, PARTITIONS)
+    );
+    assert_eq!(
+        end_offsets(&t.output).iter().sum::<i64>(),
+        0,
+        "nothing half-sent"
+    );
+    assert!(
+        e2e::http_get(host.admin_port, "/healthz").is_some_and(|(s, _)| s == 200),
+        "host stays up"
+    );
+}
+
+#[test]
 fn retryable_errors_are_retried_then_dead_lettered() {
     let t = topics("retry");
     let config = [

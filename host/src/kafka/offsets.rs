@@ -68,6 +68,19 @@ impl OffsetTracker {
         s.pop_done();
     }
 
+    /// Of the records [`processed`](Self::processed) announced for `offset`,
+    /// `unsent` never reached the producer, and one record (its dead letter)
+    /// goes instead: the message now awaits the acknowledgements still due
+    /// plus that one.
+    pub fn replace_unsent(&self, offset: i64, unsent: u32) {
+        let mut s = self.lock();
+        if let Some(i) = s.position_of(offset)
+            && let Some(entry) = s.waiting.get_mut(i)
+        {
+            entry.1 = entry.1.saturating_sub(unsent) + 1;
+        }
+    }
+
     /// A record produced for `offset` could not be delivered: the partition
     /// must not commit past it.
     pub fn failed(&self, offset: i64) {
@@ -127,6 +140,19 @@ impl TrackerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rejected_record_is_replaced_by_one_dead_letter() {
+        let t = OffsetTracker::new();
+        // Three records announced for offset 4; the first is queued and
+        // acknowledged, the second is refused, so two never go out.
+        t.processed(4, 3);
+        t.acked(4);
+        t.replace_unsent(4, 2);
+        assert_eq!(t.committable(), None, "the dead letter is still due");
+        t.acked(4);
+        assert_eq!(t.committable(), Some(5));
+    }
 
     #[test]
     fn nothing_is_committable_before_the_first_ack() {

@@ -279,7 +279,10 @@ impl Worker {
     }
 
     /// Hands a message's records to the producer. The tracker hears of them
-    /// first: a delivery report can arrive before `send` returns.
+    /// first: a delivery report can arrive before `send` returns. A record
+    /// the producer refuses outright (too large for `message.max.bytes`, a
+    /// topic name it cannot use) dead-letters the message instead of its
+    /// remaining records; the ones already queued still go out.
     fn produce<'o>(
         &mut self,
         msg: InputMessage<'_>,
@@ -288,7 +291,7 @@ impl Worker {
         let offset = msg.offset();
         let count = records.len() as u32;
         self.ctx.tracker.processed(offset, count);
-        for rec in records {
+        for (sent, rec) in records.enumerate() {
             let out = OutRecord {
                 topic: rec.topic().unwrap_or(&self.ctx.output_topic),
                 key: rec.key(),
@@ -297,7 +300,14 @@ impl Worker {
                 timestamp_ms: rec.timestamp_ms(),
             };
             if let Err(e) = self.ctx.producer.send(out, self.ctx.route.token(offset)) {
-                return self.stall(offset, &e);
+                self.produced += sent as u64;
+                self.ctx.tracker.replace_unsent(offset, count - sent as u32);
+                let failure = Failure {
+                    kind: "output-rejected",
+                    message: format!("output record {} of {count}: {e}", sent + 1),
+                    attempts: 1,
+                };
+                return self.send_dead_letter(msg, failure);
             }
         }
         self.produced += u64::from(count);
@@ -306,6 +316,12 @@ impl Worker {
     /// Produces the original message to the dead-letter topic with headers
     /// saying where it came from and why.
     fn dead_letter(&mut self, msg: InputMessage<'_>, failure: Failure<'_>) {
+        self.ctx.tracker.processed(msg.offset(), 1);
+        self.send_dead_letter(msg, failure);
+    }
+
+    /// Sends the dead letter the tracker already expects for `msg`.
+    fn send_dead_letter(&mut self, msg: InputMessage<'_>, failure: Failure<'_>) {
         let offset = msg.offset();
         let plugin = self.handler.plugin().clone();
         tracing::warn!(
@@ -337,18 +353,17 @@ impl Worker {
             headers: owned_headers(headers),
             timestamp_ms: msg.timestamp_ms(),
         };
-        self.ctx.tracker.processed(offset, 1);
         if let Err(e) = self.ctx.producer.send(record, self.ctx.route.token(offset)) {
             self.stall(offset, &e);
         }
     }
 
-    /// The producer refused a record outright (not a delivery failure): the
-    /// partition must not commit past this message. It stops advancing and
-    /// says so; a restart re-reads from the last commit.
+    /// The producer refused even the dead letter (not a delivery failure):
+    /// the partition must not commit past this message. It stops advancing
+    /// and says so; a restart re-reads from the last commit.
     fn stall(&self, offset: i64, e: &crate::kafka::ProduceError) {
         tracing::error!(pipeline = %self.ctx.pipeline, offset, error = %e,
-            "record rejected by the producer; the partition stops committing at this offset");
+            "dead letter rejected by the producer; the partition stops committing at this offset");
         self.ctx.tracker.failed(offset);
     }
 }
