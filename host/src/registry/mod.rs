@@ -232,12 +232,25 @@ impl Registry {
         Ok((manifest, true))
     }
 
-    /// Deletes one version (the caller checked no pipeline uses it).
+    /// Deletes one version (the caller checked no pipeline uses it). The
+    /// plugin's highest version number is recorded first, in a record that
+    /// compaction keeps, so the number is never handed out again.
     pub async fn delete_plugin_version(
         &self,
         name: &str,
         version: u32,
     ) -> Result<(), RegistryError> {
+        let highest = self
+            .read()
+            .next_version(name)
+            .saturating_sub(1)
+            .max(version);
+        self.send(
+            &self.inner.config.plugins_topic,
+            &format!("highest/{name}"),
+            Some(highest.to_string().as_bytes()),
+        )
+        .await?;
         let offset = self
             .send(
                 &self.inner.config.plugins_topic,

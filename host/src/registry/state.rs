@@ -8,6 +8,11 @@
 //!   [`PluginVersion`], written after its chunks; a tombstone deletes it.
 //!   Its chunks are assembled and checked against the digest when the
 //!   manifest arrives; a mismatch drops the version (and is logged).
+//! - `highest/<name>`: the highest version `name` ever had, written when a
+//!   version is deleted and never tombstoned: once compaction drops a
+//!   deleted manifest and its tombstone, this keeps its number from being
+//!   given to other bytes (a pipeline pinned to `name@N` must never run
+//!   something else).
 //!
 //! Records of the pipelines topic: `<name>` → JSON [`StoredPipeline`];
 //! a tombstone deletes the pipeline.
@@ -100,9 +105,9 @@ pub struct RegistryState {
     chunks: HashMap<String, BTreeMap<u32, Vec<u8>>>,
     pipelines: BTreeMap<String, StoredPipeline>,
     members: BTreeMap<String, MemberRecord>,
-    /// Highest version ever seen per plugin, deleted ones included, so a
-    /// number is never reused for other bytes (while the tombstoned
-    /// manifest is still in the log; compaction drops it eventually).
+    /// Highest version ever seen per plugin, deleted ones included (from
+    /// manifests, their tombstones and `highest/<name>`), so a number is
+    /// never reused for other bytes.
     highest_version: BTreeMap<String, u32>,
 }
 
@@ -134,6 +139,15 @@ impl RegistryState {
                 Ok(())
             }
             (["chunk", ..], None) => Ok(()),
+            (["highest", name], Some(text)) => {
+                let version: u32 = std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| "bad highest version".to_owned())?;
+                let highest = self.highest_version.entry((*name).to_owned()).or_default();
+                *highest = (*highest).max(version);
+                Ok(())
+            }
             (["manifest", name, version], None) => {
                 let version: u32 = version.parse().map_err(|_| "bad version".to_owned())?;
                 let highest = self.highest_version.entry((*name).to_owned()).or_default();
@@ -383,6 +397,26 @@ mod tests {
             Some(&manifest("p", 1, b"good", 1)),
         );
         assert!(s.plugin("p").is_none());
+    }
+
+    #[test]
+    fn a_deleted_version_number_is_not_reused_after_compaction() {
+        let digest = hex::encode(Sha256::digest(b"x"));
+        let chunk = (format!("chunk/{digest}/0"), b"x".to_vec());
+        // What the log holds after v2 was deleted and compaction dropped its
+        // manifest and the tombstone: v1, and the `highest` record.
+        let mut s = RegistryState::default();
+        s.apply(TopicKind::Plugins, &chunk.0, Some(&chunk.1));
+        s.apply(
+            TopicKind::Plugins,
+            "manifest/p/1",
+            Some(&manifest("p", 1, b"x", 1)),
+        );
+        s.apply(TopicKind::Plugins, "highest/p", Some(b"2"));
+        assert_eq!(s.next_version("p"), 3);
+        // A lower `highest` (an older deletion) never lowers it.
+        s.apply(TopicKind::Plugins, "highest/p", Some(b"1"));
+        assert_eq!(s.next_version("p"), 3);
     }
 
     #[test]
