@@ -2,6 +2,7 @@
 //! producer whose delivery reports drive the offset trackers, and the
 //! trackers themselves.
 
+pub mod fetch_queue;
 pub mod offsets;
 mod producer;
 

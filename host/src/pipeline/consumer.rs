@@ -28,6 +28,7 @@ use rustc_hash::FxHashMap;
 use super::PipelineShared;
 use super::worker::{Worker, WorkerContext};
 use crate::kafka::OffsetTracker;
+use crate::kafka::fetch_queue::{Fetched, QueueHandle, forward_partition};
 use crate::runtime::InputBatch;
 
 /// Messages queued to a worker beyond the batch it is running. Pausing a
@@ -61,6 +62,11 @@ struct Assigned {
 pub(crate) struct PipelineContext {
     shared: Arc<PipelineShared>,
     partitions: Mutex<Table>,
+    /// Where assigned partitions' messages are forwarded (set by the
+    /// consumer thread while its [`FetchQueue`] lives).
+    ///
+    /// [`FetchQueue`]: crate::kafka::fetch_queue::FetchQueue
+    fetch_queue: Mutex<Option<QueueHandle>>,
 }
 
 /// The partitions held, plus the key of the last routed message: fetches
@@ -118,7 +124,17 @@ impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => self.revoke(consumer, &keys(tpl), "revoked by rebalance"),
-            Rebalance::Assign(_) => {}
+            // Before librdkafka starts fetching them: their messages then
+            // only ever reach the fetch queue.
+            Rebalance::Assign(tpl) => {
+                if let Some(queue) = *self.fetch_queue.lock().unwrap_or_else(|p| p.into_inner()) {
+                    for (topic, partition) in keys(tpl) {
+                        if !forward_partition(consumer, queue, &topic, partition) {
+                            tracing::warn!(%topic, partition, "cannot forward the partition's fetch queue; its messages come through poll");
+                        }
+                    }
+                }
+            }
             Rebalance::Error(e) => {
                 tracing::error!(pipeline = %self.shared.spec.name, error = %e, "rebalance error")
             }
@@ -134,6 +150,16 @@ impl ConsumerContext for PipelineContext {
     }
 }
 
+/// The parts of a fetched message that a batch keeps.
+struct Incoming<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+}
+
 fn keys(tpl: &TopicPartitionList) -> Vec<PartitionKey> {
     tpl.elements()
         .iter()
@@ -146,11 +172,18 @@ impl PipelineContext {
         PipelineContext {
             shared,
             partitions: Mutex::new(Table::default()),
+            fetch_queue: Mutex::new(None),
         }
     }
 
     pub(crate) fn shared(&self) -> &PipelineShared {
         &self.shared
+    }
+
+    /// Sets (or, with `None`, clears) where newly assigned partitions'
+    /// messages go.
+    pub(crate) fn set_fetch_queue(&self, queue: Option<QueueHandle>) {
+        *self.fetch_queue.lock().unwrap_or_else(|p| p.into_inner()) = queue;
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -278,28 +311,59 @@ impl PipelineContext {
 
     /// Appends a fetched message to its partition's open batch.
     pub(crate) fn route(&self, consumer: &BaseConsumer<Self>, msg: &BorrowedMessage<'_>) {
+        let headers = msg.headers();
+        let header_iter = headers
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value));
+        self.route_parts(
+            consumer,
+            Incoming {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                timestamp_ms: msg.timestamp().to_millis(),
+                key: msg.key(),
+                value: msg.payload(),
+            },
+            header_iter,
+        );
+    }
+
+    /// [`route`](Self::route) for a message from the fetch queue.
+    pub(crate) fn route_fetched(&self, consumer: &BaseConsumer<Self>, msg: &Fetched<'_>) {
+        self.route_parts(
+            consumer,
+            Incoming {
+                topic: msg.topic(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                timestamp_ms: msg.timestamp_ms(),
+                key: msg.key(),
+                value: msg.payload(),
+            },
+            msg.headers(),
+        );
+    }
+
+    fn route_parts<'h>(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        msg: Incoming<'_>,
+        headers: impl Iterator<Item = (&'h str, Option<&'h [u8]>)>,
+    ) {
         let mut guard = self.table();
         let table = &mut *guard;
-        if table.route_key.1 != msg.partition() || table.route_key.0 != msg.topic() {
-            table.route_key = (msg.topic().to_owned(), msg.partition());
+        if table.route_key.1 != msg.partition || table.route_key.0 != msg.topic {
+            table.route_key = (msg.topic.to_owned(), msg.partition);
         }
         let key = &table.route_key;
         let Some(a) = table.map.get_mut(key) else {
             // Not ours (any more): never processed, never committed.
             return;
         };
-        let headers = msg.headers();
-        let header_iter = headers
-            .into_iter()
-            .flat_map(|h| h.iter())
-            .map(|h| (h.key, h.value));
-        a.open.push(
-            msg.offset(),
-            msg.timestamp().to_millis(),
-            msg.key(),
-            msg.payload(),
-            header_iter,
-        );
+        a.open
+            .push(msg.offset, msg.timestamp_ms, msg.key, msg.value, headers);
         a.opened_at.get_or_insert_with(Instant::now);
         if a.open.len() >= self.shared.spec.batch.max_messages {
             dispatch(consumer, key, a);

@@ -26,6 +26,7 @@ pub use deployment::{Deployment, DeploymentCell};
 pub use status::{PartitionStatus, PipelineStatus};
 
 use crate::config::{HostConfig, KafkaConfig, PipelineSpec};
+use crate::kafka::fetch_queue::FetchQueue;
 use crate::kafka::{OutputProducer, consumer_config};
 use consumer::PipelineContext;
 
@@ -168,40 +169,63 @@ impl Pipeline {
     }
 }
 
+/// Messages taken from the fetch queue per call.
+const FETCH_BATCH: usize = 1024;
+
 /// The consumer thread's loop: poll, route, dispatch, commit; on stop,
 /// release every partition (drain, flush, commit) and leave the group.
+///
+/// Messages come in batches from the [`FetchQueue`] (assigned partitions are
+/// forwarded there); `poll` serves rebalances, errors and commit results,
+/// and routes any message that still came through the consumer queue.
 fn run_consumer(
     consumer: BaseConsumer<PipelineContext>,
     stop: Arc<AtomicBool>,
     commit_interval: Duration,
 ) {
     let ctx = consumer.context();
+    let mut fetched = FetchQueue::new(&consumer, FETCH_BATCH);
+    ctx.set_fetch_queue(Some(fetched.handle()));
     let mut last_commit = Instant::now();
     let mut last_scan = Instant::now();
-    let mut since_scan = 0u32;
+    let mut since_scan = 0usize;
+    let mut idle = true;
     while !stop.load(Ordering::Acquire) {
-        let idle = match consumer.poll(Duration::from_millis(5)) {
+        // Block on the fetch queue only when the last round found nothing.
+        let wait = if idle {
+            Duration::from_millis(5)
+        } else {
+            Duration::ZERO
+        };
+        let mut routed = fetched.consume(wait, |msg| match msg.error() {
+            None => ctx.route_fetched(&consumer, &msg),
+            Some(e) => {
+                tracing::warn!(pipeline = %ctx.shared().spec.name, topic = msg.topic(),
+                    partition = msg.partition(), error = %e, "consume error")
+            }
+        });
+        match consumer.poll(Duration::ZERO) {
             Some(Ok(msg)) => {
                 ctx.route(&consumer, &msg);
-                false
+                routed += 1;
             }
             Some(Err(e)) => {
                 tracing::warn!(pipeline = %ctx.shared().spec.name, error = %e, "consume error");
-                true
             }
-            None => true,
-        };
+            None => {}
+        }
+        idle = routed == 0;
         // Timers are checked when idle or every 64 messages, at most once
         // per millisecond: reading the clock per message per partition
         // was a tenth of the host's CPU (measured).
-        since_scan += 1;
+        since_scan += routed;
         if idle || since_scan >= 64 {
             since_scan = 0;
             let now = Instant::now();
             if now.duration_since(last_scan) >= Duration::from_millis(1) {
                 last_scan = now;
                 if !idle {
-                    // The last poll returned a message: the broker answers.
+                    // Messages arrived: the broker answers.
                     ctx.shared().status.set_broker_ok(true);
                 }
                 ctx.dispatch_due(&consumer, now);
@@ -222,6 +246,9 @@ fn run_consumer(
     while Instant::now() < deadline {
         let _ = consumer.poll(Duration::from_millis(50));
     }
+    // The queue goes before the consumer it belongs to.
+    ctx.set_fetch_queue(None);
+    drop(fetched);
     drop(consumer);
     tracing::info!(pipeline = %name, "stopped");
 }
