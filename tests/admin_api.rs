@@ -41,7 +41,7 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
 fn kafka() -> KafkaConfig {
     KafkaConfig {
         brokers: kwasm_tests::brokers(),
-        properties: Default::default(),
+        ..KafkaConfig::default()
     }
 }
 

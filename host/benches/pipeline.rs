@@ -339,6 +339,7 @@ impl Broker {
         KafkaConfig {
             brokers: self.bootstrap.clone(),
             properties,
+            ..KafkaConfig::default()
         }
     }
 

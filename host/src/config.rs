@@ -10,8 +10,12 @@
 //!
 //! [kafka]
 //! brokers = "127.0.0.1:9092"
-//! [kafka.properties]             # any librdkafka property, passed through untouched
+//! [kafka.properties]             # any librdkafka property, for every client
+//! "security.protocol" = "plaintext"
+//! [kafka.consumer_properties]    # ... for the pipelines' consumers only
 //! "session.timeout.ms" = "6000"
+//! [kafka.producer_properties]    # ... for the output producer only
+//! "linger.ms" = "10"
 //!
 //! [[pipeline]]
 //! name = "orders-clean"
@@ -92,15 +96,24 @@ impl Default for HostConfig {
 }
 
 /// Kafka connection settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma-separated.
     pub brokers: String,
-    /// librdkafka properties for consumers and producers, applied after
-    /// kwasm's defaults (so they win).
+    /// librdkafka properties for every client (consumers, the producer, the
+    /// registry's clients), applied after kwasm's defaults (so they win).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the pipelines' consumers only, applied
+    /// after `properties`. Consumer-only settings belong here: given to a
+    /// producer, librdkafka ignores them with a CONFWARN log line.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the output producer only, applied after
+    /// `properties`.
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
 }
 
 /// One pipeline: a plugin applied to input topics, as one consumer group.
@@ -393,6 +406,29 @@ mod tests {
             }
         );
         assert_eq!(p.retry.max_attempts, 3);
+    }
+
+    #[test]
+    fn client_properties_go_to_the_clients_they_name() {
+        let c = parse(&MINIMAL.replace(
+            "[[pipeline]]",
+            r#"[kafka.properties]
+        "client.rack" = "r1"
+        [kafka.consumer_properties]
+        "session.timeout.ms" = "7000"
+        [kafka.producer_properties]
+        "linger.ms" = "11"
+        [[pipeline]]"#,
+        ))
+        .expect("valid");
+        let consumer = crate::kafka::consumer_config(&c.kafka, "g", "h", None);
+        let producer = crate::kafka::producer_config(&c.kafka, "h");
+        assert_eq!(consumer.get("client.rack"), Some("r1"));
+        assert_eq!(producer.get("client.rack"), Some("r1"));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("7000"));
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("11"), "overrides kwasm's 5");
+        assert_eq!(consumer.get("linger.ms"), None);
     }
 
     #[test]

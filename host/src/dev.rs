@@ -111,7 +111,11 @@ fn dev_config(opts: &DevOptions, brokers: &str, plugin: PathBuf) -> Config {
         },
         kafka: KafkaConfig {
             brokers: brokers.to_owned(),
-            properties: BTreeMap::from([("session.timeout.ms".to_owned(), "6000".to_owned())]),
+            consumer_properties: BTreeMap::from([(
+                "session.timeout.ms".to_owned(),
+                "6000".to_owned(),
+            )]),
+            ..KafkaConfig::default()
         },
         limits: Default::default(),
         registry: Default::default(),

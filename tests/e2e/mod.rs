@@ -71,9 +71,10 @@ cache_dir = {cache:?}
 [kafka]
 brokers = {brokers:?}
 [kafka.properties]
+"topic.metadata.refresh.interval.ms" = "1000"
+[kafka.consumer_properties]
 "session.timeout.ms" = "6000"
 "heartbeat.interval.ms" = "500"
-"topic.metadata.refresh.interval.ms" = "1000"
 
 [registry]
 plugins_topic = "{registry}-plugins"

@@ -6,6 +6,7 @@ pub mod fetch_queue;
 pub mod offsets;
 mod producer;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -18,7 +19,8 @@ pub use producer::{DeliveryRoute, DeliveryToken, OutRecord, OutputProducer, Prod
 use crate::config::KafkaConfig;
 
 /// Consumer settings. Each default here is one a production pipeline needs;
-/// any of them can be overridden through `kafka.properties`.
+/// any of them can be overridden through `kafka.properties` or
+/// `kafka.consumer_properties`.
 pub fn consumer_config(
     kafka: &KafkaConfig,
     group_id: &str,
@@ -47,7 +49,7 @@ pub fn consumer_config(
     if let Some(id) = instance_id {
         c.set("group.instance.id", id);
     }
-    apply_overrides(&mut c, kafka);
+    apply_overrides(&mut c, &kafka.properties, &kafka.consumer_properties);
     c
 }
 
@@ -71,12 +73,17 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("message.timeout.ms", "0")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "500000");
-    apply_overrides(&mut c, kafka);
+    apply_overrides(&mut c, &kafka.properties, &kafka.producer_properties);
     c
 }
 
-fn apply_overrides(c: &mut ClientConfig, kafka: &KafkaConfig) {
-    for (k, v) in &kafka.properties {
+/// `kafka.properties`, then the client kind's own (which win).
+fn apply_overrides(
+    c: &mut ClientConfig,
+    shared: &BTreeMap<String, String>,
+    own: &BTreeMap<String, String>,
+) {
+    for (k, v) in shared.iter().chain(own) {
         c.set(k, v);
     }
 }
