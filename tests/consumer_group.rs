@@ -100,6 +100,18 @@ fn one_host_processes_every_message_once_in_order_and_commits_the_end() {
         misplaced.is_empty(),
         "(key, partition, Java's partition): {misplaced:?}"
     );
+    // Passthrough keeps each input's timestamp (and its headers: see the
+    // dead-letter tests).
+    let input = consume_all(&t.input, produced.len(), Duration::from_secs(60));
+    let sent: std::collections::HashMap<String, Option<i64>> = input
+        .iter()
+        .map(|r| (r.value_str(), r.timestamp_ms))
+        .collect();
+    let restamped = output
+        .iter()
+        .filter(|r| r.timestamp_ms.is_none() || sent.get(&r.value_str()) != Some(&r.timestamp_ms))
+        .count();
+    assert_eq!(restamped, 0, "outputs whose timestamp is not their input's");
 
     let ends = end_offsets(&t.input);
     let committed_all = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {

@@ -46,6 +46,8 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
     /// Headers in order; a null header value reads as empty.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp (milliseconds since the epoch), if it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -433,6 +435,7 @@ pub fn consume_all(topic: &str, expected_count: usize, timeout: Duration) -> Vec
                             .collect()
                     })
                     .unwrap_or_default(),
+                timestamp_ms: message.timestamp().to_millis(),
             }),
             // Reaching the end of a partition is reported as an error only with
             // enable.partition.eof, which is off; anything else is real.
