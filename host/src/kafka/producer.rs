@@ -79,22 +79,21 @@ struct RouteTable {
 }
 
 struct RouteSlot {
-    tracker: Option<Arc<OffsetTracker>>,
+    tracker: Arc<OffsetTracker>,
     /// Its route is gone; the slot is free once nothing is in flight.
     retired: bool,
 }
 
 impl RouteTable {
-    /// A free slot for `tracker`: an empty one, or a retired one whose
-    /// tracker awaits no delivery (so no record in flight names it).
+    /// A free slot for `tracker`: a new one, or a retired one whose tracker
+    /// awaits no delivery (so no record in flight names it).
     fn claim(&self, tracker: &Arc<OffsetTracker>) -> Option<usize> {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-        let free = slots.iter().position(|s| match &s.tracker {
-            None => true,
-            Some(t) => s.retired && t.in_flight() == 0,
-        });
+        let free = slots
+            .iter()
+            .position(|s| s.retired && s.tracker.in_flight() == 0);
         let slot = RouteSlot {
-            tracker: Some(tracker.clone()),
+            tracker: tracker.clone(),
             retired: false,
         };
         match free {
@@ -121,7 +120,7 @@ impl RouteTable {
     /// clone per record).
     fn with<R>(&self, slot: usize, f: impl FnOnce(&OffsetTracker) -> R) -> Option<R> {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-        slots.get(slot)?.tracker.as_deref().map(f)
+        slots.get(slot).map(|s| f(&s.tracker))
     }
 }
 
@@ -135,6 +134,11 @@ pub struct DeliveryRoute {
 }
 
 impl DeliveryRoute {
+    /// The partition's tracker.
+    pub fn tracker(&self) -> &OffsetTracker {
+        &self.tracker
+    }
+
     /// The token for a record produced for input `offset`.
     pub fn token(&self, offset: i64) -> DeliveryToken {
         match (self.slot, usize::try_from(offset)) {

@@ -218,7 +218,6 @@ impl PipelineContext {
                 dead_letter_topic: s.spec.dead_letter_topic(),
                 retry: s.spec.retry.clone(),
                 producer: s.producer.clone(),
-                tracker: tracker.clone(),
                 route: s.producer.route(tracker.clone()),
                 stop: stop.clone(),
                 permits: s.permits.clone(),

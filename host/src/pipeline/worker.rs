@@ -1,7 +1,7 @@
 //! The partition worker: the one owner of a partition's processing. It
 //! receives batches in offset order, runs the plugin, produces the outputs
 //! (or dead letters) in that order, and tells the partition's
-//! [`OffsetTracker`] what it handed to the producer.
+//! [`OffsetTracker`](crate::kafka::OffsetTracker) what it handed to the producer.
 //!
 //! Failure policy, per message:
 //! - `retryable`: run the message alone again, with backoff, up to the
@@ -21,7 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 
 use super::DeploymentCell;
 use crate::config::RetryPolicy;
-use crate::kafka::{DeliveryRoute, OffsetTracker, OutRecord, OutputProducer};
+use crate::kafka::{DeliveryRoute, OutRecord, OutputProducer};
 use crate::metrics_names as m;
 use crate::runtime::{
     InputBatch, InputMessage, OutcomeView, OutputView, PluginError, PluginErrorKind, PluginHandler,
@@ -34,8 +34,7 @@ pub(crate) struct WorkerContext {
     pub dead_letter_topic: String,
     pub retry: RetryPolicy,
     pub producer: OutputProducer,
-    pub tracker: Arc<OffsetTracker>,
-    /// How this partition's records name `tracker` to the producer.
+    /// The partition's tracker, and how its records name it to the producer.
     pub route: DeliveryRoute,
     /// Set by the consumer thread on revocation or shutdown.
     pub stop: Arc<AtomicBool>,
@@ -290,7 +289,7 @@ impl Worker {
     ) {
         let offset = msg.offset();
         let count = records.len() as u32;
-        self.ctx.tracker.processed(offset, count);
+        self.ctx.route.tracker().processed(offset, count);
         for (sent, rec) in records.enumerate() {
             let out = OutRecord {
                 topic: rec.topic().unwrap_or(&self.ctx.output_topic),
@@ -301,7 +300,10 @@ impl Worker {
             };
             if let Err(e) = self.ctx.producer.send(out, self.ctx.route.token(offset)) {
                 self.produced += sent as u64;
-                self.ctx.tracker.replace_unsent(offset, count - sent as u32);
+                self.ctx
+                    .route
+                    .tracker()
+                    .replace_unsent(offset, count - sent as u32);
                 let failure = Failure {
                     kind: "output-rejected",
                     message: format!("output record {} of {count}: {e}", sent + 1),
@@ -316,7 +318,7 @@ impl Worker {
     /// Produces the original message to the dead-letter topic with headers
     /// saying where it came from and why.
     fn dead_letter(&mut self, msg: InputMessage<'_>, failure: Failure<'_>) {
-        self.ctx.tracker.processed(msg.offset(), 1);
+        self.ctx.route.tracker().processed(msg.offset(), 1);
         self.send_dead_letter(msg, failure);
     }
 
@@ -364,7 +366,7 @@ impl Worker {
     fn stall(&self, offset: i64, e: &crate::kafka::ProduceError) {
         tracing::error!(pipeline = %self.ctx.pipeline, offset, error = %e,
             "dead letter rejected by the producer; the partition stops committing at this offset");
-        self.ctx.tracker.failed(offset);
+        self.ctx.route.tracker().failed(offset);
     }
 }
 
