@@ -294,11 +294,7 @@ fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
 fn tags_by_input_partition(output: &[kwasm_tests::Record]) -> BTreeMap<i32, Vec<String>> {
     let mut by: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
     for r in output {
-        let v = r.value_str();
-        let Some((p, seq)) = v.split_once(':') else {
-            continue;
-        };
-        let (Ok(p), Ok(seq)) = (p.parse::<i32>(), seq.parse::<i64>()) else {
+        let Some((p, seq)) = kwasm_tests::sequence_of(&r.value_str()) else {
             continue;
         };
         let tag = String::from_utf8_lossy(r.header("kwasm-tag").unwrap_or_default()).into_owned();

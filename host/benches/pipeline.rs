@@ -760,16 +760,8 @@ impl Bench<'_> {
             if layout == Layout::Spread {
                 record = record.partition(i as i32 % b.partitions);
             }
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => return Err(format!("produce input: {e}")),
-                }
-            }
+            send_retrying(&producer, record, Duration::from_millis(5))
+                .map_err(|e| format!("produce input: {e}"))?;
             if i % 1024 == 0 {
                 producer.poll(Duration::ZERO);
             }
@@ -1526,18 +1518,27 @@ fn forward(producer: &BaseProducer<NativeDelivery>, output: &str, msg: &Borrowed
     // Registered before sending: its report can only come from a later poll,
     // but keep the host's order of events anyway.
     ctx.sent(msg.partition() as usize, msg.offset());
+    if let Err(e) = send_retrying(producer, record, Duration::from_millis(1)) {
+        // Left unacknowledged in its window: nothing past it commits.
+        eprintln!("[bench] native: produce rejected: {e}");
+    }
+}
+
+/// Sends `record`, serving the producer for `wait` whenever its queue is
+/// full; other errors are returned.
+fn send_retrying<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
+    wait: Duration,
+) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                producer.poll(Duration::from_millis(1));
+                producer.poll(wait);
             }
-            Err((e, _)) => {
-                // Left unacknowledged in its window: nothing past it commits.
-                eprintln!("[bench] native: produce rejected: {e}");
-                return;
-            }
+            Err((e, _)) => return Err(e),
         }
     }
 }

@@ -231,10 +231,7 @@ pub fn account(produced: &[(i32, String)], output: &[kwasm_tests::Record]) -> Ac
     let mut last: BTreeMap<(i32, i32), i64> = BTreeMap::new();
     for r in output {
         let v = r.value_str();
-        let Some((p, seq)) = v.split_once(':') else {
-            continue;
-        };
-        let (Ok(p), Ok(seq)) = (p.parse::<i32>(), seq.parse::<i64>()) else {
+        let Some((p, seq)) = kwasm_tests::sequence_of(&v) else {
             continue;
         };
         let key = (r.partition, p);

@@ -344,6 +344,13 @@ pub fn produce(topic: &str, records: impl IntoIterator<Item = OutRecord>) -> Vec
     delivered
 }
 
+/// The input partition and sequence number of a value written by
+/// [`produce_sequence`] (`"<partition>:<seq>"`); `None` for anything else.
+pub fn sequence_of(value: &str) -> Option<(i32, i64)> {
+    let (p, seq) = value.split_once(':')?;
+    Some((p.parse().ok()?, seq.parse().ok()?))
+}
+
 /// Produces `count` records spread round-robin over `partitions` partitions:
 /// record `i` goes explicitly to partition `p = i % partitions` with
 /// `seq = i / partitions`, and key and value `"{p}:{seq}"`. On a fresh topic

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use assignment::{Assignment, decode_assignment};
 pub use kafka::{
     Group, Member, OutRecord, Record, by_partition, committed_offsets, consume_all, create_topic,
-    describe_group, end_offsets, group_members, produce, produce_sequence,
+    describe_group, end_offsets, group_members, produce, produce_sequence, sequence_of,
 };
 pub use process::HostProcess;
 
