@@ -32,7 +32,7 @@ use tower::ServiceExt;
 const TOKEN: &str = "fuzz-token";
 /// Cases per run: each is one request in-process; the run stays well under
 /// a minute.
-const CASES: u32 = 400;
+const CASES: u32 = 2000;
 
 /// One generated request.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ fn junk_name() -> impl Strategy<Value = String> {
         Just("_kwasm_plugins".to_owned()),
         Just("x".repeat(5000)),
         proptest::collection::vec(any::<char>(), 1..24).prop_map(|c| c.into_iter().collect()),
-        proptest::collection::vec(any::<u8>(), 1..16).prop_map(|b| hex::encode(b)),
+        proptest::collection::vec(any::<u8>(), 1..16).prop_map(hex::encode),
     ]
     .prop_filter("must not name what exists", |n| n != "p" && n != "orders")
 }

@@ -68,8 +68,11 @@ pub struct GroupDescriber {
 struct Inner {
     client: AdminClient<DefaultClientContext>,
     /// Held across a describe, so concurrent callers wait for one answer.
-    cache: tokio::sync::Mutex<HashMap<String, (Instant, Result<Vec<BrokerMember>, String>)>>,
+    cache: tokio::sync::Mutex<HashMap<String, (Instant, Description)>>,
 }
+
+/// A group's members, or why the broker could not say.
+type Description = Result<Vec<BrokerMember>, String>;
 
 impl GroupDescriber {
     /// Creates the admin client (it connects lazily, on first use).
@@ -97,7 +100,7 @@ impl GroupDescriber {
 
     /// The broker's members of `group`, at most [`CACHE_TTL`] old; an
     /// error when the broker cannot describe groups or did not answer.
-    pub async fn describe(&self, group: &str) -> Result<Vec<BrokerMember>, String> {
+    pub async fn describe(&self, group: &str) -> Description {
         let mut cache = self.inner.cache.lock().await;
         cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
         if let Some((_, result)) = cache.get(group) {
@@ -113,10 +116,7 @@ impl GroupDescriber {
     }
 }
 
-fn describe_now(
-    client: &AdminClient<DefaultClientContext>,
-    group: &str,
-) -> Result<Vec<BrokerMember>, String> {
+fn describe_now(client: &AdminClient<DefaultClientContext>, group: &str) -> Description {
     let list = client
         .inner()
         .fetch_group_list(Some(group), DESCRIBE_TIMEOUT)
