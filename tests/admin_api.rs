@@ -1068,3 +1068,83 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         json!({"pipelines": []})
     );
 }
+
+/// The broker, not the published records, says who is in a group: a
+/// consumer that never published anything shows up with its member id,
+/// client id and the partitions of its assignment.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_are_read_from_the_broker_with_their_assignments() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let api = Api::new().await;
+    let input = kwasm_tests::unique("members-in");
+    let group = kwasm_tests::unique("members-group");
+    let topic = input.clone();
+    tokio::task::spawn_blocking(move || kwasm_tests::create_topic(&topic, 2))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        api.upload("p", &plugin_bytes("passthrough")).await.status,
+        StatusCode::CREATED
+    );
+    let put = api
+        .put_pipeline(
+            "orders",
+            json!({"plugin": "p@1", "inputs": [input], "output": "out", "group_id": group}),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{put:?}");
+
+    // An outside member of the pipeline's group, holding both partitions.
+    let (group_id, topic) = (group.clone(), input.clone());
+    let consumer = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kwasm_tests::kafka::consumer_config(Some(&group_id))
+            .set("client.id", "outside-host")
+            .create()
+            .unwrap_or_else(|e| panic!("consumer: {e}"));
+        consumer
+            .subscribe(&[&topic])
+            .unwrap_or_else(|e| panic!("subscribe: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while consumer.assignment().map_or(0, |a| a.count()) < 2 {
+            assert!(Instant::now() < deadline, "no assignment within 30 s");
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        consumer
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let members = api.get("/v1/pipelines/orders/members").await;
+    assert_eq!(members.status, StatusCode::OK, "{members:?}");
+    let list = members.body["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{members:?}"));
+    assert_eq!(list.len(), 1, "{members:?}");
+    let m = &list[0];
+    assert_eq!(
+        (&m["host"], &m["client_id"], &m["source"]),
+        (
+            &json!("outside-host"),
+            &json!("outside-host"),
+            &json!("broker")
+        ),
+        "{members:?}"
+    );
+    assert!(
+        m["member_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("outside-host-")),
+        "{members:?}"
+    );
+    assert!(
+        m["client_host"].as_str().is_some_and(|h| !h.is_empty()),
+        "{members:?}"
+    );
+    assert_eq!(
+        m["partitions"],
+        json!([{"topic": input, "partition": 0}, {"topic": input, "partition": 1}]),
+        "{members:?}"
+    );
+    assert_eq!(members.body["group_id"], json!(group));
+    drop(consumer);
+}
