@@ -133,6 +133,30 @@ fn an_open_api_on_a_non_loopback_address_stops_the_host_before_it_binds() {
         .unwrap_or_else(|e| panic!("port {port} is taken after a refused start: {e}"));
 }
 
+#[test]
+fn admin_insecure_serves_an_open_api_beyond_loopback_with_a_warning() {
+    let port = free_port();
+    let config = write_config(&config_text(
+        &format!("0.0.0.0:{port}"),
+        "admin_insecure = true",
+        "127.0.0.1:1",
+        "unused",
+    ));
+    let path = config.path().to_string_lossy().into_owned();
+    let mut host = HostProcess::spawn(&["serve", "--config", &path], &[], "insecure");
+    // Past the check: it warns, then goes on to connect to Kafka (which is
+    // not there, so it never gets further; it is killed on drop).
+    assert!(
+        host.wait_for_log(
+            "served without a token on a non-loopback address",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        host.log_contents()
+    );
+    assert!(host.is_running(), "{}", host.log_contents());
+}
+
 /// A running host with a token, on fresh registry topics.
 struct TokenHost {
     process: HostProcess,
@@ -302,4 +326,67 @@ fn an_upload_announced_as_200_mib_answers_413_before_it_is_sent() {
     let (sent, response) = send_until_refused(host.port, &head, total, false);
     assert_eq!(status_and_body(&response).0, 413, "{response}");
     assert!(sent < total, "all {sent} bytes were taken before the 413");
+}
+
+#[test]
+fn a_host_with_admin_tls_serves_https_only() {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .unwrap_or_else(|e| panic!("cannot make a certificate: {e}"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).expect("write cert.pem");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write key.pem");
+    let host = TokenHost::start(
+        "admin-tls",
+        &format!("admin_tls = {{ cert_path = {cert:?}, key_path = {key:?} }}"),
+    );
+    let running = host
+        .process
+        .log_contents()
+        .lines()
+        .find(|l| l.contains("kwasm host running"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        running.contains("\"https\""),
+        "{}",
+        host.process.log_contents()
+    );
+    let trusted = ureq::tls::Certificate::from_pem(made.cert.pem().as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&[trusted]))
+                    .build(),
+            )
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build(),
+    );
+    let url = format!("https://localhost:{}/v1/pipelines", host.port);
+    let call = |token: Option<&str>| {
+        let mut request = agent.get(&url);
+        if let Some(token) = token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        (status, body)
+    };
+    let (status, body) = call(Some(TOKEN));
+    assert_eq!((status, body.as_str()), (200, r#"{"pipelines":[]}"#));
+    assert_eq!(call(None).0, 401);
+    let (_, plain) = send_until_refused(
+        host.port,
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        0,
+        false,
+    );
+    assert!(
+        !plain.starts_with("HTTP/"),
+        "plain http got an answer: {plain:?}"
+    );
 }
