@@ -68,7 +68,28 @@ pub struct GroupDescriber {
 struct Inner {
     client: AdminClient<DefaultClientContext>,
     /// Held across a describe, so concurrent callers wait for one answer.
-    cache: tokio::sync::Mutex<HashMap<String, (Instant, Description)>>,
+    cache: tokio::sync::Mutex<DescriptionCache>,
+}
+
+/// Descriptions by group, each good for [`CACHE_TTL`] from when it was
+/// taken; expired ones are dropped as they are looked past, so the map
+/// holds only groups asked about in the last TTL.
+#[derive(Default)]
+struct DescriptionCache {
+    entries: HashMap<String, (Instant, Description)>,
+}
+
+impl DescriptionCache {
+    /// The description of `group` if one younger than the TTL is held.
+    fn fresh(&mut self, group: &str, now: Instant) -> Option<Description> {
+        self.entries
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < CACHE_TTL);
+        self.entries.get(group).map(|(_, d)| d.clone())
+    }
+
+    fn store(&mut self, group: &str, taken: Instant, description: Description) {
+        self.entries.insert(group.to_owned(), (taken, description));
+    }
 }
 
 /// A group's members, or why the broker could not say.
@@ -80,7 +101,7 @@ impl GroupDescriber {
         Ok(GroupDescriber {
             inner: Arc::new(Inner {
                 client: config.create()?,
-                cache: tokio::sync::Mutex::new(HashMap::new()),
+                cache: tokio::sync::Mutex::new(DescriptionCache::default()),
             }),
         })
     }
@@ -102,16 +123,15 @@ impl GroupDescriber {
     /// error when the broker cannot describe groups or did not answer.
     pub async fn describe(&self, group: &str) -> Description {
         let mut cache = self.inner.cache.lock().await;
-        cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
-        if let Some((_, result)) = cache.get(group) {
-            return result.clone();
+        if let Some(description) = cache.fresh(group, Instant::now()) {
+            return description;
         }
         let inner = self.inner.clone();
         let name = group.to_owned();
         let result = tokio::task::spawn_blocking(move || describe_now(&inner.client, &name))
             .await
             .unwrap_or_else(|e| Err(format!("describe task failed: {e}")));
-        cache.insert(group.to_owned(), (Instant::now(), result.clone()));
+        cache.store(group, Instant::now(), result.clone());
         result
     }
 }
@@ -313,6 +333,21 @@ mod tests {
         }
         b.extend((-1i32).to_be_bytes()); // null user data
         b
+    }
+
+    #[test]
+    fn a_description_is_reused_for_the_ttl_then_asked_again() {
+        let t0 = Instant::now();
+        let mut cache = DescriptionCache::default();
+        assert_eq!(cache.fresh("g", t0), None);
+        cache.store("g", t0, Ok(vec![]));
+        cache.store("h", t0 + Duration::from_secs(1), Err("down".into()));
+        let almost = t0 + CACHE_TTL - Duration::from_millis(1);
+        assert_eq!(cache.fresh("g", almost), Some(Ok(vec![])));
+        assert_eq!(cache.fresh("h", almost), Some(Err("down".into())));
+        assert_eq!(cache.fresh("g", t0 + CACHE_TTL), None);
+        assert_eq!(cache.entries.len(), 1, "the expired entry is dropped");
+        assert!(cache.fresh("h", t0 + CACHE_TTL).is_some());
     }
 
     #[test]
