@@ -60,6 +60,16 @@ fn junk_name() -> impl Strategy<Value = String> {
     .prop_filter("must not name what exists", |n| n != "p" && n != "orders")
 }
 
+/// A path segment: the name escaped, or raw percent-escapes of arbitrary
+/// bytes (often not UTF-8 once decoded).
+fn junk_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => junk_name().prop_map(|n| escape(&n)),
+        1 => proptest::collection::vec(any::<u8>(), 1..8)
+            .prop_map(|b| b.iter().map(|b| format!("%{b:02X}")).collect()),
+    ]
+}
+
 /// Path-segment escaping for any string (every byte outside
 /// `[A-Za-z0-9._-]` as `%XX`).
 fn escape(segment: &str) -> String {
@@ -122,9 +132,9 @@ fn malformed_with_token() -> impl Strategy<Value = Malformed> {
     let bytes = proptest::collection::vec(any::<u8>(), 0..2048);
     prop_oneof![
         // Uploads that are not kwasm components, to a fresh name.
-        (junk_name(), bytes.clone()).prop_map(|(n, b)| (
+        (junk_segment(), bytes.clone()).prop_map(|(n, b)| (
             Method::POST,
-            format!("/v1/plugins/{}", escape(&n)),
+            format!("/v1/plugins/{}", n),
             b,
             "application/wasm"
         )),
@@ -137,19 +147,19 @@ fn malformed_with_token() -> impl Strategy<Value = Malformed> {
         )),
         // Pipelines that cannot be stored, under a fresh or the existing name.
         (
-            prop_oneof![junk_name(), Just("orders".to_owned())],
+            prop_oneof![junk_segment(), Just("orders".to_owned())],
             bad_pipeline_body()
         )
             .prop_map(|(n, b)| (
                 Method::PUT,
-                format!("/v1/pipelines/{}", escape(&n)),
+                format!("/v1/pipelines/{}", n),
                 b,
                 "application/json"
             )),
         // Deletes, pauses and reads of what does not exist.
-        (junk_name(), junk_version()).prop_map(|(n, v)| (
+        (junk_segment(), junk_version()).prop_map(|(n, v)| (
             Method::DELETE,
-            format!("/v1/plugins/{}/versions/{}", escape(&n), escape(&v)),
+            format!("/v1/plugins/{}/versions/{}", n, escape(&v)),
             vec![],
             ""
         )),
@@ -162,22 +172,12 @@ fn malformed_with_token() -> impl Strategy<Value = Malformed> {
                 ""
             )),
         (
-            junk_name(),
+            junk_segment(),
             prop_oneof![Just(""), Just("/pause"), Just("/resume"), Just("/members")],
             prop_oneof![Just(Method::DELETE), Just(Method::POST), Just(Method::GET)]
         )
-            .prop_map(|(n, tail, m)| (
-                m,
-                format!("/v1/pipelines/{}{tail}", escape(&n)),
-                vec![],
-                ""
-            )),
-        junk_name().prop_map(|n| (
-            Method::GET,
-            format!("/v1/plugins/{}", escape(&n)),
-            vec![],
-            ""
-        )),
+            .prop_map(|(n, tail, m)| (m, format!("/v1/pipelines/{}{tail}", n), vec![], "")),
+        junk_segment().prop_map(|n| (Method::GET, format!("/v1/plugins/{}", n), vec![], "")),
         // Methods a path does not serve, and paths that do not exist.
         (
             prop_oneof![Just(Method::PATCH), Just(Method::PUT), Just(Method::DELETE)],
@@ -189,12 +189,7 @@ fn malformed_with_token() -> impl Strategy<Value = Malformed> {
             ]
         )
             .prop_map(|(m, p)| (m, p.to_owned(), vec![], "")),
-        (junk_name(), bytes).prop_map(|(n, b)| (
-            Method::POST,
-            format!("/v1/{}", escape(&n)),
-            b,
-            ""
-        )),
+        (junk_segment(), bytes).prop_map(|(n, b)| (Method::POST, format!("/v1/{}", n), b, "")),
     ]
     .prop_flat_map(move |(method, path, body, content_type)| {
         token.clone().prop_map(move |token| Malformed {
