@@ -41,6 +41,9 @@ struct Malformed {
     path: String,
     token: Option<String>,
     content_type: Option<&'static str>,
+    /// A `Content-Length` header that may not match the body (in-process,
+    /// nothing between the client and the router checks it).
+    content_length: Option<String>,
     body: Vec<u8>,
 }
 
@@ -192,11 +195,23 @@ fn malformed_with_token() -> impl Strategy<Value = Malformed> {
         (junk_segment(), bytes).prop_map(|(n, b)| (Method::POST, format!("/v1/{}", n), b, "")),
     ]
     .prop_flat_map(move |(method, path, body, content_type)| {
-        token.clone().prop_map(move |token| Malformed {
+        let length = prop_oneof![
+            4 => Just(None),
+            1 => prop_oneof![
+                Just("abc".to_owned()),
+                Just("-1".to_owned()),
+                Just("99999999999999999999999".to_owned()),
+                Just(u64::MAX.to_string()),
+                (0u64..4096).prop_map(|n| n.to_string()),
+            ]
+            .prop_map(Some),
+        ];
+        (token.clone(), length).prop_map(move |(token, content_length)| Malformed {
             method: method.clone(),
             path: path.clone(),
             token,
             content_type: (!content_type.is_empty()).then_some(content_type),
+            content_length,
             body: body.clone(),
         })
     })
@@ -231,6 +246,7 @@ fn with_wrong_token() -> impl Strategy<Value = Malformed> {
         path: path.to_owned(),
         token,
         content_type: None,
+        content_length: None,
         body,
     })
 }
@@ -270,6 +286,9 @@ async fn try_send(app: &Router, r: &Malformed) -> Option<(StatusCode, Vec<u8>)> 
     }
     if let Some(content_type) = r.content_type {
         request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    if let Some(length) = &r.content_length {
+        request = request.header(header::CONTENT_LENGTH, length);
     }
     let request = request.body(Body::from(r.body.clone())).ok()?;
     let response = app
@@ -323,6 +342,7 @@ async fn snapshot(app: &Router) -> (Vec<u8>, Vec<u8>) {
         path: path.to_owned(),
         token: Some(TOKEN.to_owned()),
         content_type: None,
+        content_length: None,
         body: Vec::new(),
     };
     let (s1, plugins) = send(app, &get("/v1/plugins")).await;
@@ -371,6 +391,7 @@ fn malformed_requests_answer_4xx_in_the_error_shape_and_store_nothing() {
                     path: path.into(),
                     token: Some(TOKEN.into()),
                     content_type: None,
+                    content_length: None,
                     body,
                 },
             )
