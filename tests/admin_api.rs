@@ -21,6 +21,7 @@ use kwasm_host::pipeline::PipelineDeps;
 use kwasm_host::pipeline::manager::{ManagerView, PipelineManager};
 use kwasm_host::registry::{Registry, RegistryConfig};
 use kwasm_host::runtime::{Limits, Runtime, RuntimeConfig};
+use kwasm_host::topics::ControlPlane;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
@@ -860,6 +861,7 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         producer,
         permits: Arc::new(tokio::sync::Semaphore::new(1)),
         runtime: tokio::runtime::Handle::current(),
+        control: ControlPlane::new(registry.config()),
     };
     let spec = PipelineSpec {
         name: "from-file".into(),
@@ -873,6 +875,7 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         retry: Default::default(),
         batch: Default::default(),
         limits: None,
+        ..PipelineSpec::default()
     };
     let manager = PipelineManager::new(
         RUNTIME.clone(),

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::Limits;
+use crate::topics::{ControlPlane, OutputPolicy, is_topic_name};
 
 /// Everything `kwasm serve` reads from its config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,7 +47,7 @@ pub struct Config {
     pub limits: Limits,
     /// The plugin and pipeline registry (Kafka topics).
     #[serde(default)]
-    pub registry: crate::registry::RegistryConfig,
+    pub registry: RegistryConfig,
     /// Pipelines declared here. They win over registry pipelines of the
     /// same name, and the API cannot change them.
     #[serde(default, rename = "pipeline")]
@@ -116,11 +117,59 @@ pub struct KafkaConfig {
     pub producer_properties: BTreeMap<String, String>,
 }
 
+/// Registry settings (`[registry]` in the host config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Compacted topic of plugin chunks and manifests. Default `_kwasm_plugins`.
+    pub plugins_topic: String,
+    /// Compacted topic of pipelines. Default `_kwasm_pipelines`.
+    pub pipelines_topic: String,
+    /// Compacted topic where each host publishes the partitions it holds.
+    /// Default `_kwasm_members`.
+    pub members_topic: String,
+    /// Largest plugin accepted. Default 64 MiB.
+    pub max_plugin_bytes: usize,
+    /// Create the topics when missing. Default true; off when something
+    /// else creates them (dev mode's mock cluster does not answer
+    /// CreateTopics).
+    pub create_topics: bool,
+    /// Replication factor of the registry topics when kwasm creates them.
+    /// Default 1 (a single test broker); use 3 on a production cluster.
+    pub replication_factor: i32,
+    /// librdkafka properties for the registry's own clients, applied after
+    /// `kafka.properties` (so they win): give the control plane other
+    /// credentials than the data plane (`sasl.username`, ...), so Kafka
+    /// ACLs, not only kwasm's checks, keep plugins away from the registry
+    /// topics. See the README's "Kafka ACLs".
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            plugins_topic: "_kwasm_plugins".into(),
+            pipelines_topic: "_kwasm_pipelines".into(),
+            members_topic: "_kwasm_members".into(),
+            create_topics: true,
+            max_plugin_bytes: 64 << 20,
+            replication_factor: 1,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
 /// One pipeline: a plugin applied to input topics, as one consumer group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The one definition of a pipeline: the config file's `[[pipeline]]`, the
+/// admin API's body and the registry's record all hold this (the registry
+/// adds `paused` and `source` around it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
-    /// Unique name; `[a-zA-Z0-9._-]`.
+    /// Unique name: see [`is_name`]. Required in a config file; the API
+    /// takes it from the path.
+    #[serde(default)]
     pub name: String,
     /// The plugin: a path ending in `.wasm`, or a registry plugin as
     /// `name@version` (or `name` for the newest version).
@@ -131,11 +180,26 @@ pub struct PipelineSpec {
     /// Input topics. Either this or `input_regex`.
     #[serde(default)]
     pub inputs: Vec<String>,
-    /// A regex of input topics (librdkafka `^` subscription).
+    /// A regex of input topics in librdkafka's dialect (POSIX extended),
+    /// anchored at the start only, as librdkafka subscribes `^` patterns.
     #[serde(default)]
     pub input_regex: Option<String>,
     /// Default output topic.
     pub output: String,
+    /// Further topics the plugin may name on a record, besides `output`.
+    /// At most 64. A record for an undeclared topic dead-letters its
+    /// message (`output-not-allowed`).
+    #[serde(default)]
+    pub extra_outputs: Vec<String>,
+    /// A regex of further topics the plugin may name, in the same dialect
+    /// as `input_regex` but matching the whole topic name.
+    #[serde(default)]
+    pub outputs_regex: Option<String>,
+    /// Let the plugin write to the pipeline's own input topics (a
+    /// deliberate feedback loop). Default false: refused, since one
+    /// message could otherwise multiply forever.
+    #[serde(default)]
+    pub allow_loop: bool,
     /// Consumer group id. Default `kwasm-<name>`.
     #[serde(default)]
     pub group_id: Option<String>,
@@ -222,9 +286,18 @@ impl PipelineSpec {
     /// The subscription as librdkafka takes it (a regex starts with `^`).
     pub fn subscription(&self) -> Vec<String> {
         match &self.input_regex {
-            Some(re) if re.starts_with('^') => vec![re.clone()],
-            Some(re) => vec![format!("^{re}")],
+            Some(_) => vec![self.subscription_regex()],
             None => self.inputs.clone(),
+        }
+    }
+
+    /// `input_regex` as librdkafka compiles it: with a leading `^`, which
+    /// is what marks a subscription as a regex. Empty without a regex.
+    pub fn subscription_regex(&self) -> String {
+        match self.input_regex.as_deref() {
+            Some(re) if re.starts_with('^') => re.to_owned(),
+            Some(re) => format!("^{re}"),
+            None => String::new(),
         }
     }
 }
@@ -308,10 +381,11 @@ impl Config {
                 "must be an address like 127.0.0.1:8080",
             );
         }
+        let control = ControlPlane::new(&self.registry);
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
             let at = |field: &str| format!("pipeline[{i}].{field}");
-            if let Err(ConfigError::Invalid { field, message }) = p.validate() {
+            if let Err(ConfigError::Invalid { field, message }) = p.validate(&control) {
                 return Err(ConfigError::Invalid {
                     field: at(&field),
                     message,
@@ -325,11 +399,37 @@ impl Config {
     }
 }
 
+/// Bounds on a pipeline's numbers: generous for any real pipeline, and
+/// small enough that a typo (or a hostile API call) cannot make a host
+/// buffer without limit or wait for days.
+pub mod bounds {
+    /// `retry.max_attempts`.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// `retry.initial_backoff_ms` and `retry.max_backoff_ms`: one hour.
+    pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+    /// `batch.max_messages`.
+    pub const MAX_BATCH_MESSAGES: usize = 65_536;
+    /// `batch.max_wait_ms`: one minute.
+    pub const MAX_BATCH_WAIT_MS: u64 = 60_000;
+    /// Entries of `config`.
+    pub const MAX_CONFIG_ENTRIES: usize = 256;
+    /// Bytes of `config`, keys and values together.
+    pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+    /// `inputs`.
+    pub const MAX_INPUTS: usize = 1_000;
+    /// `group_id` (Kafka has no limit of its own; this keeps logs sane).
+    pub const MAX_GROUP_ID_BYTES: usize = 255;
+    /// `input_regex` and `outputs_regex`.
+    pub const MAX_REGEX_BYTES: usize = 1_024;
+}
+
 impl PipelineSpec {
-    /// Checks one pipeline, naming the field relative to it (`inputs`,
-    /// `retry.max_attempts`): the config file prefixes `pipeline[i].`, the
-    /// admin API reports it as is.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks one pipeline on a host whose control plane is `control`,
+    /// naming the field relative to it (`inputs`, `retry.max_attempts`):
+    /// the config file prefixes `pipeline[i].`, the admin API reports it as
+    /// is, the registry follower logs it. One function for all three, so no
+    /// entry point is looser than another.
+    pub fn validate(&self, control: &ControlPlane) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: &str| {
             Err(ConfigError::Invalid {
                 field: field.to_owned(),
@@ -337,7 +437,10 @@ impl PipelineSpec {
             })
         };
         if !is_name(&self.name) {
-            return invalid("name", "must be 1-200 characters of [a-zA-Z0-9._-]");
+            return invalid("name", NAME_RULE);
+        }
+        if self.plugin.trim().is_empty() {
+            return invalid("plugin", "must name a `.wasm` file or a registry plugin");
         }
         match (self.inputs.is_empty(), &self.input_regex) {
             (true, None) => return invalid("inputs", "give `inputs` or `input_regex`"),
@@ -346,25 +449,121 @@ impl PipelineSpec {
             }
             _ => {}
         }
-        if !is_name(&self.output) {
-            return invalid("output", "must be a valid topic name");
+        if self.inputs.len() > bounds::MAX_INPUTS {
+            return invalid("inputs", &format!("at most {} topics", bounds::MAX_INPUTS));
         }
-        if self.retry.max_attempts == 0 {
-            return invalid("retry.max_attempts", "must be at least 1");
+        for (i, topic) in self.inputs.iter().enumerate() {
+            if !is_topic_name(topic) {
+                return invalid(&format!("inputs[{i}]"), "must be a valid Kafka topic name");
+            }
+            if let Some(reason) = control.reason(topic) {
+                return invalid(
+                    &format!("inputs[{i}]"),
+                    &format!("`{topic}` {reason}: pipelines never read the control plane"),
+                );
+            }
         }
-        if self.batch.max_messages == 0 {
-            return invalid("batch.max_messages", "must be at least 1");
+        for (field, regex) in [
+            ("input_regex", &self.input_regex),
+            ("outputs_regex", &self.outputs_regex),
+        ] {
+            if regex
+                .as_ref()
+                .is_some_and(|r| r.len() > bounds::MAX_REGEX_BYTES)
+            {
+                return invalid(field, &format!("at most {} bytes", bounds::MAX_REGEX_BYTES));
+            }
+        }
+        if !is_topic_name(&self.output) {
+            return invalid("output", "must be a valid Kafka topic name");
+        }
+        if self
+            .dead_letter_topic
+            .as_deref()
+            .is_some_and(|t| !is_topic_name(t))
+        {
+            return invalid("dead_letter_topic", "must be a valid Kafka topic name");
+        }
+        if self.extra_outputs.len() > crate::topics::MAX_EXTRA_OUTPUTS {
+            return invalid(
+                "extra_outputs",
+                &format!("at most {} topics", crate::topics::MAX_EXTRA_OUTPUTS),
+            );
+        }
+        let policy = OutputPolicy::new(self, control).map_err(|e| ConfigError::Invalid {
+            field: e.field.to_owned(),
+            message: e.message,
+        })?;
+        if let Err((field, denied)) = policy.check_declarations(self) {
+            return invalid(&field, &denied.to_string());
+        }
+        if let Some(group) = &self.group_id
+            && (group.trim().is_empty() || group.len() > bounds::MAX_GROUP_ID_BYTES)
+        {
+            return invalid(
+                "group_id",
+                &format!("must be 1 to {} bytes", bounds::MAX_GROUP_ID_BYTES),
+            );
+        }
+        self.validate_numbers()?;
+        self.validate_plugin_config()
+    }
+
+    fn validate_numbers(&self) -> Result<(), ConfigError> {
+        let out_of_range = |field: &str, lo: u64, hi: u64| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                message: format!("must be between {lo} and {hi}"),
+            })
+        };
+        let r = &self.retry;
+        if !(1..=bounds::MAX_ATTEMPTS).contains(&r.max_attempts) {
+            return out_of_range("retry.max_attempts", 1, bounds::MAX_ATTEMPTS.into());
+        }
+        if r.initial_backoff_ms > bounds::MAX_BACKOFF_MS {
+            return out_of_range("retry.initial_backoff_ms", 0, bounds::MAX_BACKOFF_MS);
+        }
+        if r.max_backoff_ms > bounds::MAX_BACKOFF_MS {
+            return out_of_range("retry.max_backoff_ms", 0, bounds::MAX_BACKOFF_MS);
+        }
+        let b = &self.batch;
+        if !(1..=bounds::MAX_BATCH_MESSAGES).contains(&b.max_messages) {
+            return out_of_range("batch.max_messages", 1, bounds::MAX_BATCH_MESSAGES as u64);
+        }
+        if b.max_wait_ms > bounds::MAX_BATCH_WAIT_MS {
+            return out_of_range("batch.max_wait_ms", 0, bounds::MAX_BATCH_WAIT_MS);
+        }
+        Ok(())
+    }
+
+    fn validate_plugin_config(&self) -> Result<(), ConfigError> {
+        let bytes: usize = self.config.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if self.config.len() > bounds::MAX_CONFIG_ENTRIES || bytes > bounds::MAX_CONFIG_BYTES {
+            return Err(ConfigError::Invalid {
+                field: "config".into(),
+                message: format!(
+                    "at most {} entries and {} bytes",
+                    bounds::MAX_CONFIG_ENTRIES,
+                    bounds::MAX_CONFIG_BYTES
+                ),
+            });
         }
         Ok(())
     }
 }
 
-/// The rule for pipeline and plugin names (and output topics in configs):
-/// 1 to 200 characters of `[a-zA-Z0-9._-]`, so a name is also safe in a
-/// topic name, a URL path and a registry key.
+/// What [`is_name`] accepts, for error messages.
+pub const NAME_RULE: &str = "must be 1-200 characters of [a-zA-Z0-9._-] starting with a letter or digit (names starting with `_`, `-` or `.` are reserved)";
+
+/// The one rule for pipeline and plugin names, in the config file, the API
+/// and registry replay alike: 1 to 200 characters of `[a-zA-Z0-9._-]`,
+/// starting with a letter or digit. So a name is also safe in a topic name
+/// (`<name>.dlq`), a consumer group (`kwasm-<name>`), a URL path and a
+/// registry key, is never `.` or `..`, and never looks like an internal
+/// (`_`) name or a command-line flag (`-`).
 pub fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 200
+    s.len() <= 200
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
@@ -443,6 +642,116 @@ mod tests {
         assert!(err.to_string().contains("pipeline[0].inputs"), "{err}");
         let err = parse(&MINIMAL.replace("\"out\"", "\"bad topic\"")).expect_err("bad output");
         assert!(err.to_string().contains("pipeline[0].output"), "{err}");
+    }
+
+    #[test]
+    fn names_follow_one_rule_that_reserves_leading_punctuation() {
+        for ok in ["a", "orders-clean", "v1.2_x", "9lives"] {
+            assert!(is_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-",
+            "_",
+            "_kwasm_plugins",
+            "-rf",
+            ".hidden",
+            "a b",
+            "a/b",
+        ] {
+            assert!(!is_name(bad), "{bad}");
+        }
+        assert!(!is_name(&"x".repeat(201)));
+        let err = parse(&MINIMAL.replace("name = \"p\"", "name = \"_kwasm_plugins\""))
+            .expect_err("reserved name");
+        assert!(err.to_string().contains("pipeline[0].name"), "{err}");
+    }
+
+    #[test]
+    fn pipelines_never_touch_the_control_plane() {
+        let cases = [
+            (
+                "output = \"out\"",
+                "output = \"__consumer_offsets\"",
+                "pipeline[0].output",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"_kwasm_pipelines\"",
+                "pipeline[0].output",
+            ),
+            ("output = \"out\"", "output = \"in\"", "pipeline[0].output"),
+            (
+                "output = \"out\"",
+                "output = \"out\"\ndead_letter_topic = \"__transaction_state\"",
+                "pipeline[0].dead_letter_topic",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nextra_outputs = [\"ok\", \"_kwasm_members\"]",
+                "pipeline[0].extra_outputs[1]",
+            ),
+            (
+                "inputs = [\"in\"]",
+                "inputs = [\"_kwasm_plugins\"]",
+                "pipeline[0].inputs[0]",
+            ),
+            (
+                "inputs = [\"in\"]",
+                "input_regex = \"((\"",
+                "pipeline[0].input_regex",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\noutputs_regex = \"[\"",
+                "pipeline[0].outputs_regex",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let err = parse(&MINIMAL.replace(from, to)).expect_err(to);
+            assert!(err.to_string().contains(field), "{to}: {err}");
+        }
+        // Registry topics as configured, not only the defaults.
+        let renamed = MINIMAL.replace(
+            "[[pipeline]]",
+            "[registry]\npipelines_topic = \"ops-pipelines\"\n[[pipeline]]",
+        );
+        let err = parse(&renamed.replace("\"out\"", "\"ops-pipelines\"")).expect_err("registry");
+        assert!(err.to_string().contains("registry"), "{err}");
+        // A loop is allowed when asked for.
+        parse(&MINIMAL.replace("output = \"out\"", "output = \"in\"\nallow_loop = true"))
+            .expect("explicit loop");
+    }
+
+    #[test]
+    fn numbers_have_bounds() {
+        for (from, to, field) in [
+            (
+                "output = \"out\"",
+                "output = \"out\"\nbatch = { max_messages = 1000000000000 }",
+                "batch.max_messages",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nbatch = { max_wait_ms = 86400000 }",
+                "batch.max_wait_ms",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nretry = { max_attempts = 1000 }",
+                "retry.max_attempts",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nretry = { max_backoff_ms = 86400000 }",
+                "retry.max_backoff_ms",
+            ),
+        ] {
+            let err = parse(&MINIMAL.replace(from, to)).expect_err(to);
+            assert!(err.to_string().contains(field), "{to}: {err}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::pipeline::PipelineDeps;
 use crate::pipeline::manager::PipelineManager;
 use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::topics::ControlPlane;
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         producer: producer.clone(),
         permits: Arc::new(tokio::sync::Semaphore::new(config.host.workers)),
         runtime: tokio::runtime::Handle::current(),
+        control: ControlPlane::new(&config.registry),
     };
     let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id)
         .await
