@@ -4,12 +4,14 @@
 //! against [`brokers`](crate::brokers) and panics with context on any error, so
 //! a test reads as a list of steps and assertions.
 //!
-//! Client settings that matter with the test broker (see shared/broker.md):
-//! - `session.timeout.ms=6000`: some Tansu-derived brokers hold a JoinGroup
-//!   for half the session timeout.
-//! - `fetch.wait.max.ms=10`: with 0 the broker answers fetches with nothing.
+//! Client settings (chosen when the suite ran on Kafka-compatible brokers,
+//! harmless on Apache Kafka):
+//! - `session.timeout.ms=6000`: a SIGKILLed test member leaves the group
+//!   quickly (classic protocol).
+//! - `fetch.wait.max.ms=10`: some brokers answer a fetch with max wait 0 with
+//!   nothing.
 //! - end offsets come from the fetch high watermark, not ListOffsets(LATEST),
-//!   which is wrong on some of these brokers' memory engines.
+//!   which was wrong on some of those brokers' memory engines.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -524,9 +526,10 @@ pub struct Group {
 
 /// A member of a consumer group.
 ///
-/// nisshi 0.8.1 fills in only `member_id` (which the broker forms as
-/// `<client.id>-<uuid>`): client id, host and assignment come back empty, so
-/// on that broker observe assignments from the clients themselves.
+/// Apache Kafka forms a classic member's id as `<client.id>-<uuid>` and
+/// reports its client id, host and assignment. (nisshi 0.8.1 filled in only
+/// `member_id`.) DescribeGroups lists classic members only: a group of
+/// `group.protocol=consumer` members is described by ConsumerGroupDescribe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// Member id the coordinator gave it.
