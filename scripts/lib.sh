@@ -131,12 +131,11 @@ kwasm_kafka_api_answers() {
 # The caller must arrange kwasm_stop_kafka on exit (a trap).
 kwasm_start_kafka() {
     local dir="$1" nodes="${2:-1}" started=$SECONDS attempt node cluster_id voters
-    local -a ports cports extra=()
+    local -a ports cports
     export KWASM_KAFKA_LIBS
     KWASM_KAFKA_LIBS="$(kwasm_kafka_libs)"
     [[ -f "$KWASM_KAFKA_LIBS/.complete" ]] || kwasm_die "Apache Kafka jars not found in $KWASM_KAFKA_LIBS: run scripts/setup"
     command -v java >/dev/null || kwasm_die "java not found: run scripts/setup"
-    ((nodes >= 3)) && extra=(min.insync.replicas=2)
     KWASM_KAFKA_DIR="$dir"
     # A port can be taken between picking and binding: retry with others.
     for attempt in 1 2 3; do
@@ -152,7 +151,7 @@ kwasm_start_kafka() {
             mkdir -p "$dir/node-$node"
             kwasm_log "starting Kafka $KWASM_KAFKA_VERSION node $node on 127.0.0.1:${ports[node]} (log: $dir/node-$node/server.log)"
             bash "$KWASM_ROOT/scripts/kafka-node" "$dir/node-$node" "$node" "${ports[node]}" \
-                "$voters" "$cluster_id" "${extra[@]}" >"$dir/node-$node/stdout.log" 2>&1 &
+                "$voters" "$cluster_id" >"$dir/node-$node/stdout.log" 2>&1 &
             KWASM_KAFKA_PIDS+=($!)
         done
         if kwasm_wait_kafka "${ports[@]}"; then

@@ -147,6 +147,18 @@ impl KafkaCluster {
         self.wait_serving(id);
     }
 
+    /// Starts every node in `ids` again, then waits until all serve: a KRaft
+    /// quorum needs a majority of its controllers up before any broker
+    /// serves, so after a full-cluster outage the nodes must start together.
+    pub fn restart_all(&mut self, ids: &[u32]) {
+        for &id in ids {
+            self.spawn(id);
+        }
+        for &id in ids {
+            self.wait_serving(id);
+        }
+    }
+
     /// True while node `id`'s process runs.
     pub fn is_running(&mut self, id: u32) -> bool {
         self.node_mut(id)

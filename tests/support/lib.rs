@@ -41,8 +41,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use assignment::{Assignment, decode_assignment};
 pub use broker::KafkaCluster;
 pub use kafka::{
-    Group, Member, OutRecord, Record, by_partition, committed_offsets, consume_all, create_topic,
-    describe_group, end_offsets, group_members, produce, produce_sequence, sequence_of,
+    Group, GroupDescription, Member, OutRecord, Record, by_partition, committed_offsets,
+    consume_all, create_topic, create_topic_replicated, describe_consumer_group, describe_group,
+    end_offsets, group_coordinator, group_members, partition_leaders, produce, produce_sequence,
+    sequence_of,
 };
 pub use process::HostProcess;
 
