@@ -10,6 +10,7 @@
 //!
 //! [kafka]
 //! brokers = "127.0.0.1:9092"
+//! group_protocol = "classic"     # or "consumer" (KIP-848); see GroupProtocol
 //! [kafka.properties]             # any librdkafka property, for every client
 //! "security.protocol" = "plaintext"
 //! [kafka.consumer_properties]    # ... for the pipelines' consumers only
@@ -115,6 +116,104 @@ pub struct KafkaConfig {
     /// `properties`.
     #[serde(default)]
     pub producer_properties: BTreeMap<String, String>,
+    /// The consumer group protocol of the pipelines' consumers (librdkafka
+    /// `group.protocol`). Default `classic`: see [`GroupProtocol`].
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
+}
+
+/// Which consumer group protocol the pipelines' consumers speak.
+///
+/// The default is `classic` because every Kafka broker (and every
+/// Kafka-compatible one) speaks it; a `consumer` client on a broker without
+/// KIP-848 retries its heartbeat quietly and never gets a partition, which is
+/// a worse failure than slower rebalances. Choose `consumer` on Kafka 4.0 or
+/// newer for rebalances without a group-wide barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    /// The classic protocol (JoinGroup/SyncGroup) with the client-side
+    /// `cooperative-sticky` assignor (KIP-429): only moved partitions stop,
+    /// but every member takes part in each rebalance, and the consumer's
+    /// `session.timeout.ms` / `heartbeat.interval.ms` apply.
+    #[default]
+    Classic,
+    /// KIP-848 (`ConsumerGroupHeartbeat`): the broker computes assignments
+    /// and hands each member its own changes, with no group-wide barrier.
+    /// Needs Kafka 4.0 or newer. Session timeout, heartbeat interval and the
+    /// assignor are broker settings (`group.consumer.session.timeout.ms`,
+    /// `group.consumer.heartbeat.interval.ms`; the client may pick one of the
+    /// broker's assignors with `group.remote.assignor`), so librdkafka refuses
+    /// the client-side properties: see [`KafkaConfig::validate`].
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The value of librdkafka's `group.protocol`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
+/// Consumer properties librdkafka refuses under `group.protocol=consumer`
+/// (they are the broker's under KIP-848), with what to do instead.
+const NOT_UNDER_CONSUMER_PROTOCOL: [(&str, &str); 4] = [
+    (
+        "session.timeout.ms",
+        "the broker sets it (group.consumer.session.timeout.ms)",
+    ),
+    (
+        "heartbeat.interval.ms",
+        "the broker sets it (group.consumer.heartbeat.interval.ms)",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the broker assigns partitions; choose its assignor with group.remote.assignor",
+    ),
+    (
+        "group.protocol.type",
+        "it applies to the classic protocol only",
+    ),
+];
+
+impl KafkaConfig {
+    /// Checks the client properties against `group_protocol`, naming the
+    /// offending field: `group.protocol` belongs in `kafka.group_protocol`
+    /// (one place decides it, and kwasm sets the assignor to match), and under
+    /// `consumer` the properties librdkafka would refuse at consumer creation
+    /// fail here, at startup, with the field's full name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (section, properties) in [
+            ("properties", &self.properties),
+            ("consumer_properties", &self.consumer_properties),
+            ("producer_properties", &self.producer_properties),
+        ] {
+            let field = |key: &str| format!("kafka.{section}.\"{key}\"");
+            if properties.contains_key("group.protocol") {
+                return Err(ConfigError::Invalid {
+                    field: field("group.protocol"),
+                    message: "set `kafka.group_protocol` (\"classic\" or \"consumer\") instead"
+                        .into(),
+                });
+            }
+            if self.group_protocol == GroupProtocol::Consumer && section != "producer_properties" {
+                for (key, instead) in NOT_UNDER_CONSUMER_PROTOCOL {
+                    if properties.contains_key(key) {
+                        return Err(ConfigError::Invalid {
+                            field: field(key),
+                            message: format!(
+                                "is not supported with kafka.group_protocol = \"consumer\" (KIP-848): {instead}"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Registry settings (`[registry]` in the host config).
@@ -367,6 +466,7 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers".into(), "must name at least one broker");
         }
+        self.kafka.validate()?;
         if self.host.workers == 0 {
             return invalid("host.workers".into(), "must be at least 1");
         }
@@ -628,6 +728,87 @@ mod tests {
         assert_eq!(producer.get("session.timeout.ms"), None);
         assert_eq!(producer.get("linger.ms"), Some("11"), "overrides kwasm's 5");
         assert_eq!(consumer.get("linger.ms"), None);
+    }
+
+    #[test]
+    fn group_protocol_defaults_to_classic_with_cooperative_sticky() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.kafka.group_protocol, GroupProtocol::Classic);
+        let consumer = crate::kafka::consumer_config(&c.kafka, "g", "h", None);
+        assert_eq!(consumer.get("group.protocol"), Some("classic"));
+        assert_eq!(
+            consumer.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+    }
+
+    #[test]
+    fn consumer_group_protocol_sets_none_of_the_classic_only_properties() {
+        let c = parse(&MINIMAL.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\ngroup_protocol = \"consumer\"",
+        ))
+        .expect("valid");
+        assert_eq!(c.kafka.group_protocol, GroupProtocol::Consumer);
+        let consumer = crate::kafka::consumer_config(&c.kafka, "g", "h", None);
+        assert_eq!(consumer.get("group.protocol"), Some("consumer"));
+        for (key, _) in NOT_UNDER_CONSUMER_PROTOCOL {
+            assert_eq!(consumer.get(key), None, "{key}");
+        }
+        // librdkafka accepts the result (it refuses the classic-only
+        // properties at creation).
+        let created: Result<rdkafka::consumer::BaseConsumer, _> = consumer.create();
+        assert!(created.is_ok(), "{:?}", created.err());
+    }
+
+    #[test]
+    fn classic_only_properties_under_the_consumer_protocol_are_named() {
+        for (section, key) in [
+            ("kafka.consumer_properties", "session.timeout.ms"),
+            ("kafka.properties", "heartbeat.interval.ms"),
+            ("kafka.consumer_properties", "partition.assignment.strategy"),
+            ("kafka.properties", "group.protocol.type"),
+        ] {
+            let text = MINIMAL.replace(
+                "[[pipeline]]",
+                &format!(
+                    "group_protocol = \"consumer\"\n[{section}]\n\"{key}\" = \"1\"\n[[pipeline]]"
+                ),
+            );
+            let err = parse(&text).expect_err(key).to_string();
+            assert!(
+                err.contains(&format!("{section}.\"{key}\"")) && err.contains("consumer"),
+                "{err}"
+            );
+            // The same property is fine under the classic protocol.
+            let classic = text.replace(
+                "group_protocol = \"consumer\"",
+                "group_protocol = \"classic\"",
+            );
+            assert!(parse(&classic).is_ok(), "{key} under classic");
+        }
+    }
+
+    #[test]
+    fn group_protocol_in_client_properties_points_to_the_field() {
+        let err = parse(&MINIMAL.replace(
+            "[[pipeline]]",
+            "[kafka.consumer_properties]\n\"group.protocol\" = \"consumer\"\n[[pipeline]]",
+        ))
+        .expect_err("group.protocol as a property");
+        let err = err.to_string();
+        assert!(
+            err.contains("kafka.consumer_properties.\"group.protocol\"")
+                && err.contains("kafka.group_protocol"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("[kafka]", "[kafka]\ngroup_protocol = \"cooperative\""))
+            .expect_err("unknown protocol")
+            .to_string();
+        assert!(
+            err.contains("cooperative") && err.contains("group_protocol"),
+            "{err}"
+        );
     }
 
     #[test]
