@@ -24,6 +24,7 @@ use kwasm_host::pipeline::PipelineDeps;
 use kwasm_host::pipeline::manager::{ManagerView, PipelineManager};
 use kwasm_host::registry::{Registry, RegistryConfig};
 use kwasm_host::runtime::{Limits, Runtime, RuntimeConfig};
+use kwasm_host::topics::ControlPlane;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
@@ -98,7 +99,7 @@ impl Api {
             token: Some(TOKEN.into()),
             metrics: None,
             groups: Some(
-                GroupDescriber::for_kafka(&kafka())
+                GroupDescriber::for_control_plane(&kafka(), &RegistryConfig::default())
                     .unwrap_or_else(|e| panic!("cannot create the admin client: {e}")),
             ),
         };
@@ -1015,6 +1016,7 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         producer,
         permits: Arc::new(tokio::sync::Semaphore::new(1)),
         runtime: tokio::runtime::Handle::current(),
+        control: ControlPlane::new(registry.config()),
     };
     let spec = PipelineSpec {
         name: "from-file".into(),
@@ -1028,6 +1030,7 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         retry: Default::default(),
         batch: Default::default(),
         limits: None,
+        ..PipelineSpec::default()
     };
     let manager = PipelineManager::new(
         RUNTIME.clone(),

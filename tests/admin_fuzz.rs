@@ -369,7 +369,10 @@ fn malformed_requests_answer_4xx_in_the_error_shape_and_store_nothing() {
             runtime,
             token: Some(TOKEN.into()),
             metrics: None,
-            groups: Some(GroupDescriber::for_kafka(&kafka()).expect("admin client")),
+            groups: Some(
+                GroupDescriber::for_control_plane(&kafka(), &RegistryConfig::default())
+                    .expect("admin client"),
+            ),
         });
         let wasm =
             std::fs::read(kwasm_tests::plugin_path("passthrough")).expect("passthrough.wasm");

@@ -10,6 +10,7 @@
 //!
 //! [kafka]
 //! brokers = "127.0.0.1:9092"
+//! group_protocol = "classic"     # or "consumer" (KIP-848); see GroupProtocol
 //! [kafka.properties]             # any librdkafka property, for every client
 //! "security.protocol" = "plaintext"
 //! [kafka.consumer_properties]    # ... for the pipelines' consumers only
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::Limits;
+use crate::topics::{ControlPlane, OutputPolicy, is_topic_name};
 
 /// Everything `kwasm serve` reads from its config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,7 +48,7 @@ pub struct Config {
     pub limits: Limits,
     /// The plugin and pipeline registry (Kafka topics).
     #[serde(default)]
-    pub registry: crate::registry::RegistryConfig,
+    pub registry: RegistryConfig,
     /// Pipelines declared here. They win over registry pipelines of the
     /// same name, and the API cannot change them.
     #[serde(default, rename = "pipeline")]
@@ -208,13 +210,159 @@ pub struct KafkaConfig {
     /// `properties`.
     #[serde(default)]
     pub producer_properties: BTreeMap<String, String>,
+    /// The consumer group protocol of the pipelines' consumers (librdkafka
+    /// `group.protocol`). Default `classic`: see [`GroupProtocol`].
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
+}
+
+/// Which consumer group protocol the pipelines' consumers speak.
+///
+/// The default is `classic` because every Kafka broker (and every
+/// Kafka-compatible one) speaks it; a `consumer` client on a broker without
+/// KIP-848 retries its heartbeat quietly and never gets a partition, which is
+/// a worse failure than slower rebalances. Choose `consumer` on Kafka 4.0 or
+/// newer for rebalances without a group-wide barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    /// The classic protocol (JoinGroup/SyncGroup) with the client-side
+    /// `cooperative-sticky` assignor (KIP-429): only moved partitions stop,
+    /// but every member takes part in each rebalance, and the consumer's
+    /// `session.timeout.ms` / `heartbeat.interval.ms` apply.
+    #[default]
+    Classic,
+    /// KIP-848 (`ConsumerGroupHeartbeat`): the broker computes assignments
+    /// and hands each member its own changes, with no group-wide barrier.
+    /// Needs Kafka 4.0 or newer. Session timeout, heartbeat interval and the
+    /// assignor are broker settings (`group.consumer.session.timeout.ms`,
+    /// `group.consumer.heartbeat.interval.ms`; the client may pick one of the
+    /// broker's assignors with `group.remote.assignor`), so librdkafka refuses
+    /// the client-side properties: see [`KafkaConfig::validate`].
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The value of librdkafka's `group.protocol`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
+/// Consumer properties librdkafka refuses under `group.protocol=consumer`
+/// (they are the broker's under KIP-848), with what to do instead.
+const NOT_UNDER_CONSUMER_PROTOCOL: [(&str, &str); 4] = [
+    (
+        "session.timeout.ms",
+        "the broker sets it (group.consumer.session.timeout.ms)",
+    ),
+    (
+        "heartbeat.interval.ms",
+        "the broker sets it (group.consumer.heartbeat.interval.ms)",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the broker assigns partitions; choose its assignor with group.remote.assignor",
+    ),
+    (
+        "group.protocol.type",
+        "it applies to the classic protocol only",
+    ),
+];
+
+impl KafkaConfig {
+    /// Checks the client properties against `group_protocol`, naming the
+    /// offending field: `group.protocol` belongs in `kafka.group_protocol`
+    /// (one place decides it, and kwasm sets the assignor to match), and under
+    /// `consumer` the properties librdkafka would refuse at consumer creation
+    /// fail here, at startup, with the field's full name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (section, properties) in [
+            ("properties", &self.properties),
+            ("consumer_properties", &self.consumer_properties),
+            ("producer_properties", &self.producer_properties),
+        ] {
+            let field = |key: &str| format!("kafka.{section}.\"{key}\"");
+            if properties.contains_key("group.protocol") {
+                return Err(ConfigError::Invalid {
+                    field: field("group.protocol"),
+                    message: "set `kafka.group_protocol` (\"classic\" or \"consumer\") instead"
+                        .into(),
+                });
+            }
+            if self.group_protocol == GroupProtocol::Consumer && section != "producer_properties" {
+                for (key, instead) in NOT_UNDER_CONSUMER_PROTOCOL {
+                    if properties.contains_key(key) {
+                        return Err(ConfigError::Invalid {
+                            field: field(key),
+                            message: format!(
+                                "is not supported with kafka.group_protocol = \"consumer\" (KIP-848): {instead}"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Registry settings (`[registry]` in the host config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Compacted topic of plugin chunks and manifests. Default `_kwasm_plugins`.
+    pub plugins_topic: String,
+    /// Compacted topic of pipelines. Default `_kwasm_pipelines`.
+    pub pipelines_topic: String,
+    /// Compacted topic where each host publishes the partitions it holds.
+    /// Default `_kwasm_members`.
+    pub members_topic: String,
+    /// Largest plugin accepted. Default 64 MiB.
+    pub max_plugin_bytes: usize,
+    /// Create the topics when missing. Default true; off when something
+    /// else creates them (dev mode's mock cluster does not answer
+    /// CreateTopics).
+    pub create_topics: bool,
+    /// Replication factor of the registry topics when kwasm creates them.
+    /// Default 1 (a single test broker); use 3 on a production cluster.
+    pub replication_factor: i32,
+    /// librdkafka properties for the registry's own clients, applied after
+    /// `kafka.properties` (so they win): give the control plane other
+    /// credentials than the data plane (`sasl.username`, ...), so Kafka
+    /// ACLs, not only kwasm's checks, keep plugins away from the registry
+    /// topics. See the README's "Kafka ACLs".
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            plugins_topic: "_kwasm_plugins".into(),
+            pipelines_topic: "_kwasm_pipelines".into(),
+            members_topic: "_kwasm_members".into(),
+            create_topics: true,
+            max_plugin_bytes: 64 << 20,
+            replication_factor: 1,
+            properties: BTreeMap::new(),
+        }
+    }
 }
 
 /// One pipeline: a plugin applied to input topics, as one consumer group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The one definition of a pipeline: the config file's `[[pipeline]]`, the
+/// admin API's body and the registry's record all hold this (the registry
+/// adds `paused` and `source` around it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
-    /// Unique name; `[a-zA-Z0-9._-]`.
+    /// Unique name: see [`is_name`]. Required in a config file; the API
+    /// takes it from the path.
+    #[serde(default)]
     pub name: String,
     /// The plugin: a path ending in `.wasm`, or a registry plugin as
     /// `name@version` (or `name` for the newest version).
@@ -225,11 +373,26 @@ pub struct PipelineSpec {
     /// Input topics. Either this or `input_regex`.
     #[serde(default)]
     pub inputs: Vec<String>,
-    /// A regex of input topics (librdkafka `^` subscription).
+    /// A regex of input topics in librdkafka's dialect (POSIX extended),
+    /// anchored at the start only, as librdkafka subscribes `^` patterns.
     #[serde(default)]
     pub input_regex: Option<String>,
     /// Default output topic.
     pub output: String,
+    /// Further topics the plugin may name on a record, besides `output`.
+    /// At most 64. A record for an undeclared topic dead-letters its
+    /// message (`output-not-allowed`).
+    #[serde(default)]
+    pub extra_outputs: Vec<String>,
+    /// A regex of further topics the plugin may name, in the same dialect
+    /// as `input_regex` but matching the whole topic name.
+    #[serde(default)]
+    pub outputs_regex: Option<String>,
+    /// Let the plugin write to the pipeline's own input topics (a
+    /// deliberate feedback loop). Default false: refused, since one
+    /// message could otherwise multiply forever.
+    #[serde(default)]
+    pub allow_loop: bool,
     /// Consumer group id. Default `kwasm-<name>`.
     #[serde(default)]
     pub group_id: Option<String>,
@@ -316,9 +479,18 @@ impl PipelineSpec {
     /// The subscription as librdkafka takes it (a regex starts with `^`).
     pub fn subscription(&self) -> Vec<String> {
         match &self.input_regex {
-            Some(re) if re.starts_with('^') => vec![re.clone()],
-            Some(re) => vec![format!("^{re}")],
+            Some(_) => vec![self.subscription_regex()],
             None => self.inputs.clone(),
+        }
+    }
+
+    /// `input_regex` as librdkafka compiles it: with a leading `^`, which
+    /// is what marks a subscription as a regex. Empty without a regex.
+    pub fn subscription_regex(&self) -> String {
+        match self.input_regex.as_deref() {
+            Some(re) if re.starts_with('^') => re.to_owned(),
+            Some(re) => format!("^{re}"),
+            None => String::new(),
         }
     }
 }
@@ -391,6 +563,7 @@ impl Config {
             return invalid("kafka.brokers".into(), "must name at least one broker");
         }
         self.host.check_admin_token()?;
+        self.kafka.validate()?;
         if self.host.workers == 0 {
             return invalid("host.workers".into(), "must be at least 1");
         }
@@ -405,10 +578,11 @@ impl Config {
                 "must be an address like 127.0.0.1:8080",
             );
         }
+        let control = ControlPlane::new(&self.registry);
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
             let at = |field: &str| format!("pipeline[{i}].{field}");
-            if let Err(ConfigError::Invalid { field, message }) = p.validate() {
+            if let Err(ConfigError::Invalid { field, message }) = p.validate(&control) {
                 return Err(ConfigError::Invalid {
                     field: at(&field),
                     message,
@@ -422,11 +596,37 @@ impl Config {
     }
 }
 
+/// Bounds on a pipeline's numbers: generous for any real pipeline, and
+/// small enough that a typo (or a hostile API call) cannot make a host
+/// buffer without limit or wait for days.
+pub mod bounds {
+    /// `retry.max_attempts`.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// `retry.initial_backoff_ms` and `retry.max_backoff_ms`: one hour.
+    pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+    /// `batch.max_messages`.
+    pub const MAX_BATCH_MESSAGES: usize = 65_536;
+    /// `batch.max_wait_ms`: one minute.
+    pub const MAX_BATCH_WAIT_MS: u64 = 60_000;
+    /// Entries of `config`.
+    pub const MAX_CONFIG_ENTRIES: usize = 256;
+    /// Bytes of `config`, keys and values together.
+    pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+    /// `inputs`.
+    pub const MAX_INPUTS: usize = 1_000;
+    /// `group_id` (Kafka has no limit of its own; this keeps logs sane).
+    pub const MAX_GROUP_ID_BYTES: usize = 255;
+    /// `input_regex` and `outputs_regex`.
+    pub const MAX_REGEX_BYTES: usize = 1_024;
+}
+
 impl PipelineSpec {
-    /// Checks one pipeline, naming the field relative to it (`inputs`,
-    /// `retry.max_attempts`): the config file prefixes `pipeline[i].`, the
-    /// admin API reports it as is.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks one pipeline on a host whose control plane is `control`,
+    /// naming the field relative to it (`inputs`, `retry.max_attempts`):
+    /// the config file prefixes `pipeline[i].`, the admin API reports it as
+    /// is, the registry follower logs it. One function for all three, so no
+    /// entry point is looser than another.
+    pub fn validate(&self, control: &ControlPlane) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: &str| {
             Err(ConfigError::Invalid {
                 field: field.to_owned(),
@@ -434,7 +634,10 @@ impl PipelineSpec {
             })
         };
         if !is_name(&self.name) {
-            return invalid("name", "must be 1-200 characters of [a-zA-Z0-9._-]");
+            return invalid("name", NAME_RULE);
+        }
+        if self.plugin.trim().is_empty() {
+            return invalid("plugin", "must name a `.wasm` file or a registry plugin");
         }
         match (self.inputs.is_empty(), &self.input_regex) {
             (true, None) => return invalid("inputs", "give `inputs` or `input_regex`"),
@@ -443,25 +646,121 @@ impl PipelineSpec {
             }
             _ => {}
         }
-        if !is_name(&self.output) {
-            return invalid("output", "must be a valid topic name");
+        if self.inputs.len() > bounds::MAX_INPUTS {
+            return invalid("inputs", &format!("at most {} topics", bounds::MAX_INPUTS));
         }
-        if self.retry.max_attempts == 0 {
-            return invalid("retry.max_attempts", "must be at least 1");
+        for (i, topic) in self.inputs.iter().enumerate() {
+            if !is_topic_name(topic) {
+                return invalid(&format!("inputs[{i}]"), "must be a valid Kafka topic name");
+            }
+            if let Some(reason) = control.reason(topic) {
+                return invalid(
+                    &format!("inputs[{i}]"),
+                    &format!("`{topic}` {reason}: pipelines never read the control plane"),
+                );
+            }
         }
-        if self.batch.max_messages == 0 {
-            return invalid("batch.max_messages", "must be at least 1");
+        for (field, regex) in [
+            ("input_regex", &self.input_regex),
+            ("outputs_regex", &self.outputs_regex),
+        ] {
+            if regex
+                .as_ref()
+                .is_some_and(|r| r.len() > bounds::MAX_REGEX_BYTES)
+            {
+                return invalid(field, &format!("at most {} bytes", bounds::MAX_REGEX_BYTES));
+            }
+        }
+        if !is_topic_name(&self.output) {
+            return invalid("output", "must be a valid Kafka topic name");
+        }
+        if self
+            .dead_letter_topic
+            .as_deref()
+            .is_some_and(|t| !is_topic_name(t))
+        {
+            return invalid("dead_letter_topic", "must be a valid Kafka topic name");
+        }
+        if self.extra_outputs.len() > crate::topics::MAX_EXTRA_OUTPUTS {
+            return invalid(
+                "extra_outputs",
+                &format!("at most {} topics", crate::topics::MAX_EXTRA_OUTPUTS),
+            );
+        }
+        let policy = OutputPolicy::new(self, control).map_err(|e| ConfigError::Invalid {
+            field: e.field.to_owned(),
+            message: e.message,
+        })?;
+        if let Err((field, denied)) = policy.check_declarations(self) {
+            return invalid(&field, &denied.to_string());
+        }
+        if let Some(group) = &self.group_id
+            && (group.trim().is_empty() || group.len() > bounds::MAX_GROUP_ID_BYTES)
+        {
+            return invalid(
+                "group_id",
+                &format!("must be 1 to {} bytes", bounds::MAX_GROUP_ID_BYTES),
+            );
+        }
+        self.validate_numbers()?;
+        self.validate_plugin_config()
+    }
+
+    fn validate_numbers(&self) -> Result<(), ConfigError> {
+        let out_of_range = |field: &str, lo: u64, hi: u64| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                message: format!("must be between {lo} and {hi}"),
+            })
+        };
+        let r = &self.retry;
+        if !(1..=bounds::MAX_ATTEMPTS).contains(&r.max_attempts) {
+            return out_of_range("retry.max_attempts", 1, bounds::MAX_ATTEMPTS.into());
+        }
+        if r.initial_backoff_ms > bounds::MAX_BACKOFF_MS {
+            return out_of_range("retry.initial_backoff_ms", 0, bounds::MAX_BACKOFF_MS);
+        }
+        if r.max_backoff_ms > bounds::MAX_BACKOFF_MS {
+            return out_of_range("retry.max_backoff_ms", 0, bounds::MAX_BACKOFF_MS);
+        }
+        let b = &self.batch;
+        if !(1..=bounds::MAX_BATCH_MESSAGES).contains(&b.max_messages) {
+            return out_of_range("batch.max_messages", 1, bounds::MAX_BATCH_MESSAGES as u64);
+        }
+        if b.max_wait_ms > bounds::MAX_BATCH_WAIT_MS {
+            return out_of_range("batch.max_wait_ms", 0, bounds::MAX_BATCH_WAIT_MS);
+        }
+        Ok(())
+    }
+
+    fn validate_plugin_config(&self) -> Result<(), ConfigError> {
+        let bytes: usize = self.config.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if self.config.len() > bounds::MAX_CONFIG_ENTRIES || bytes > bounds::MAX_CONFIG_BYTES {
+            return Err(ConfigError::Invalid {
+                field: "config".into(),
+                message: format!(
+                    "at most {} entries and {} bytes",
+                    bounds::MAX_CONFIG_ENTRIES,
+                    bounds::MAX_CONFIG_BYTES
+                ),
+            });
         }
         Ok(())
     }
 }
 
-/// The rule for pipeline and plugin names (and output topics in configs):
-/// 1 to 200 characters of `[a-zA-Z0-9._-]`, so a name is also safe in a
-/// topic name, a URL path and a registry key.
+/// What [`is_name`] accepts, for error messages.
+pub const NAME_RULE: &str = "must be 1-200 characters of [a-zA-Z0-9._-] starting with a letter or digit (names starting with `_`, `-` or `.` are reserved)";
+
+/// The one rule for pipeline and plugin names, in the config file, the API
+/// and registry replay alike: 1 to 200 characters of `[a-zA-Z0-9._-]`,
+/// starting with a letter or digit. So a name is also safe in a topic name
+/// (`<name>.dlq`), a consumer group (`kwasm-<name>`), a URL path and a
+/// registry key, is never `.` or `..`, and never looks like an internal
+/// (`_`) name or a command-line flag (`-`).
 pub fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 200
+    s.len() <= 200
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
@@ -526,6 +825,87 @@ mod tests {
         assert_eq!(producer.get("session.timeout.ms"), None);
         assert_eq!(producer.get("linger.ms"), Some("11"), "overrides kwasm's 5");
         assert_eq!(consumer.get("linger.ms"), None);
+    }
+
+    #[test]
+    fn group_protocol_defaults_to_classic_with_cooperative_sticky() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.kafka.group_protocol, GroupProtocol::Classic);
+        let consumer = crate::kafka::consumer_config(&c.kafka, "g", "h", None);
+        assert_eq!(consumer.get("group.protocol"), Some("classic"));
+        assert_eq!(
+            consumer.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+    }
+
+    #[test]
+    fn consumer_group_protocol_sets_none_of_the_classic_only_properties() {
+        let c = parse(&MINIMAL.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\ngroup_protocol = \"consumer\"",
+        ))
+        .expect("valid");
+        assert_eq!(c.kafka.group_protocol, GroupProtocol::Consumer);
+        let consumer = crate::kafka::consumer_config(&c.kafka, "g", "h", None);
+        assert_eq!(consumer.get("group.protocol"), Some("consumer"));
+        for (key, _) in NOT_UNDER_CONSUMER_PROTOCOL {
+            assert_eq!(consumer.get(key), None, "{key}");
+        }
+        // librdkafka accepts the result (it refuses the classic-only
+        // properties at creation).
+        let created: Result<rdkafka::consumer::BaseConsumer, _> = consumer.create();
+        assert!(created.is_ok(), "{:?}", created.err());
+    }
+
+    #[test]
+    fn classic_only_properties_under_the_consumer_protocol_are_named() {
+        for (section, key) in [
+            ("kafka.consumer_properties", "session.timeout.ms"),
+            ("kafka.properties", "heartbeat.interval.ms"),
+            ("kafka.consumer_properties", "partition.assignment.strategy"),
+            ("kafka.properties", "group.protocol.type"),
+        ] {
+            let text = MINIMAL.replace(
+                "[[pipeline]]",
+                &format!(
+                    "group_protocol = \"consumer\"\n[{section}]\n\"{key}\" = \"1\"\n[[pipeline]]"
+                ),
+            );
+            let err = parse(&text).expect_err(key).to_string();
+            assert!(
+                err.contains(&format!("{section}.\"{key}\"")) && err.contains("consumer"),
+                "{err}"
+            );
+            // The same property is fine under the classic protocol.
+            let classic = text.replace(
+                "group_protocol = \"consumer\"",
+                "group_protocol = \"classic\"",
+            );
+            assert!(parse(&classic).is_ok(), "{key} under classic");
+        }
+    }
+
+    #[test]
+    fn group_protocol_in_client_properties_points_to_the_field() {
+        let err = parse(&MINIMAL.replace(
+            "[[pipeline]]",
+            "[kafka.consumer_properties]\n\"group.protocol\" = \"consumer\"\n[[pipeline]]",
+        ))
+        .expect_err("group.protocol as a property");
+        let err = err.to_string();
+        assert!(
+            err.contains("kafka.consumer_properties.\"group.protocol\"")
+                && err.contains("kafka.group_protocol"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("[kafka]", "[kafka]\ngroup_protocol = \"cooperative\""))
+            .expect_err("unknown protocol")
+            .to_string();
+        assert!(
+            err.contains("cooperative") && err.contains("group_protocol"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -606,6 +986,116 @@ mod tests {
         );
         let err = parse(&text.replace("key_path", "keypath")).expect_err("typo");
         assert!(err.to_string().contains("keypath"), "{err}");
+    }
+
+    #[test]
+    fn names_follow_one_rule_that_reserves_leading_punctuation() {
+        for ok in ["a", "orders-clean", "v1.2_x", "9lives"] {
+            assert!(is_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-",
+            "_",
+            "_kwasm_plugins",
+            "-rf",
+            ".hidden",
+            "a b",
+            "a/b",
+        ] {
+            assert!(!is_name(bad), "{bad}");
+        }
+        assert!(!is_name(&"x".repeat(201)));
+        let err = parse(&MINIMAL.replace("name = \"p\"", "name = \"_kwasm_plugins\""))
+            .expect_err("reserved name");
+        assert!(err.to_string().contains("pipeline[0].name"), "{err}");
+    }
+
+    #[test]
+    fn pipelines_never_touch_the_control_plane() {
+        let cases = [
+            (
+                "output = \"out\"",
+                "output = \"__consumer_offsets\"",
+                "pipeline[0].output",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"_kwasm_pipelines\"",
+                "pipeline[0].output",
+            ),
+            ("output = \"out\"", "output = \"in\"", "pipeline[0].output"),
+            (
+                "output = \"out\"",
+                "output = \"out\"\ndead_letter_topic = \"__transaction_state\"",
+                "pipeline[0].dead_letter_topic",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nextra_outputs = [\"ok\", \"_kwasm_members\"]",
+                "pipeline[0].extra_outputs[1]",
+            ),
+            (
+                "inputs = [\"in\"]",
+                "inputs = [\"_kwasm_plugins\"]",
+                "pipeline[0].inputs[0]",
+            ),
+            (
+                "inputs = [\"in\"]",
+                "input_regex = \"((\"",
+                "pipeline[0].input_regex",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\noutputs_regex = \"[\"",
+                "pipeline[0].outputs_regex",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let err = parse(&MINIMAL.replace(from, to)).expect_err(to);
+            assert!(err.to_string().contains(field), "{to}: {err}");
+        }
+        // Registry topics as configured, not only the defaults.
+        let renamed = MINIMAL.replace(
+            "[[pipeline]]",
+            "[registry]\npipelines_topic = \"ops-pipelines\"\n[[pipeline]]",
+        );
+        let err = parse(&renamed.replace("\"out\"", "\"ops-pipelines\"")).expect_err("registry");
+        assert!(err.to_string().contains("registry"), "{err}");
+        // A loop is allowed when asked for.
+        parse(&MINIMAL.replace("output = \"out\"", "output = \"in\"\nallow_loop = true"))
+            .expect("explicit loop");
+    }
+
+    #[test]
+    fn numbers_have_bounds() {
+        for (from, to, field) in [
+            (
+                "output = \"out\"",
+                "output = \"out\"\nbatch = { max_messages = 1000000000000 }",
+                "batch.max_messages",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nbatch = { max_wait_ms = 86400000 }",
+                "batch.max_wait_ms",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nretry = { max_attempts = 1000 }",
+                "retry.max_attempts",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nretry = { max_backoff_ms = 86400000 }",
+                "retry.max_backoff_ms",
+            ),
+        ] {
+            let err = parse(&MINIMAL.replace(from, to)).expect_err(to);
+            assert!(err.to_string().contains(field), "{to}: {err}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::pipeline::PipelineDeps;
 use crate::pipeline::manager::PipelineManager;
 use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::topics::ControlPlane;
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         producer: producer.clone(),
         permits: Arc::new(tokio::sync::Semaphore::new(config.host.workers)),
         runtime: tokio::runtime::Handle::current(),
+        control: ControlPlane::new(&config.registry),
     };
     let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id)
         .await
@@ -75,7 +77,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         publisher_stop,
     ));
 
-    let groups = GroupDescriber::for_kafka(&config.kafka)
+    let groups = GroupDescriber::for_control_plane(&config.kafka, &config.registry)
         .map_err(|e| start(&format!("cannot create the admin API's Kafka client: {e}")))?;
     let state = AdminState {
         host_id: config.host.id.clone(),

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{AdminError, AdminState};
-use crate::registry::{PluginVersion, Registry, StoredPipeline, parse_plugin_ref};
+use crate::registry::{PipelineSource, PluginVersion, Registry, StoredPipeline, parse_plugin_ref};
+use crate::topics::ControlPlane;
 
 type ApiResult<T> = Result<T, AdminError>;
 
@@ -244,9 +245,9 @@ pub async fn delete_plugin_version(
         let users: Vec<String> = reg
             .pipelines()
             .filter(|p| {
-                parse_plugin_ref(&p.plugin).is_ok_and(|(n, v)| n == name && v == Some(version))
+                parse_plugin_ref(&p.spec.plugin).is_ok_and(|(n, v)| n == name && v == Some(version))
             })
-            .map(|p| format!("`{}`", p.name))
+            .map(|p| format!("`{}`", p.spec.name))
             .collect();
         if !users.is_empty() {
             return Err(AdminError::Conflict(format!(
@@ -269,7 +270,7 @@ fn all_pipelines(state: &AdminState) -> ApiResult<Vec<StoredPipeline>> {
     let mut out: Vec<StoredPipeline> = registry(state)?
         .read()
         .pipelines()
-        .filter(|p| !config_names.contains(&p.name))
+        .filter(|p| !config_names.contains(&p.spec.name))
         .cloned()
         .collect();
     for status in state.view.running() {
@@ -277,15 +278,12 @@ fn all_pipelines(state: &AdminState) -> ApiResult<Vec<StoredPipeline>> {
             out.push(config_pipeline_view(&status));
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     Ok(out)
 }
 
 fn config_pipeline_view(status: &crate::pipeline::PipelineStatus) -> StoredPipeline {
-    let spec = status.spec();
-    let mut p = crate::registry::state::stored_from_spec(spec);
-    p.source = "config".into();
-    p
+    crate::registry::state::stored_from_spec(status.spec())
 }
 
 pub async fn get_pipeline(
@@ -294,7 +292,7 @@ pub async fn get_pipeline(
 ) -> ApiResult<Json<StoredPipeline>> {
     all_pipelines(&state)?
         .into_iter()
-        .find(|p| p.name == name)
+        .find(|p| p.spec.name == name)
         .map(Json)
         .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))
 }
@@ -309,40 +307,44 @@ pub async fn put_pipeline(
     check_name(&name, "pipeline")?;
     refuse_config_pipeline(&state, &name)?;
     let body = read_body(&headers, body, MAX_JSON_BODY_BYTES, "the JSON body limit").await?;
-    let mut p: StoredPipeline = serde_json::from_slice(&body)
+    // `paused` and `source` are the registry's, not the caller's: a body
+    // copied from a GET may carry them, and they are ignored.
+    let stored: StoredPipeline = serde_json::from_slice(&body)
         .map_err(|e| AdminError::Invalid(format!("invalid pipeline JSON: {e}")))?;
-    if !p.name.is_empty() && p.name != name {
+    let mut spec = stored.spec;
+    if !spec.name.is_empty() && spec.name != name {
         return Err(AdminError::Invalid(format!(
             "the body names pipeline `{}` but the path `{name}`",
-            p.name
+            spec.name
         )));
     }
-    p.name = name;
-    p.source = "api".into();
-    let (plugin, version) = parse_plugin_ref(&p.plugin).map_err(AdminError::Invalid)?;
+    spec.name = name;
+    let (plugin, version) = parse_plugin_ref(&spec.plugin).map_err(AdminError::Invalid)?;
     let resolved = registry
         .read()
         .plugin_version(plugin, version)
         .map(|v| v.version)
-        .ok_or_else(|| AdminError::NotFound(format!("no plugin `{}` in the registry", p.plugin)))?;
-    p.plugin = format!("{plugin}@{resolved}");
-    validate_pipeline(&p)?;
+        .ok_or_else(|| {
+            AdminError::NotFound(format!("no plugin `{}` in the registry", spec.plugin))
+        })?;
+    spec.plugin = format!("{plugin}@{resolved}");
+    // The same checks as the config file's and the registry replay's,
+    // naming the field.
+    spec.validate(&ControlPlane::new(registry.config()))
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
     // Store the defaults resolved, so every host and reader sees the same.
-    p.group_id = Some(
-        p.group_id
-            .take()
-            .unwrap_or_else(|| format!("kwasm-{}", p.name)),
-    );
-    p.dead_letter_topic = Some(
-        p.dead_letter_topic
-            .take()
-            .unwrap_or_else(|| format!("{}.dlq", p.name)),
-    );
+    spec.group_id = Some(spec.group_id());
+    spec.dead_letter_topic = Some(spec.dead_letter_topic());
     // Keep pause state across an update.
-    p.paused = registry
+    let paused = registry
         .read()
-        .pipeline(&p.name)
+        .pipeline(&spec.name)
         .is_some_and(|old| old.paused);
+    let p = StoredPipeline {
+        spec,
+        paused,
+        source: PipelineSource::Api,
+    };
     check_record_size(&p)?;
     registry.put_pipeline(&p).await?;
     Ok(Json(p))
@@ -359,13 +361,6 @@ fn check_record_size(p: &StoredPipeline) -> ApiResult<()> {
         )));
     }
     Ok(())
-}
-
-/// The same checks as the config file's, naming the field.
-fn validate_pipeline(p: &StoredPipeline) -> ApiResult<()> {
-    crate::pipeline::manager::spec_of(p)
-        .validate()
-        .map_err(|e| AdminError::Invalid(e.to_string()))
 }
 
 pub async fn delete_pipeline(
@@ -418,12 +413,9 @@ pub async fn members(
 ) -> ApiResult<Json<Value>> {
     let pipeline = all_pipelines(&state)?
         .into_iter()
-        .find(|p| p.name == name)
+        .find(|p| p.spec.name == name)
         .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))?;
-    let group = pipeline
-        .group_id
-        .clone()
-        .unwrap_or_else(|| format!("kwasm-{name}"));
+    let group = pipeline.spec.group_id();
     let published = registry(&state)?.members(&group);
     let broker = match &state.groups {
         Some(groups) => groups.describe(&group).await,
@@ -452,7 +444,8 @@ fn check_name(name: &str, what: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(AdminError::Invalid(format!(
-            "{what} name `{name}` must be 1-200 characters of [a-zA-Z0-9._-]"
+            "{what} name `{name}` {}",
+            crate::config::NAME_RULE
         )))
     }
 }

@@ -18,13 +18,14 @@ use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::KafkaConfig;
+pub use crate::config::RegistryConfig;
+use crate::topics::ControlPlane;
 pub use state::{
-    MemberRecord, PluginVersion, RegistryState, StoredPipeline, TopicKind, TopicPartition,
-    parse_plugin_ref,
+    MemberRecord, PipelineSource, PluginVersion, RegistryState, StoredPipeline, TopicKind,
+    TopicPartition, parse_plugin_ref,
 };
 
 /// Chunk size of stored components: under the broker's default 1 MiB
@@ -32,41 +33,6 @@ pub use state::{
 const CHUNK_BYTES: usize = 512 * 1024;
 /// How long a write waits to be replayed by this host's follower.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Registry settings (`[registry]` in the host config).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegistryConfig {
-    /// Compacted topic of plugin chunks and manifests. Default `_kwasm_plugins`.
-    pub plugins_topic: String,
-    /// Compacted topic of pipelines. Default `_kwasm_pipelines`.
-    pub pipelines_topic: String,
-    /// Compacted topic where each host publishes the partitions it holds.
-    /// Default `_kwasm_members`.
-    pub members_topic: String,
-    /// Largest plugin accepted. Default 64 MiB.
-    pub max_plugin_bytes: usize,
-    /// Create the topics when missing. Default true; off when something
-    /// else creates them (dev mode's mock cluster does not answer
-    /// CreateTopics).
-    pub create_topics: bool,
-    /// Replication factor of the registry topics when kwasm creates them.
-    /// Default 1 (a single test broker); use 3 on a production cluster.
-    pub replication_factor: i32,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        RegistryConfig {
-            plugins_topic: "_kwasm_plugins".into(),
-            pipelines_topic: "_kwasm_pipelines".into(),
-            members_topic: "_kwasm_members".into(),
-            create_topics: true,
-            max_plugin_bytes: 64 << 20,
-            replication_factor: 1,
-        }
-    }
-}
 
 /// Registry failures, phrased for an API caller.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +74,9 @@ impl Registry {
         let k = |e: rdkafka::error::KafkaError| RegistryError::Kafka(e.to_string());
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &kafka.brokers);
-        for (key, value) in &kafka.properties {
+        // The control plane's own client settings win over every client's:
+        // an operator gives the registry its own principal (see the README).
+        for (key, value) in kafka.properties.iter().chain(&config.properties) {
             client.set(key, value);
         }
         if config.create_topics {
@@ -121,9 +89,10 @@ impl Registry {
             .create()
             .map_err(k)?;
         let (changes, _) = tokio::sync::watch::channel(0);
+        let control = ControlPlane::new(&config);
         let inner = Arc::new(Inner {
             config,
-            state: RwLock::new(RegistryState::default()),
+            state: RwLock::new(RegistryState::new(control)),
             changes,
             plugins_next: AtomicI64::new(0),
             pipelines_next: AtomicI64::new(0),
@@ -260,7 +229,7 @@ impl Registry {
         let offset = self
             .send(
                 &self.inner.config.pipelines_topic,
-                &pipeline.name,
+                &pipeline.spec.name,
                 Some(&json),
             )
             .await?;
