@@ -76,10 +76,101 @@ pub struct HostConfig {
     pub commit_interval_ms: u64,
     /// Compiled-plugin cache. Default `.kwasm/cache`.
     pub cache_dir: PathBuf,
-    /// Bearer token required by mutating admin calls; also read from
-    /// `KWASM_ADMIN_TOKEN`. Default none (open: keep the listener on
-    /// 127.0.0.1 then).
+    /// Bearer token required by every `/v1` admin call, reads included
+    /// (`/healthz`, `/readyz`, `/metrics` stay open for probes and
+    /// scrapers); `KWASM_ADMIN_TOKEN` overrides it. Empty or whitespace-only
+    /// is a startup error. Default none: the API is open, so the host then
+    /// refuses a non-loopback `admin_listen` unless `admin_insecure` is set.
     pub admin_token: Option<String>,
+    /// Serve the API without a token on a non-loopback address (logged as
+    /// a warning at startup). Default false.
+    pub admin_insecure: bool,
+    /// Serve the API over TLS (rustls) with this certificate and key;
+    /// plain http is then refused. Default none (plain http).
+    pub admin_tls: Option<AdminTlsConfig>,
+    /// Where `admin_token` came from, for error messages: the config field
+    /// or the environment variable that overrode it.
+    #[serde(skip)]
+    pub admin_token_origin: TokenOrigin,
+}
+
+/// TLS on the admin listener (`[host.admin_tls]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// PEM file of the certificate chain, leaf first.
+    pub cert_path: PathBuf,
+    /// PEM file of the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+/// Which setting supplied the admin token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// `host.admin_token` in the config file.
+    #[default]
+    ConfigFile,
+    /// The `KWASM_ADMIN_TOKEN` environment variable.
+    Environment,
+}
+
+impl TokenOrigin {
+    /// The name an operator would look for.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenOrigin::ConfigFile => "host.admin_token",
+            TokenOrigin::Environment => "KWASM_ADMIN_TOKEN",
+        }
+    }
+}
+
+impl HostConfig {
+    /// A token that is set must be usable: an empty one would match
+    /// `Authorization: Bearer ` and a whitespace-only one is a typo.
+    pub fn check_admin_token(&self) -> Result<(), ConfigError> {
+        match &self.admin_token {
+            Some(token) if token.trim().is_empty() => Err(ConfigError::Invalid {
+                field: self.admin_token_origin.name().to_owned(),
+                message: "is empty or whitespace; set a real token or remove it".to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the admin API may be served as configured: the token is
+    /// usable, and an API without a token listens on loopback only unless
+    /// `admin_insecure` says otherwise. Run after [`Config::with_env`] (the
+    /// token may come from the environment) and before binding.
+    pub fn check_admin_access(&self) -> Result<(), ConfigError> {
+        self.check_admin_token()?;
+        let addr: std::net::SocketAddr =
+            self.admin_listen
+                .parse()
+                .map_err(|_| ConfigError::Invalid {
+                    field: "host.admin_listen".to_owned(),
+                    message: "must be an address like 127.0.0.1:8080".to_owned(),
+                })?;
+        if self.admin_token.is_none() && !addr.ip().is_loopback() && !self.admin_insecure {
+            return Err(ConfigError::Invalid {
+                field: "host.admin_listen".to_owned(),
+                message: format!(
+                    "{addr} is not a loopback address and no admin token is set: anyone who \
+                     reaches it could deploy plugins. Set host.admin_token (or \
+                     KWASM_ADMIN_TOKEN), or host.admin_insecure = true to serve it open"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the API will be open to other machines (to warn about it).
+    pub fn admin_open_to_network(&self) -> bool {
+        self.admin_token.is_none()
+            && self
+                .admin_listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_loopback())
+    }
 }
 
 impl Default for HostConfig {
@@ -93,6 +184,9 @@ impl Default for HostConfig {
             commit_interval_ms: 1_000,
             cache_dir: PathBuf::from(".kwasm/cache"),
             admin_token: None,
+            admin_insecure: false,
+            admin_tls: None,
+            admin_token_origin: TokenOrigin::ConfigFile,
         }
     }
 }
@@ -445,12 +539,14 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies environment overrides documented on the fields.
+    /// Applies environment overrides documented on the fields. A
+    /// `KWASM_ADMIN_TOKEN` that is set wins even when empty, so that
+    /// [`HostConfig::check_admin_access`] refuses it by name rather than
+    /// the host starting open.
     pub fn with_env(mut self) -> Self {
-        if let Ok(token) = std::env::var("KWASM_ADMIN_TOKEN")
-            && !token.is_empty()
-        {
-            self.host.admin_token = Some(token);
+        if let Some(token) = std::env::var_os("KWASM_ADMIN_TOKEN") {
+            self.host.admin_token = Some(token.to_string_lossy().into_owned());
+            self.host.admin_token_origin = TokenOrigin::Environment;
         }
         self
     }
@@ -467,6 +563,7 @@ impl Config {
             return invalid("kafka.brokers".into(), "must name at least one broker");
         }
         self.kafka.validate()?;
+        self.host.check_admin_token()?;
         if self.host.workers == 0 {
             return invalid("host.workers".into(), "must be at least 1");
         }
@@ -933,6 +1030,72 @@ mod tests {
             let err = parse(&MINIMAL.replace(from, to)).expect_err(to);
             assert!(err.to_string().contains(field), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn an_empty_or_blank_admin_token_is_refused_by_name() {
+        for token in ["", " ", "\t \n"] {
+            let text = MINIMAL.replace(
+                "[kafka]",
+                &format!("[host]\nadmin_token = {token:?}\n[kafka]"),
+            );
+            let err = parse(&text).expect_err("blank token");
+            assert!(err.to_string().contains("`host.admin_token`"), "{err}");
+        }
+        let mut host = HostConfig {
+            admin_token: Some("  ".into()),
+            admin_token_origin: TokenOrigin::Environment,
+            ..HostConfig::default()
+        };
+        let err = host.check_admin_access().expect_err("blank env token");
+        assert!(err.to_string().contains("`KWASM_ADMIN_TOKEN`"), "{err}");
+        host.admin_token = Some("s3cret".into());
+        assert!(host.check_admin_access().is_ok());
+    }
+
+    #[test]
+    fn an_open_api_listens_on_loopback_unless_insecure_is_set() {
+        let host = |listen: &str, token: Option<&str>, insecure: bool| HostConfig {
+            admin_listen: listen.into(),
+            admin_token: token.map(Into::into),
+            admin_insecure: insecure,
+            ..HostConfig::default()
+        };
+        for listen in ["127.0.0.1:8080", "[::1]:8080", "127.0.0.2:1"] {
+            assert!(
+                host(listen, None, false).check_admin_access().is_ok(),
+                "{listen}"
+            );
+        }
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080"] {
+            let err = host(listen, None, false)
+                .check_admin_access()
+                .expect_err("open on the network");
+            assert!(err.to_string().contains("`host.admin_listen`"), "{err}");
+            assert!(err.to_string().contains("host.admin_insecure"), "{err}");
+            assert!(host(listen, Some("t"), false).check_admin_access().is_ok());
+            assert!(host(listen, None, true).check_admin_access().is_ok());
+            assert!(host(listen, None, true).admin_open_to_network());
+        }
+        assert!(!host("0.0.0.0:1", Some("t"), false).admin_open_to_network());
+    }
+
+    #[test]
+    fn admin_tls_takes_a_cert_and_a_key_path() {
+        let text = MINIMAL.replace(
+            "[kafka]",
+            "[host.admin_tls]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n[kafka]",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.host.admin_tls,
+            Some(AdminTlsConfig {
+                cert_path: "c.pem".into(),
+                key_path: "k.pem".into()
+            })
+        );
+        let err = parse(&text.replace("key_path", "keypath")).expect_err("typo");
+        assert!(err.to_string().contains("keypath"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -13,6 +13,54 @@ use crate::registry::{PipelineSource, PluginVersion, Registry, StoredPipeline, p
 use crate::topics::ControlPlane;
 
 type ApiResult<T> = Result<T, AdminError>;
+
+/// Largest JSON body accepted (`PUT /v1/pipelines/{name}`). A stored
+/// pipeline is this body plus its resolved defaults (well under 1 KiB), so
+/// it always fits one registry record under librdkafka's default
+/// `message.max.bytes` (1 000 000) and the broker's (1 048 588).
+pub const MAX_JSON_BODY_BYTES: usize = 512 * 1024;
+/// Largest pipeline record written to the registry: a last check, should a
+/// body within [`MAX_JSON_BODY_BYTES`] ever serialize larger.
+const MAX_PIPELINE_RECORD_BYTES: usize = 900_000;
+
+/// Reads a request body of at most `limit` bytes. A `Content-Length` over
+/// the limit is refused before anything is read, and a body without one
+/// (chunked) is cut off as soon as it passes the limit, so an oversized
+/// request never costs more than `limit` bytes of memory; either way the
+/// answer is our JSON 413 naming `limit_name`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    limit_name: &str,
+) -> ApiResult<Bytes> {
+    let too_large = || {
+        AdminError::TooLarge(format!(
+            "the body is larger than this host's limit of {limit} bytes ({limit_name})"
+        ))
+    };
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| AdminError::Invalid("Content-Length is not a number".into()))?;
+        if length > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over = e
+            .into_inner()
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some();
+        if over {
+            too_large()
+        } else {
+            AdminError::Invalid("the request body could not be read to its end".into())
+        }
+    })
+}
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -128,16 +176,13 @@ pub async fn get_plugin(
 pub async fn upload_plugin(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let registry = registry(&state)?;
     check_name(&name, "plugin")?;
     let max = registry.config().max_plugin_bytes;
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        AdminError::TooLarge(format!(
-            "the plugin is larger than this host's limit of {max} bytes (registry.max_plugin_bytes)"
-        ))
-    })?;
+    let bytes = read_body(&headers, body, max, "registry.max_plugin_bytes").await?;
     if bytes.is_empty() {
         return Err(AdminError::Invalid(
             "the body is empty: send the plugin's .wasm bytes".into(),
@@ -234,11 +279,13 @@ pub async fn get_pipeline(
 pub async fn put_pipeline(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<StoredPipeline>> {
     let registry = registry(&state)?;
     check_name(&name, "pipeline")?;
     refuse_config_pipeline(&state, &name)?;
+    let body = read_body(&headers, body, MAX_JSON_BODY_BYTES, "the JSON body limit").await?;
     // `paused` and `source` are the registry's, not the caller's: a body
     // copied from a GET may carry them, and they are ignored.
     let stored: StoredPipeline = serde_json::from_slice(&body)
@@ -277,8 +324,22 @@ pub async fn put_pipeline(
         paused,
         source: PipelineSource::Api,
     };
+    check_record_size(&p)?;
     registry.put_pipeline(&p).await?;
     Ok(Json(p))
+}
+
+/// A pipeline record the producer would refuse is a 413 now, not a 503
+/// from Kafka later.
+fn check_record_size(p: &StoredPipeline) -> ApiResult<()> {
+    let size = serde_json::to_vec(p).map_or(usize::MAX, |v| v.len());
+    if size > MAX_PIPELINE_RECORD_BYTES {
+        return Err(AdminError::TooLarge(format!(
+            "the pipeline would be stored as {size} bytes, over the registry record limit of \
+             {MAX_PIPELINE_RECORD_BYTES}"
+        )));
+    }
+    Ok(())
 }
 
 pub async fn delete_pipeline(
@@ -334,7 +395,15 @@ pub async fn members(
         .find(|p| p.spec.name == name)
         .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))?;
     let group = pipeline.spec.group_id();
-    let members = registry(&state)?.members(&group).await?;
+    let published = registry(&state)?.members(&group);
+    let broker = match &state.groups {
+        Some(groups) => groups.describe(&group).await,
+        None => Err("this host has no group describer".to_owned()),
+    };
+    if let Err(e) = &broker {
+        tracing::debug!(group, error = %e, "cannot describe the group; members are as the hosts last published them");
+    }
+    let members = super::groups::merge_members(published, broker);
     Ok(Json(
         json!({"pipeline": name, "group_id": group, "members": members}),
     ))

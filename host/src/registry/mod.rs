@@ -60,8 +60,6 @@ struct Inner {
     plugins_next: AtomicI64,
     pipelines_next: AtomicI64,
     members_next: AtomicI64,
-    /// For the broker's view of groups (member ids).
-    client: ClientConfig,
     caught_up: AtomicBool,
     producer: FutureProducer,
 }
@@ -99,7 +97,6 @@ impl Registry {
             plugins_next: AtomicI64::new(0),
             pipelines_next: AtomicI64::new(0),
             members_next: AtomicI64::new(0),
-            client: client.clone(),
             caught_up: AtomicBool::new(false),
             producer,
         });
@@ -258,47 +255,11 @@ impl Registry {
             .map(|_| ())
     }
 
-    /// The hosts of `group`: their published records, kept only for hosts
-    /// the broker still lists as members (a killed host's stale record is
-    /// dropped once the broker evicts it).
-    pub async fn members(&self, group: &str) -> Result<Vec<MemberRecord>, RegistryError> {
-        let records = self.read().members(group);
-        let client = self.inner.client.clone();
-        let group_name = group.to_owned();
-        let members =
-            tokio::task::spawn_blocking(move || -> Result<Vec<(String, String)>, String> {
-                let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
-                let list = consumer
-                    .fetch_group_list(Some(&group_name), Duration::from_secs(5))
-                    .map_err(|e| e.to_string())?;
-                Ok(list
-                    .groups()
-                    .iter()
-                    .flat_map(|g| {
-                        g.members()
-                            .iter()
-                            .map(|m| (m.id().to_owned(), m.client_id().to_owned()))
-                    })
-                    .collect())
-            })
-            .await
-            .map_err(|e| RegistryError::Kafka(e.to_string()))?;
-        match members {
-            Ok(members) => Ok(records
-                .into_iter()
-                .filter(|r| {
-                    members
-                        .iter()
-                        .any(|(id, client_id)| is_member_of(&r.host, id, client_id))
-                })
-                .collect()),
-            // Some brokers (librdkafka's mock cluster) cannot describe
-            // groups: show what hosts published, stale entries included.
-            Err(e) => {
-                tracing::warn!(group, error = %e, "cannot describe the group; members are as the hosts last published them");
-                Ok(records)
-            }
-        }
+    /// What each host last published of `group` (stale records of
+    /// killed hosts included: the admin API checks them against the
+    /// broker's view of the group).
+    pub fn members(&self, group: &str) -> Vec<MemberRecord> {
+        self.read().members(group)
     }
 
     /// Deletes a pipeline.
@@ -431,39 +392,8 @@ async fn create_topics(
         .map_err(|e| RegistryError::Kafka(format!("registry: {e}")))
 }
 
-/// Whether a group member is host `host` (its `client.id`). Brokers that
-/// report the client id are compared exactly; some (nisshi) report only the
-/// member id, which Kafka forms as `<client.id>-<uuid>`: then the remainder
-/// must be exactly a UUID, so host `a` never matches host `a-b`.
-fn is_member_of(host: &str, member_id: &str, client_id: &str) -> bool {
-    if !client_id.is_empty() {
-        return client_id == host;
-    }
-    member_id
-        .strip_prefix(host)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|uuid| {
-            uuid.len() == 36 && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-        })
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_member_of;
-
-    #[test]
-    fn member_ids_match_their_host_only() {
-        let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
-        assert!(is_member_of("a", &format!("a-{uuid}"), ""));
-        assert!(!is_member_of("a", &format!("a-b-{uuid}"), ""));
-        assert!(is_member_of("a-b", &format!("a-b-{uuid}"), ""));
-        assert!(is_member_of("a", "whatever", "a"));
-        assert!(!is_member_of("a", &format!("a-{uuid}"), "a-b"));
-    }
 }
