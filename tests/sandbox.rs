@@ -12,10 +12,11 @@ mod runtime_harness;
 use std::time::{Duration, Instant};
 
 use kwasm_host::runtime::{
-    BatchContext, InputBatch, Limits, PluginError, PluginErrorKind, PluginHandler, ValidationError,
+    BatchContext, InputBatch, Limits, PluginError, PluginErrorKind, PluginHandler,
+    TABLE_ELEMENT_BYTES, ValidationError,
 };
 use runtime_harness::{
-    Outcome, Record, batch, cache_dir, config, outcomes, plugin, plugin_bytes, runtime,
+    Outcome, Record, batch, cache_dir, config, hostile, outcomes, plugin, plugin_bytes, runtime,
 };
 use sha2::{Digest, Sha256};
 
@@ -217,35 +218,181 @@ fn an_endless_loop_hits_the_deadline() {
     bystanders.check();
 }
 
+/// The memory-limit error for `limits`, whatever total the refused growth
+/// asked for (a Rust guest's allocator grows in steps of its own).
+fn memory_limit_of(err: &PluginError) -> (usize, &'static str) {
+    match err.kind {
+        PluginErrorKind::MemoryLimit {
+            limit_bytes,
+            wanted_bytes,
+            growing,
+        } => {
+            assert!(wanted_bytes > limit_bytes, "{err}");
+            (limit_bytes, growing)
+        }
+        ref other => panic!("expected a memory-limit error, got {other:?} ({err})"),
+    }
+}
+
 #[test]
 fn an_allocation_bomb_hits_the_memory_limit() {
     let mut bystanders = Bystanders::new();
     let mut bomb = misbehave(&[("mode", "alloc-bomb")]);
 
     let err = expect_failure(&mut bomb, &one(7, "v"));
-    assert_eq!(
-        err.kind,
-        PluginErrorKind::MemoryLimit {
-            limit_bytes: MEMORY_BYTES
-        }
-    );
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "{}exceeded its 33554432-byte memory limit",
+    assert_eq!(memory_limit_of(&err), (MEMORY_BYTES, "a memory"));
+    assert_eq!(err.kind.code(), "memory-limit");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}exceeded its memory limit (memory_bytes = 33554432, for all memories and tables \
+             of the instance): growing a memory would have made them ",
             display_prefix("at offset 7")
-        )
+        )),
+        "{err}"
     );
 
     bystanders.check();
     let err = expect_failure(&mut bomb, &one(8, "v"));
+    assert_eq!(memory_limit_of(&err), (MEMORY_BYTES, "a memory"));
+    bystanders.check();
+}
+
+// ------------------------------------------------ hostile components (WAT)
+
+const PAGE: usize = 64 << 10;
+
+/// A hostile component loaded under `name`, with the short limits.
+fn hostile(name: &str, bytes: &[u8]) -> PluginHandler {
+    runtime()
+        .load(name, bytes)
+        .unwrap_or_else(|e| panic!("hostile fixture `{name}` refused: {e}"))
+        .handler(vec![], short_limits())
+        .unwrap_or_else(|e| panic!("hostile fixture `{name}` failed to start: {e}"))
+}
+
+/// Runs `input`, which must fail. A success is summed up, not printed:
+/// it may hold millions of records.
+fn hostile_failure(handler: &mut PluginHandler, input: &InputBatch) -> PluginError {
+    match handler.handle_batch(input) {
+        Ok(output) => {
+            let records: usize = outcomes(&output)
+                .iter()
+                .map(|o| match o {
+                    Outcome::Ok(records) => records.len(),
+                    _ => 0,
+                })
+                .sum();
+            panic!(
+                "expected the batch to fail, got {} outcomes with {records} records",
+                output.len()
+            )
+        }
+        Err(e) => e,
+    }
+}
+
+/// Before: `memory_bytes` capped each linear memory, so a component with
+/// two core modules could hold twice the limit. Each module here grows its
+/// memory to 60 % of the limit: together they are over it.
+#[test]
+fn two_core_modules_each_growing_to_60_percent_hit_the_memory_limit() {
+    let mut bystanders = Bystanders::new();
+    // 32 MiB is 512 pages. The main module starts with 2, the second with 1.
+    let grow = 305; // to 307 and 306 pages: 60 % each
+    let mut greedy = hostile("two-memories", &hostile::two_memories(grow));
+    let err = hostile_failure(&mut greedy, &one(5, "v"));
     assert_eq!(
         err.kind,
         PluginErrorKind::MemoryLimit {
-            limit_bytes: MEMORY_BYTES
-        }
+            limit_bytes: MEMORY_BYTES,
+            wanted_bytes: (3 + 2 * grow as usize) * PAGE,
+            growing: "a memory",
+        },
+        "{err}"
+    );
+    assert_eq!(err.kind.code(), "memory-limit");
+    bystanders.check();
+
+    // The same component within the limit: both memories grow, and the
+    // handler sees their sum.
+    let grow = 200;
+    let mut modest = hostile("two-memories-modest", &hostile::two_memories(grow));
+    let err = hostile_failure(&mut modest, &one(6, "v"));
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::BadOutput("0 record counts for 1 messages".into()),
+        "{err}"
+    );
+    assert_eq!(
+        modest.instance_memory_bytes(),
+        Some((3 + 2 * grow as usize) * PAGE)
+    );
+}
+
+/// Before: tables were not counted at all (and a refused table growth was
+/// reported as a plain trap).
+#[test]
+fn a_table_bomb_hits_the_memory_limit() {
+    let mut bystanders = Bystanders::new();
+    let step = 65_536; // elements per `table.grow`: 512 KiB each
+    let mut bomb = hostile("table-bomb", &hostile::table_bomb(step, 1_000));
+    let err = hostile_failure(&mut bomb, &one(9, "v"));
+    // 3 pages of memory and the table's first element, then 512 KiB a step:
+    // the 64th step is the first that does not fit in 32 MiB.
+    let before = 3 * PAGE + TABLE_ELEMENT_BYTES;
+    let step_bytes = step as usize * TABLE_ELEMENT_BYTES;
+    assert_eq!((MEMORY_BYTES - before) / step_bytes, 63);
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::MemoryLimit {
+            limit_bytes: MEMORY_BYTES,
+            wanted_bytes: before + 64 * step_bytes,
+            growing: "a table",
+        },
+        "{err}"
     );
     bystanders.check();
+    // The next batch gets a fresh instance, and the same answer.
+    let err = hostile_failure(&mut bomb, &one(10, "v"));
+    assert_eq!(err.kind.code(), "memory-limit");
+}
+
+/// Before: records with no key, value or headers cost nothing against
+/// `max_output_bytes`, so a plugin could return millions per message (2
+/// million took 3.4 GB of host memory through `kwasm test`).
+#[test]
+fn millions_of_null_records_are_stopped_by_the_record_cap() {
+    let mut bystanders = Bystanders::new();
+    let limits = Limits::default();
+    assert_eq!(limits.max_output_records, 250_000);
+    let mut flood = runtime()
+        .load("null-records", &hostile::null_records(2_000_000))
+        .unwrap_or_else(|e| panic!("null-records refused: {e}"))
+        .handler(vec![], limits)
+        .unwrap_or_else(|e| panic!("null-records failed to start: {e}"));
+    let err = hostile_failure(&mut flood, &one(11, "v"));
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::TooManyRecords {
+            records: 2_000_000,
+            limit: 250_000
+        }
+    );
+    assert_eq!(err.kind.code(), "output-too-large");
+    assert!(
+        err.to_string().ends_with(
+            "returned 2000000 output records, over the max_output_records limit of 250000 per batch"
+        ),
+        "{err}"
+    );
+    bystanders.check();
+
+    // Under the cap the same layout is read back exactly.
+    let mut few = hostile("null-records-few", &hostile::null_records(1_000));
+    assert_eq!(
+        run(&mut few, &one(12, "v")),
+        vec![Outcome::Ok(vec![Record::null(); 1_000])]
+    );
 }
 
 /// The fixture's frames live partly in the guest's shadow stack in linear

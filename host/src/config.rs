@@ -78,6 +78,20 @@ pub struct HostConfig {
     /// `KWASM_ADMIN_TOKEN`. Default none (open: keep the listener on
     /// 127.0.0.1 then).
     pub admin_token: Option<String>,
+    /// Bytes all plugin instances of this host may hold together: each
+    /// instance reserves its `limits.memory_bytes` from it, and a partition
+    /// whose instance does not fit waits (idle partitions' instances are
+    /// dropped for it) instead of the host being OOM-killed. Default half
+    /// of the smaller of the cgroup memory limit and the machine's memory.
+    pub max_plugin_memory_bytes: Option<usize>,
+}
+
+impl HostConfig {
+    /// `max_plugin_memory_bytes`, or its documented default.
+    pub fn plugin_memory_budget_bytes(&self) -> usize {
+        self.max_plugin_memory_bytes
+            .unwrap_or_else(crate::runtime::default_plugin_memory_bytes)
+    }
 }
 
 impl Default for HostConfig {
@@ -91,6 +105,7 @@ impl Default for HostConfig {
             commit_interval_ms: 1_000,
             cache_dir: PathBuf::from(".kwasm/cache"),
             admin_token: None,
+            max_plugin_memory_bytes: None,
         }
     }
 }
