@@ -570,6 +570,165 @@ fn logging_plugins_forward_their_messages() {
     );
 }
 
+// ------------------------------------------------------------ log bound
+
+/// The name the log-flooding `misbehave` is loaded under, so the capture
+/// below ignores every other test's plugin lines.
+const FLOOD: &str = "flood";
+
+/// One event the host logged for plugin [`FLOOD`].
+#[derive(Debug, Default)]
+struct PluginLine {
+    message: String,
+    /// `output` for stdout/stderr lines; none for the `log` import's.
+    stream: Option<String>,
+    plugin: Option<String>,
+    dropped_lines: Option<u64>,
+    dropped_bytes: Option<u64>,
+}
+
+impl tracing::field::Visit for PluginLine {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "plugin" => self.plugin = Some(value.to_owned()),
+            "stream" => self.stream = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        match field.name() {
+            "dropped_lines" => self.dropped_lines = Some(value),
+            "dropped_bytes" => self.dropped_bytes = Some(value),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+/// Collects the host's `kwasm::plugin` events for [`FLOOD`] (installed
+/// once, as the global subscriber: stdout lines are logged on whichever
+/// thread wasmtime-wasi writes them from).
+struct CapturePluginLines;
+
+static CAPTURED: std::sync::Mutex<Vec<PluginLine>> = std::sync::Mutex::new(Vec::new());
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CapturePluginLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "kwasm::plugin" {
+            return;
+        }
+        let mut line = PluginLine::default();
+        event.record(&mut line);
+        if line.plugin.as_deref() == Some(FLOOD) {
+            CAPTURED.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
+    }
+}
+
+/// Everything captured for [`FLOOD`] since the last call.
+fn take_flood_lines() -> Vec<PluginLine> {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(CapturePluginLines),
+        )
+        .unwrap_or_else(|e| panic!("cannot install the log capture: {e}"));
+    });
+    std::mem::take(&mut *CAPTURED.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Before: the `log` import and stdout had no bound, and a plugin logging
+/// 2 000 lines per message wrote 242 MB of host log for 100 messages.
+/// Here each message tries 2 000 lines through the log import and 2 000 on
+/// stdout, 1 000 bytes each: 40 MB per batch of ten.
+#[test]
+fn a_plugin_logging_megabytes_per_message_leaves_the_host_log_bounded() {
+    let mut bystanders = Bystanders::new();
+    take_flood_lines();
+    let flood = runtime()
+        .load(FLOOD, &plugin_bytes("misbehave"))
+        .unwrap_or_else(|e| panic!("misbehave refused: {e}"));
+    let flood_config = config(&[("mode", "flood-log"), ("lines", "2000")]);
+    let records: Vec<Record> = (0..10).map(|i| Record::value(format!("m{i}"))).collect();
+    let forwarded: Vec<Outcome> = records
+        .iter()
+        .map(|r| Outcome::Ok(vec![r.clone()]))
+        .collect();
+    let tried_lines = 10 * 2 * 2_000;
+
+    // The line cap first: 100 lines per batch, bytes to spare.
+    // 40 000 calls into the host per batch take a while in a debug build.
+    let limits = Limits {
+        max_log_lines: 100,
+        max_log_bytes: 1 << 20,
+        batch_timeout_ms: 60_000,
+        ..short_limits()
+    };
+    let mut handler = flood
+        .handler(flood_config.clone(), limits)
+        .unwrap_or_else(|e| panic!("flood failed to start: {e}"));
+    for first in [0, 10] {
+        let got = run(&mut handler, &batch(TOPIC, PARTITION, first, &records));
+        assert_eq!(got, forwarded, "the host keeps serving");
+        let lines = take_flood_lines();
+        let (summaries, logged): (Vec<_>, Vec<_>) =
+            lines.iter().partition(|l| l.dropped_lines.is_some());
+        assert_eq!(logged.len(), 100, "each batch has its own 100 lines");
+        // The log import and stdout alternate, and share the one budget.
+        let from_stdout = logged.iter().filter(|l| l.stream.is_some()).count();
+        assert_eq!(from_stdout, 50);
+        assert!(logged.iter().all(|l| l.message.len() == 1_000));
+        assert!(
+            logged[0].message.starts_with(&format!("log {first}/0 x")),
+            "{}",
+            logged[0].message
+        );
+        let [summary] = summaries.as_slice() else {
+            panic!("expected one summary line per batch, got {summaries:?}");
+        };
+        assert_eq!(
+            (summary.dropped_lines, summary.dropped_bytes),
+            (Some(tried_lines - 100), Some((tried_lines - 100) * 1_000))
+        );
+        assert!(
+            summary
+                .message
+                .contains("max_log_lines = 100 or max_log_bytes = 1048576"),
+            "{}",
+            summary.message
+        );
+    }
+
+    // The byte cap: 10 000 bytes is ten lines of 1 000.
+    let limits = Limits {
+        max_log_lines: 1_000_000,
+        max_log_bytes: 10_000,
+        batch_timeout_ms: 60_000,
+        ..short_limits()
+    };
+    let mut handler = flood
+        .handler(flood_config, limits)
+        .unwrap_or_else(|e| panic!("flood failed to start: {e}"));
+    assert_eq!(
+        run(&mut handler, &batch(TOPIC, PARTITION, 20, &records)),
+        forwarded
+    );
+    let lines = take_flood_lines();
+    assert_eq!(lines.len(), 10 + 1, "{lines:?}");
+    assert_eq!(
+        lines.last().map(|l| (l.dropped_lines, l.dropped_bytes)),
+        Some((Some(tried_lines - 10), Some((tried_lines - 10) * 1_000)))
+    );
+    bystanders.check();
+}
+
 #[test]
 fn init_rejection_carries_the_plugin_message() {
     let err = match plugin("misbehave").handler(config(&[("mode", "init-reject")]), short_limits())
