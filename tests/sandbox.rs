@@ -12,8 +12,8 @@ mod runtime_harness;
 use std::time::{Duration, Instant};
 
 use kwasm_host::runtime::{
-    BatchContext, InputBatch, Limits, PluginError, PluginErrorKind, PluginHandler,
-    TABLE_ELEMENT_BYTES, ValidationError,
+    BatchContext, InputBatch, Limits, PluginError, PluginErrorKind, PluginHandler, Runtime,
+    RuntimeConfig, TABLE_ELEMENT_BYTES, ValidationError,
 };
 use runtime_harness::{
     Outcome, Record, batch, cache_dir, config, hostile, outcomes, plugin, plugin_bytes, runtime,
@@ -626,7 +626,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CapturePluginLines
         let mut line = PluginLine::default();
         event.record(&mut line);
         if line.plugin.as_deref() == Some(FLOOD) {
-            CAPTURED.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            CAPTURED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line);
         }
     }
 }
@@ -727,6 +730,102 @@ fn a_plugin_logging_megabytes_per_message_leaves_the_host_log_bounded() {
         Some((Some(tried_lines - 10), Some((tried_lines - 10) * 1_000)))
     );
     bystanders.check();
+}
+
+// ------------------------------------------------- host-wide memory budget
+
+/// A runtime of its own whose plugin memory budget holds two instances of
+/// the short limits.
+fn runtime_with_room_for_two() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir()),
+        max_plugin_memory_bytes: 2 * MEMORY_BYTES,
+    })
+    .unwrap_or_else(|e| panic!("cannot start the runtime: {e}"))
+}
+
+/// Partitions × instances must never exceed the host's budget: a third
+/// instance waits (it does not allocate) until one of the two gives its
+/// memory back, and then runs.
+#[test]
+fn a_third_instance_waits_for_the_host_memory_budget() {
+    let runtime = runtime_with_room_for_two();
+    let budget = runtime.memory_budget().clone();
+    let passthrough = runtime
+        .load("passthrough", &plugin_bytes("passthrough"))
+        .unwrap_or_else(|e| panic!("passthrough refused: {e}"));
+    let start = || {
+        passthrough
+            .handler(vec![], short_limits())
+            .unwrap_or_else(|e| panic!("passthrough failed to start: {e}"))
+    };
+    let mut first = start();
+    let _second = start();
+    assert_eq!(budget.reserved_bytes(), 2 * MEMORY_BYTES);
+
+    // The third gives up after a while: it waited, and took nothing.
+    let mut third = passthrough.idle_handler(vec![], short_limits());
+    let deadline = Instant::now() + Duration::from_millis(200);
+    assert!(!third.wait_for_memory(&|| Instant::now() > deadline));
+    assert!(!third.holds_memory());
+    assert_eq!(budget.reserved_bytes(), 2 * MEMORY_BYTES);
+
+    // Now it waits for real, on another thread, as a partition worker does.
+    let waiter = std::thread::spawn(move || {
+        assert!(third.wait_for_memory(&|| false));
+        let got = run(&mut third, &one(7, "late"));
+        (got, third.instance_memory_bytes().is_some())
+    });
+    while !budget.contended() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The holders see someone waiting; one of them gives its memory back.
+    assert!(first.memory_contended());
+    assert_eq!(
+        run(&mut first, &one(6, "early")),
+        vec![Outcome::Ok(vec![Record::value("early").key("k")])]
+    );
+    first.release_memory();
+    let (got, has_instance) = waiter.join().expect("the waiter panicked");
+    assert_eq!(got, vec![Outcome::Ok(vec![Record::value("late").key("k")])]);
+    assert!(has_instance);
+    assert_eq!(
+        budget.reserved_bytes(),
+        MEMORY_BYTES,
+        "the third's handler is gone"
+    );
+
+    // The released handler rebuilds its instance when it gets work again.
+    assert_eq!(
+        run(&mut first, &one(8, "again")),
+        vec![Outcome::Ok(vec![Record::value("again").key("k")])]
+    );
+    assert_eq!(budget.reserved_bytes(), 2 * MEMORY_BYTES);
+}
+
+#[test]
+fn an_instance_larger_than_the_whole_budget_is_refused_at_once() {
+    let runtime = runtime_with_room_for_two();
+    let passthrough = runtime
+        .load("passthrough", &plugin_bytes("passthrough"))
+        .unwrap_or_else(|e| panic!("passthrough refused: {e}"));
+    let limits = Limits {
+        memory_bytes: 3 * MEMORY_BYTES,
+        ..short_limits()
+    };
+    let err = match passthrough.handler(vec![], limits) {
+        Ok(_) => panic!("an instance over the whole budget started"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::Instantiate(
+            "its memory_bytes limit of 100663296 bytes is more than the host's whole plugin \
+             memory budget (host.max_plugin_memory_bytes = 67108864)"
+                .into()
+        )
+    );
+    assert_eq!(runtime.memory_budget().reserved_bytes(), 0);
 }
 
 #[test]
