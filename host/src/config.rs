@@ -82,6 +82,12 @@ pub struct HostConfig {
     /// is a startup error. Default none: the API is open, so the host then
     /// refuses a non-loopback `admin_listen` unless `admin_insecure` is set.
     pub admin_token: Option<String>,
+    /// Bytes all plugin instances of this host may hold together: each
+    /// instance reserves its `limits.memory_bytes` from it, and a partition
+    /// whose instance does not fit waits (idle partitions' instances are
+    /// dropped for it) instead of the host being OOM-killed. Default half
+    /// of the smaller of the cgroup memory limit and the machine's memory.
+    pub max_plugin_memory_bytes: Option<usize>,
     /// Serve the API without a token on a non-loopback address (logged as
     /// a warning at startup). Default false.
     pub admin_insecure: bool,
@@ -171,6 +177,12 @@ impl HostConfig {
                 .parse::<std::net::SocketAddr>()
                 .is_ok_and(|a| !a.ip().is_loopback())
     }
+
+    /// `max_plugin_memory_bytes`, or its documented default.
+    pub fn plugin_memory_budget_bytes(&self) -> usize {
+        self.max_plugin_memory_bytes
+            .unwrap_or_else(crate::runtime::default_plugin_memory_bytes)
+    }
 }
 
 impl Default for HostConfig {
@@ -187,6 +199,7 @@ impl Default for HostConfig {
             admin_insecure: false,
             admin_tls: None,
             admin_token_origin: TokenOrigin::ConfigFile,
+            max_plugin_memory_bytes: None,
         }
     }
 }
