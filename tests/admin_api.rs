@@ -38,6 +38,7 @@ static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
     let cache_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kwasm-admin-api-cache");
     Runtime::new(RuntimeConfig {
         cache_dir: Some(cache_dir),
+        ..RuntimeConfig::default()
     })
     .unwrap_or_else(|e| panic!("cannot start the runtime: {e}"))
 });

@@ -359,6 +359,7 @@ fn malformed_requests_answer_4xx_in_the_error_shape_and_store_nothing() {
         .expect("tokio runtime");
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kwasm-fuzz-cache")),
+        ..RuntimeConfig::default()
     })
     .unwrap_or_else(|e| panic!("cannot start the runtime: {e}"));
     let app = rt.block_on(async {

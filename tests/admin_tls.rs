@@ -57,6 +57,7 @@ fn host_config(tls: AdminTlsConfig) -> HostConfig {
 fn state() -> AdminState {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kwasm-tls-cache")),
+        ..RuntimeConfig::default()
     })
     .unwrap_or_else(|e| panic!("cannot start the runtime: {e}"));
     AdminState {

@@ -12,10 +12,11 @@ mod runtime_harness;
 use std::time::{Duration, Instant};
 
 use kwasm_host::runtime::{
-    BatchContext, InputBatch, Limits, PluginError, PluginErrorKind, PluginHandler, ValidationError,
+    BatchContext, InputBatch, Limits, PluginError, PluginErrorKind, PluginHandler, Runtime,
+    RuntimeConfig, TABLE_ELEMENT_BYTES, ValidationError,
 };
 use runtime_harness::{
-    Outcome, Record, batch, cache_dir, config, outcomes, plugin, plugin_bytes, runtime,
+    Outcome, Record, batch, cache_dir, config, hostile, outcomes, plugin, plugin_bytes, runtime,
 };
 use sha2::{Digest, Sha256};
 
@@ -217,35 +218,181 @@ fn an_endless_loop_hits_the_deadline() {
     bystanders.check();
 }
 
+/// The memory-limit error for `limits`, whatever total the refused growth
+/// asked for (a Rust guest's allocator grows in steps of its own).
+fn memory_limit_of(err: &PluginError) -> (usize, &'static str) {
+    match err.kind {
+        PluginErrorKind::MemoryLimit {
+            limit_bytes,
+            wanted_bytes,
+            growing,
+        } => {
+            assert!(wanted_bytes > limit_bytes, "{err}");
+            (limit_bytes, growing)
+        }
+        ref other => panic!("expected a memory-limit error, got {other:?} ({err})"),
+    }
+}
+
 #[test]
 fn an_allocation_bomb_hits_the_memory_limit() {
     let mut bystanders = Bystanders::new();
     let mut bomb = misbehave(&[("mode", "alloc-bomb")]);
 
     let err = expect_failure(&mut bomb, &one(7, "v"));
-    assert_eq!(
-        err.kind,
-        PluginErrorKind::MemoryLimit {
-            limit_bytes: MEMORY_BYTES
-        }
-    );
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "{}exceeded its 33554432-byte memory limit",
+    assert_eq!(memory_limit_of(&err), (MEMORY_BYTES, "a memory"));
+    assert_eq!(err.kind.code(), "memory-limit");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}exceeded its memory limit (memory_bytes = 33554432, for all memories and tables \
+             of the instance): growing a memory would have made them ",
             display_prefix("at offset 7")
-        )
+        )),
+        "{err}"
     );
 
     bystanders.check();
     let err = expect_failure(&mut bomb, &one(8, "v"));
+    assert_eq!(memory_limit_of(&err), (MEMORY_BYTES, "a memory"));
+    bystanders.check();
+}
+
+// ------------------------------------------------ hostile components (WAT)
+
+const PAGE: usize = 64 << 10;
+
+/// A hostile component loaded under `name`, with the short limits.
+fn hostile(name: &str, bytes: &[u8]) -> PluginHandler {
+    runtime()
+        .load(name, bytes)
+        .unwrap_or_else(|e| panic!("hostile fixture `{name}` refused: {e}"))
+        .handler(vec![], short_limits())
+        .unwrap_or_else(|e| panic!("hostile fixture `{name}` failed to start: {e}"))
+}
+
+/// Runs `input`, which must fail. A success is summed up, not printed:
+/// it may hold millions of records.
+fn hostile_failure(handler: &mut PluginHandler, input: &InputBatch) -> PluginError {
+    match handler.handle_batch(input) {
+        Ok(output) => {
+            let records: usize = outcomes(&output)
+                .iter()
+                .map(|o| match o {
+                    Outcome::Ok(records) => records.len(),
+                    _ => 0,
+                })
+                .sum();
+            panic!(
+                "expected the batch to fail, got {} outcomes with {records} records",
+                output.len()
+            )
+        }
+        Err(e) => e,
+    }
+}
+
+/// Before: `memory_bytes` capped each linear memory, so a component with
+/// two core modules could hold twice the limit. Each module here grows its
+/// memory to 60 % of the limit: together they are over it.
+#[test]
+fn two_core_modules_each_growing_to_60_percent_hit_the_memory_limit() {
+    let mut bystanders = Bystanders::new();
+    // 32 MiB is 512 pages. The main module starts with 2, the second with 1.
+    let grow = 305; // to 307 and 306 pages: 60 % each
+    let mut greedy = hostile("two-memories", &hostile::two_memories(grow));
+    let err = hostile_failure(&mut greedy, &one(5, "v"));
     assert_eq!(
         err.kind,
         PluginErrorKind::MemoryLimit {
-            limit_bytes: MEMORY_BYTES
-        }
+            limit_bytes: MEMORY_BYTES,
+            wanted_bytes: (3 + 2 * grow as usize) * PAGE,
+            growing: "a memory",
+        },
+        "{err}"
+    );
+    assert_eq!(err.kind.code(), "memory-limit");
+    bystanders.check();
+
+    // The same component within the limit: both memories grow, and the
+    // handler sees their sum.
+    let grow = 200;
+    let mut modest = hostile("two-memories-modest", &hostile::two_memories(grow));
+    let err = hostile_failure(&mut modest, &one(6, "v"));
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::BadOutput("0 record counts for 1 messages".into()),
+        "{err}"
+    );
+    assert_eq!(
+        modest.instance_memory_bytes(),
+        Some((3 + 2 * grow as usize) * PAGE)
+    );
+}
+
+/// Before: tables were not counted at all (and a refused table growth was
+/// reported as a plain trap).
+#[test]
+fn a_table_bomb_hits_the_memory_limit() {
+    let mut bystanders = Bystanders::new();
+    let step = 65_536; // elements per `table.grow`: 512 KiB each
+    let mut bomb = hostile("table-bomb", &hostile::table_bomb(step, 1_000));
+    let err = hostile_failure(&mut bomb, &one(9, "v"));
+    // 3 pages of memory and the table's first element, then 512 KiB a step:
+    // the 64th step is the first that does not fit in 32 MiB.
+    let before = 3 * PAGE + TABLE_ELEMENT_BYTES;
+    let step_bytes = step as usize * TABLE_ELEMENT_BYTES;
+    assert_eq!((MEMORY_BYTES - before) / step_bytes, 63);
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::MemoryLimit {
+            limit_bytes: MEMORY_BYTES,
+            wanted_bytes: before + 64 * step_bytes,
+            growing: "a table",
+        },
+        "{err}"
     );
     bystanders.check();
+    // The next batch gets a fresh instance, and the same answer.
+    let err = hostile_failure(&mut bomb, &one(10, "v"));
+    assert_eq!(err.kind.code(), "memory-limit");
+}
+
+/// Before: records with no key, value or headers cost nothing against
+/// `max_output_bytes`, so a plugin could return millions per message (2
+/// million took 3.4 GB of host memory through `kwasm test`).
+#[test]
+fn millions_of_null_records_are_stopped_by_the_record_cap() {
+    let mut bystanders = Bystanders::new();
+    let limits = Limits::default();
+    assert_eq!(limits.max_output_records, 250_000);
+    let mut flood = runtime()
+        .load("null-records", &hostile::null_records(2_000_000))
+        .unwrap_or_else(|e| panic!("null-records refused: {e}"))
+        .handler(vec![], limits)
+        .unwrap_or_else(|e| panic!("null-records failed to start: {e}"));
+    let err = hostile_failure(&mut flood, &one(11, "v"));
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::TooManyRecords {
+            records: 2_000_000,
+            limit: 250_000
+        }
+    );
+    assert_eq!(err.kind.code(), "output-too-large");
+    assert!(
+        err.to_string().ends_with(
+            "returned 2000000 output records, over the max_output_records limit of 250000 per batch"
+        ),
+        "{err}"
+    );
+    bystanders.check();
+
+    // Under the cap the same layout is read back exactly.
+    let mut few = hostile("null-records-few", &hostile::null_records(1_000));
+    assert_eq!(
+        run(&mut few, &one(12, "v")),
+        vec![Outcome::Ok(vec![Record::null(); 1_000])]
+    );
 }
 
 /// The fixture's frames live partly in the guest's shadow stack in linear
@@ -421,6 +568,264 @@ fn logging_plugins_forward_their_messages() {
         run(&mut logger, &batch(TOPIC, PARTITION, 53, &records)),
         expected
     );
+}
+
+// ------------------------------------------------------------ log bound
+
+/// The name the log-flooding `misbehave` is loaded under, so the capture
+/// below ignores every other test's plugin lines.
+const FLOOD: &str = "flood";
+
+/// One event the host logged for plugin [`FLOOD`].
+#[derive(Debug, Default)]
+struct PluginLine {
+    message: String,
+    /// `output` for stdout/stderr lines; none for the `log` import's.
+    stream: Option<String>,
+    plugin: Option<String>,
+    dropped_lines: Option<u64>,
+    dropped_bytes: Option<u64>,
+}
+
+impl tracing::field::Visit for PluginLine {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "plugin" => self.plugin = Some(value.to_owned()),
+            "stream" => self.stream = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        match field.name() {
+            "dropped_lines" => self.dropped_lines = Some(value),
+            "dropped_bytes" => self.dropped_bytes = Some(value),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
+}
+
+/// Collects the host's `kwasm::plugin` events for [`FLOOD`] (installed
+/// once, as the global subscriber: stdout lines are logged on whichever
+/// thread wasmtime-wasi writes them from).
+struct CapturePluginLines;
+
+static CAPTURED: std::sync::Mutex<Vec<PluginLine>> = std::sync::Mutex::new(Vec::new());
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CapturePluginLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "kwasm::plugin" {
+            return;
+        }
+        let mut line = PluginLine::default();
+        event.record(&mut line);
+        if line.plugin.as_deref() == Some(FLOOD) {
+            CAPTURED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(line);
+        }
+    }
+}
+
+/// Everything captured for [`FLOOD`] since the last call.
+fn take_flood_lines() -> Vec<PluginLine> {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_global_default(
+            tracing_subscriber::registry().with(CapturePluginLines),
+        )
+        .unwrap_or_else(|e| panic!("cannot install the log capture: {e}"));
+    });
+    std::mem::take(&mut *CAPTURED.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Before: the `log` import and stdout had no bound, and a plugin logging
+/// 2 000 lines per message wrote 242 MB of host log for 100 messages.
+/// Here each message tries 2 000 lines through the log import and 2 000 on
+/// stdout, 1 000 bytes each: 40 MB per batch of ten.
+#[test]
+fn a_plugin_logging_megabytes_per_message_leaves_the_host_log_bounded() {
+    let mut bystanders = Bystanders::new();
+    take_flood_lines();
+    let flood = runtime()
+        .load(FLOOD, &plugin_bytes("misbehave"))
+        .unwrap_or_else(|e| panic!("misbehave refused: {e}"));
+    let flood_config = config(&[("mode", "flood-log"), ("lines", "2000")]);
+    let records: Vec<Record> = (0..10).map(|i| Record::value(format!("m{i}"))).collect();
+    let forwarded: Vec<Outcome> = records
+        .iter()
+        .map(|r| Outcome::Ok(vec![r.clone()]))
+        .collect();
+    let tried_lines = 10 * 2 * 2_000;
+
+    // The line cap first: 100 lines per batch, bytes to spare.
+    // 40 000 calls into the host per batch take a while in a debug build.
+    let limits = Limits {
+        max_log_lines: 100,
+        max_log_bytes: 1 << 20,
+        batch_timeout_ms: 60_000,
+        ..short_limits()
+    };
+    let mut handler = flood
+        .handler(flood_config.clone(), limits)
+        .unwrap_or_else(|e| panic!("flood failed to start: {e}"));
+    for first in [0, 10] {
+        let got = run(&mut handler, &batch(TOPIC, PARTITION, first, &records));
+        assert_eq!(got, forwarded, "the host keeps serving");
+        let lines = take_flood_lines();
+        let (summaries, logged): (Vec<_>, Vec<_>) =
+            lines.iter().partition(|l| l.dropped_lines.is_some());
+        assert_eq!(logged.len(), 100, "each batch has its own 100 lines");
+        // The log import and stdout alternate, and share the one budget.
+        let from_stdout = logged.iter().filter(|l| l.stream.is_some()).count();
+        assert_eq!(from_stdout, 50);
+        assert!(logged.iter().all(|l| l.message.len() == 1_000));
+        assert!(
+            logged[0].message.starts_with(&format!("log {first}/0 x")),
+            "{}",
+            logged[0].message
+        );
+        let [summary] = summaries.as_slice() else {
+            panic!("expected one summary line per batch, got {summaries:?}");
+        };
+        assert_eq!(
+            (summary.dropped_lines, summary.dropped_bytes),
+            (Some(tried_lines - 100), Some((tried_lines - 100) * 1_000))
+        );
+        assert!(
+            summary
+                .message
+                .contains("max_log_lines = 100 or max_log_bytes = 1048576"),
+            "{}",
+            summary.message
+        );
+    }
+
+    // The byte cap: 10 000 bytes is ten lines of 1 000.
+    let limits = Limits {
+        max_log_lines: 1_000_000,
+        max_log_bytes: 10_000,
+        batch_timeout_ms: 60_000,
+        ..short_limits()
+    };
+    let mut handler = flood
+        .handler(flood_config, limits)
+        .unwrap_or_else(|e| panic!("flood failed to start: {e}"));
+    assert_eq!(
+        run(&mut handler, &batch(TOPIC, PARTITION, 20, &records)),
+        forwarded
+    );
+    let lines = take_flood_lines();
+    assert_eq!(lines.len(), 10 + 1, "{lines:?}");
+    assert_eq!(
+        lines.last().map(|l| (l.dropped_lines, l.dropped_bytes)),
+        Some((Some(tried_lines - 10), Some((tried_lines - 10) * 1_000)))
+    );
+    bystanders.check();
+}
+
+// ------------------------------------------------- host-wide memory budget
+
+/// A runtime of its own whose plugin memory budget holds two instances of
+/// the short limits.
+fn runtime_with_room_for_two() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir()),
+        max_plugin_memory_bytes: 2 * MEMORY_BYTES,
+    })
+    .unwrap_or_else(|e| panic!("cannot start the runtime: {e}"))
+}
+
+/// Partitions × instances must never exceed the host's budget: a third
+/// instance waits (it does not allocate) until one of the two gives its
+/// memory back, and then runs.
+#[test]
+fn a_third_instance_waits_for_the_host_memory_budget() {
+    let runtime = runtime_with_room_for_two();
+    let budget = runtime.memory_budget().clone();
+    let passthrough = runtime
+        .load("passthrough", &plugin_bytes("passthrough"))
+        .unwrap_or_else(|e| panic!("passthrough refused: {e}"));
+    let start = || {
+        passthrough
+            .handler(vec![], short_limits())
+            .unwrap_or_else(|e| panic!("passthrough failed to start: {e}"))
+    };
+    let mut first = start();
+    let _second = start();
+    assert_eq!(budget.reserved_bytes(), 2 * MEMORY_BYTES);
+
+    // The third gives up after a while: it waited, and took nothing.
+    let mut third = passthrough.idle_handler(vec![], short_limits());
+    let deadline = Instant::now() + Duration::from_millis(200);
+    assert!(!third.wait_for_memory(&|| Instant::now() > deadline));
+    assert!(!third.holds_memory());
+    assert_eq!(budget.reserved_bytes(), 2 * MEMORY_BYTES);
+
+    // Now it waits for real, on another thread, as a partition worker does.
+    let waiter = std::thread::spawn(move || {
+        assert!(third.wait_for_memory(&|| false));
+        let got = run(&mut third, &one(7, "late"));
+        (got, third.instance_memory_bytes().is_some())
+    });
+    while !budget.contended() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The holders see someone waiting; one of them gives its memory back.
+    assert!(first.memory_contended());
+    assert_eq!(
+        run(&mut first, &one(6, "early")),
+        vec![Outcome::Ok(vec![Record::value("early").key("k")])]
+    );
+    first.release_memory();
+    let (got, has_instance) = waiter.join().expect("the waiter panicked");
+    assert_eq!(got, vec![Outcome::Ok(vec![Record::value("late").key("k")])]);
+    assert!(has_instance);
+    assert_eq!(
+        budget.reserved_bytes(),
+        MEMORY_BYTES,
+        "the third's handler is gone"
+    );
+
+    // The released handler rebuilds its instance when it gets work again.
+    assert_eq!(
+        run(&mut first, &one(8, "again")),
+        vec![Outcome::Ok(vec![Record::value("again").key("k")])]
+    );
+    assert_eq!(budget.reserved_bytes(), 2 * MEMORY_BYTES);
+}
+
+#[test]
+fn an_instance_larger_than_the_whole_budget_is_refused_at_once() {
+    let runtime = runtime_with_room_for_two();
+    let passthrough = runtime
+        .load("passthrough", &plugin_bytes("passthrough"))
+        .unwrap_or_else(|e| panic!("passthrough refused: {e}"));
+    let limits = Limits {
+        memory_bytes: 3 * MEMORY_BYTES,
+        ..short_limits()
+    };
+    let err = match passthrough.handler(vec![], limits) {
+        Ok(_) => panic!("an instance over the whole budget started"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::Instantiate(
+            "its memory_bytes limit of 100663296 bytes is more than the host's whole plugin \
+             memory budget (host.max_plugin_memory_bytes = 67108864)"
+                .into()
+        )
+    );
+    assert_eq!(runtime.memory_budget().reserved_bytes(), 0);
 }
 
 #[test]

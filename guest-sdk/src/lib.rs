@@ -41,6 +41,26 @@
 //! }
 //! ```
 //!
+//! # Globals are a cache, not state
+//!
+//! The host may drop a plugin's instance between any two batches and build a
+//! fresh one (calling `init` again): after any trap or limit hit, on a hot
+//! deploy, when a partition moves to another host, and whenever the host's
+//! plugin memory budget (`host.max_plugin_memory_bytes`) is short and another
+//! partition waits for memory. So anything kept in a `static`, a
+//! `thread_local!` or the init value must be something the plugin can
+//! rebuild (a parsed config, a compiled regex, a lookup cache), never data a
+//! later message depends on (counts, windows, "seen before" sets). State
+//! that must survive belongs in Kafka: emit it as records.
+//!
+//! # Limits
+//!
+//! Each instance runs under the pipeline's limits: `memory_bytes` for all
+//! its memories and tables together, a deadline per batch, caps on output
+//! bytes and records per batch, and on log lines and bytes per batch (the
+//! [`log`] macros and stdout/stderr together; lines beyond the cap are
+//! dropped and counted by the host).
+//!
 //! Build with `cargo build --target wasm32-wasip2 --release`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component to deploy. On other
 //! targets the export is compiled out, so `cargo test` runs a plugin's unit

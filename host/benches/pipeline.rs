@@ -112,6 +112,7 @@ fn main() {
         .expect("tokio runtime");
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(std::env::temp_dir().join("kwasm-bench-cache")),
+        ..RuntimeConfig::default()
     })
     .expect("wasm runtime");
     let load = |name: &str| {

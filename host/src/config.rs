@@ -82,6 +82,12 @@ pub struct HostConfig {
     /// is a startup error. Default none: the API is open, so the host then
     /// refuses a non-loopback `admin_listen` unless `admin_insecure` is set.
     pub admin_token: Option<String>,
+    /// Bytes all plugin instances of this host may hold together: each
+    /// instance reserves its `limits.memory_bytes` from it, and a partition
+    /// whose instance does not fit waits (idle partitions' instances are
+    /// dropped for it) instead of the host being OOM-killed. Default half
+    /// of the smaller of the cgroup memory limit and the machine's memory.
+    pub max_plugin_memory_bytes: Option<usize>,
     /// Serve the API without a token on a non-loopback address (logged as
     /// a warning at startup). Default false.
     pub admin_insecure: bool,
@@ -171,6 +177,12 @@ impl HostConfig {
                 .parse::<std::net::SocketAddr>()
                 .is_ok_and(|a| !a.ip().is_loopback())
     }
+
+    /// `max_plugin_memory_bytes`, or its documented default.
+    pub fn plugin_memory_budget_bytes(&self) -> usize {
+        self.max_plugin_memory_bytes
+            .unwrap_or_else(crate::runtime::default_plugin_memory_bytes)
+    }
 }
 
 impl Default for HostConfig {
@@ -187,6 +199,7 @@ impl Default for HostConfig {
             admin_insecure: false,
             admin_tls: None,
             admin_token_origin: TokenOrigin::ConfigFile,
+            max_plugin_memory_bytes: None,
         }
     }
 }
@@ -562,8 +575,8 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return invalid("kafka.brokers".into(), "must name at least one broker");
         }
-        self.host.check_admin_token()?;
         self.kafka.validate()?;
+        self.host.check_admin_token()?;
         if self.host.workers == 0 {
             return invalid("host.workers".into(), "must be at least 1");
         }
@@ -923,72 +936,6 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_or_blank_admin_token_is_refused_by_name() {
-        for token in ["", " ", "\t \n"] {
-            let text = MINIMAL.replace(
-                "[kafka]",
-                &format!("[host]\nadmin_token = {token:?}\n[kafka]"),
-            );
-            let err = parse(&text).expect_err("blank token");
-            assert!(err.to_string().contains("`host.admin_token`"), "{err}");
-        }
-        let mut host = HostConfig {
-            admin_token: Some("  ".into()),
-            admin_token_origin: TokenOrigin::Environment,
-            ..HostConfig::default()
-        };
-        let err = host.check_admin_access().expect_err("blank env token");
-        assert!(err.to_string().contains("`KWASM_ADMIN_TOKEN`"), "{err}");
-        host.admin_token = Some("s3cret".into());
-        assert!(host.check_admin_access().is_ok());
-    }
-
-    #[test]
-    fn an_open_api_listens_on_loopback_unless_insecure_is_set() {
-        let host = |listen: &str, token: Option<&str>, insecure: bool| HostConfig {
-            admin_listen: listen.into(),
-            admin_token: token.map(Into::into),
-            admin_insecure: insecure,
-            ..HostConfig::default()
-        };
-        for listen in ["127.0.0.1:8080", "[::1]:8080", "127.0.0.2:1"] {
-            assert!(
-                host(listen, None, false).check_admin_access().is_ok(),
-                "{listen}"
-            );
-        }
-        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080"] {
-            let err = host(listen, None, false)
-                .check_admin_access()
-                .expect_err("open on the network");
-            assert!(err.to_string().contains("`host.admin_listen`"), "{err}");
-            assert!(err.to_string().contains("host.admin_insecure"), "{err}");
-            assert!(host(listen, Some("t"), false).check_admin_access().is_ok());
-            assert!(host(listen, None, true).check_admin_access().is_ok());
-            assert!(host(listen, None, true).admin_open_to_network());
-        }
-        assert!(!host("0.0.0.0:1", Some("t"), false).admin_open_to_network());
-    }
-
-    #[test]
-    fn admin_tls_takes_a_cert_and_a_key_path() {
-        let text = MINIMAL.replace(
-            "[kafka]",
-            "[host.admin_tls]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n[kafka]",
-        );
-        let c = parse(&text).expect("valid");
-        assert_eq!(
-            c.host.admin_tls,
-            Some(AdminTlsConfig {
-                cert_path: "c.pem".into(),
-                key_path: "k.pem".into()
-            })
-        );
-        let err = parse(&text.replace("key_path", "keypath")).expect_err("typo");
-        assert!(err.to_string().contains("keypath"), "{err}");
-    }
-
-    #[test]
     fn names_follow_one_rule_that_reserves_leading_punctuation() {
         for ok in ["a", "orders-clean", "v1.2_x", "9lives"] {
             assert!(is_name(ok), "{ok}");
@@ -1096,6 +1043,72 @@ mod tests {
             let err = parse(&MINIMAL.replace(from, to)).expect_err(to);
             assert!(err.to_string().contains(field), "{to}: {err}");
         }
+    }
+
+    #[test]
+    fn an_empty_or_blank_admin_token_is_refused_by_name() {
+        for token in ["", " ", "\t \n"] {
+            let text = MINIMAL.replace(
+                "[kafka]",
+                &format!("[host]\nadmin_token = {token:?}\n[kafka]"),
+            );
+            let err = parse(&text).expect_err("blank token");
+            assert!(err.to_string().contains("`host.admin_token`"), "{err}");
+        }
+        let mut host = HostConfig {
+            admin_token: Some("  ".into()),
+            admin_token_origin: TokenOrigin::Environment,
+            ..HostConfig::default()
+        };
+        let err = host.check_admin_access().expect_err("blank env token");
+        assert!(err.to_string().contains("`KWASM_ADMIN_TOKEN`"), "{err}");
+        host.admin_token = Some("s3cret".into());
+        assert!(host.check_admin_access().is_ok());
+    }
+
+    #[test]
+    fn an_open_api_listens_on_loopback_unless_insecure_is_set() {
+        let host = |listen: &str, token: Option<&str>, insecure: bool| HostConfig {
+            admin_listen: listen.into(),
+            admin_token: token.map(Into::into),
+            admin_insecure: insecure,
+            ..HostConfig::default()
+        };
+        for listen in ["127.0.0.1:8080", "[::1]:8080", "127.0.0.2:1"] {
+            assert!(
+                host(listen, None, false).check_admin_access().is_ok(),
+                "{listen}"
+            );
+        }
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080"] {
+            let err = host(listen, None, false)
+                .check_admin_access()
+                .expect_err("open on the network");
+            assert!(err.to_string().contains("`host.admin_listen`"), "{err}");
+            assert!(err.to_string().contains("host.admin_insecure"), "{err}");
+            assert!(host(listen, Some("t"), false).check_admin_access().is_ok());
+            assert!(host(listen, None, true).check_admin_access().is_ok());
+            assert!(host(listen, None, true).admin_open_to_network());
+        }
+        assert!(!host("0.0.0.0:1", Some("t"), false).admin_open_to_network());
+    }
+
+    #[test]
+    fn admin_tls_takes_a_cert_and_a_key_path() {
+        let text = MINIMAL.replace(
+            "[kafka]",
+            "[host.admin_tls]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n[kafka]",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.host.admin_tls,
+            Some(AdminTlsConfig {
+                cert_path: "c.pem".into(),
+                key_path: "k.pem".into()
+            })
+        );
+        let err = parse(&text.replace("key_path", "keypath")).expect_err("typo");
+        assert!(err.to_string().contains("keypath"), "{err}");
     }
 
     #[test]

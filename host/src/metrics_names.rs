@@ -16,3 +16,18 @@ pub const LAG: &str = "kwasm_partition_lag";
 /// (`plugins`, `pipelines`, `members`). Anything above 0 means something
 /// other than kwasm's API wrote the registry topics: check their ACLs.
 pub const REGISTRY_RECORDS_SKIPPED: &str = "kwasm_registry_records_skipped_total";
+/// The host-wide plugin memory budget (`host.max_plugin_memory_bytes`).
+pub const PLUGIN_MEMORY_BUDGET_BYTES: &str = "kwasm_plugin_memory_budget_bytes";
+/// Bytes of the budget reserved by live plugin instances.
+pub const PLUGIN_MEMORY_RESERVED_BYTES: &str = "kwasm_plugin_memory_reserved_bytes";
+/// Times a plugin instance had to wait for the budget.
+pub const PLUGIN_MEMORY_WAITS: &str = "kwasm_plugin_memory_waits_total";
+/// Seconds an instance waited for the budget.
+pub const PLUGIN_MEMORY_WAIT_SECONDS: &str = "kwasm_plugin_memory_wait_seconds";
+/// Instances dropped to give their memory to a waiting partition, by pipeline.
+pub const PLUGIN_INSTANCES_RELEASED: &str = "kwasm_plugin_instances_released_total";
+/// Plugin log lines (log import, stdout, stderr) dropped over the per-batch
+/// limits, by plugin.
+pub const PLUGIN_LOG_LINES_DROPPED: &str = "kwasm_plugin_log_lines_dropped_total";
+/// Bytes of those dropped lines, by plugin.
+pub const PLUGIN_LOG_BYTES_DROPPED: &str = "kwasm_plugin_log_bytes_dropped_total";

@@ -29,6 +29,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let admin_setup = AdminSetup::new(&config.host).await.map_err(|e| start(&e))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(config.host.cache_dir.clone()),
+        max_plugin_memory_bytes: config.host.plugin_memory_budget_bytes(),
     })
     .map_err(|e| start(&e))?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()

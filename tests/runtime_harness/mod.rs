@@ -3,6 +3,8 @@
 //! disk across runs), batches built from plain [`Record`]s, and a batch's
 //! answer turned back into plain values for exact `assert_eq!`.
 
+pub mod hostile;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
@@ -22,6 +24,7 @@ pub fn runtime() -> &'static Runtime {
     static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
         Runtime::new(RuntimeConfig {
             cache_dir: Some(cache_dir()),
+            ..RuntimeConfig::default()
         })
         .unwrap_or_else(|e| panic!("cannot start the runtime: {e}"))
     });

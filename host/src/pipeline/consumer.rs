@@ -196,15 +196,11 @@ impl PipelineContext {
     fn assign(&self, key: PartitionKey) {
         let s = &self.shared;
         let (deployment, generation) = s.deployment.current();
-        let handler = match deployment.handler() {
-            Ok(h) => h,
-            Err(e) => {
-                // Without a worker the partition's messages are dropped
-                // uncommitted: it stalls here and resumes on another owner.
-                tracing::error!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, error = %e, "cannot start the plugin for partition");
-                return;
-            }
-        };
+        // The worker reserves memory and instantiates when its first batch
+        // comes (on its own thread: the host's plugin memory budget may make
+        // it wait, which must not hold up this rebalance callback). A plugin
+        // that cannot start then stalls the partition, retrying.
+        let handler = deployment.idle_handler();
         let queue_batches =
             (WORKER_QUEUE_MESSAGES / s.spec.batch.max_messages.max(1)).clamp(2, 256);
         let (tx, rx) = sync_channel(queue_batches);

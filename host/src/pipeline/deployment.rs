@@ -23,10 +23,18 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// A new instance of this deployment.
+    /// A new instance of this deployment, initialised now (waiting for the
+    /// host's plugin memory budget if need be).
     pub fn handler(&self) -> Result<PluginHandler, PluginError> {
         self.plugin
             .handler(self.config.clone(), self.limits.clone())
+    }
+
+    /// A handler of this deployment that takes memory and instantiates only
+    /// when its worker has a batch for it.
+    pub fn idle_handler(&self) -> PluginHandler {
+        self.plugin
+            .idle_handler(self.config.clone(), self.limits.clone())
     }
 
     /// Whether `other` runs the same code with the same settings.

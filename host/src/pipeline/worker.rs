@@ -11,10 +11,15 @@
 //!   is dead-lettered.
 //! - The plugin cannot even be instantiated: wait and try again, forever;
 //!   the partition stalls visibly rather than dead-lettering everything.
+//!
+//! Plugin memory: before each batch the worker takes its instance's share
+//! of the host's plugin memory budget (waiting, stop-aware, when it is
+//! full), and while another partition waits it gives that share back after
+//! each batch and when idle, dropping the instance (see `runtime::budget`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
@@ -51,6 +56,10 @@ pub(crate) struct WorkerContext {
     /// Hands processed batches back, emptied, for reuse.
     pub recycle: std::sync::mpsc::SyncSender<InputBatch>,
 }
+
+/// How often an idle worker checks whether another partition waits for
+/// plugin memory.
+const IDLE_MEMORY_CHECK: Duration = Duration::from_millis(50);
 
 /// What is left to do for a message after an attempt.
 enum Next {
@@ -93,6 +102,7 @@ struct WorkerMetrics {
     messages_in: metrics::Counter,
     messages_out: metrics::Counter,
     batch_seconds: metrics::Histogram,
+    instances_released: metrics::Counter,
 }
 
 impl Worker {
@@ -101,7 +111,8 @@ impl Worker {
         let metrics = WorkerMetrics {
             messages_in: metrics::counter!(m::MESSAGES_IN, "pipeline" => pipeline.clone()),
             messages_out: metrics::counter!(m::MESSAGES_OUT, "pipeline" => pipeline.clone()),
-            batch_seconds: metrics::histogram!(m::BATCH_SECONDS, "pipeline" => pipeline),
+            batch_seconds: metrics::histogram!(m::BATCH_SECONDS, "pipeline" => pipeline.clone()),
+            instances_released: metrics::counter!(m::PLUGIN_INSTANCES_RELEASED, "pipeline" => pipeline),
         };
         Worker {
             ctx,
@@ -122,8 +133,16 @@ impl Worker {
         }
         let (deployment, generation) = self.ctx.deployment.current();
         self.generation = generation;
-        match deployment.handler() {
-            Ok(handler) => {
+        // The old instance's memory goes back first: waiting for the new
+        // one's while holding it could deadlock a full budget.
+        self.handler.release_memory();
+        let mut handler = deployment.idle_handler();
+        let stop = self.ctx.stop.clone();
+        if !handler.wait_for_memory(&|| stop.load(Ordering::Acquire)) {
+            return; // stopping: `run` ends at its next check
+        }
+        match handler.start() {
+            Ok(()) => {
                 tracing::info!(pipeline = %self.ctx.pipeline, plugin = deployment.plugin.name(), version = ?deployment.version,
                     from_offset = ?next_offset.map(|o| o.0), "partition switched to the new deployment");
                 self.handler = handler;
@@ -137,16 +156,30 @@ impl Worker {
     /// Processes batches until the channel closes or `stop` is set. A batch
     /// already started is finished; queued ones are abandoned (their offsets
     /// were never committed, so the next owner reads them again).
+    ///
+    /// Memory before a call permit: a worker waiting for the host's plugin
+    /// memory budget holds no permit, so the holders of memory always get
+    /// one, finish their batch and, while anyone waits, give memory back.
     pub(crate) fn run(mut self, batches: Receiver<InputBatch>) {
-        while let Ok(batch) = batches.recv() {
+        while let Some(batch) = self.next_batch(&batches) {
             if self.stopped() {
                 break;
             }
+            self.follow_deployment(batch.offsets());
+            let stop = self.ctx.stop.clone();
+            if !self
+                .handler
+                .wait_for_memory(&|| stop.load(Ordering::Acquire))
+            {
+                break;
+            }
             let permits = self.ctx.permits.clone();
-            let Ok(_permit) = self.ctx.runtime.block_on(permits.acquire_owned()) else {
+            let Ok(permit) = self.ctx.runtime.block_on(permits.acquire_owned()) else {
                 break;
             };
             self.process(&batch);
+            drop(permit);
+            self.give_back_memory_if_wanted();
             self.metrics
                 .messages_out
                 .increment(std::mem::take(&mut self.produced));
@@ -157,12 +190,34 @@ impl Worker {
         }
     }
 
+    /// The next batch, or `None` once the channel is closed. While none
+    /// comes, an idle instance's memory goes back to a partition that
+    /// waits for it.
+    fn next_batch(&mut self, batches: &Receiver<InputBatch>) -> Option<InputBatch> {
+        loop {
+            match batches.recv_timeout(IDLE_MEMORY_CHECK) {
+                Ok(batch) => return Some(batch),
+                Err(RecvTimeoutError::Timeout) => self.give_back_memory_if_wanted(),
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Drops the instance, giving its memory back, when another partition
+    /// waits for plugin memory: after every batch, and when idle. Partitions
+    /// then take turns; each turn costs an instantiation and `init`.
+    fn give_back_memory_if_wanted(&mut self) {
+        if self.handler.holds_memory() && self.handler.memory_contended() {
+            self.handler.release_memory();
+            self.metrics.instances_released.increment(1);
+        }
+    }
+
     fn stopped(&self) -> bool {
         self.ctx.stop.load(Ordering::Acquire)
     }
 
     fn process(&mut self, batch: &InputBatch) {
-        self.follow_deployment(batch.offsets());
         let started = std::time::Instant::now();
         let result = self.handler.handle_batch(batch);
         self.metrics

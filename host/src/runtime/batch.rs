@@ -310,11 +310,20 @@ impl BatchOutput {
                 what: "per batch",
             });
         }
+        let records: u64 = r.record_counts.iter().map(|&c| u64::from(c)).sum();
+        if records > limits.max_output_records as u64 {
+            return Err(CheckError::TooManyRecords {
+                records,
+                limit: limits.max_output_records,
+            });
+        }
         let mut first_record = Vec::with_capacity(inputs);
-        let mut records = 0u64;
+        let mut next = 0u32;
         for &c in &r.record_counts {
-            first_record.push(records as u32);
-            records += c as u64;
+            first_record.push(next);
+            // Saturating only matters past 4 billion records, which the
+            // column-length check below then refuses.
+            next = next.saturating_add(c);
         }
         let records = records as usize;
         let columns = [
@@ -452,6 +461,10 @@ pub(crate) enum CheckError {
         bytes: usize,
         limit_bytes: usize,
         what: &'static str,
+    },
+    TooManyRecords {
+        records: u64,
+        limit: usize,
     },
 }
 
@@ -718,6 +731,32 @@ mod tests {
             BatchOutput::check(result(vec![1], vec![(-1, b"abc")]), 1, &limits),
             Err(CheckError::TooLarge {
                 what: "per batch",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn check_counts_records_without_bytes_against_the_record_cap() {
+        let limits = Limits {
+            max_output_records: 3,
+            ..Limits::default()
+        };
+        let nulls = |n: usize| result(vec![n as u32], vec![(-1, b""); n]);
+        assert!(BatchOutput::check(nulls(3), 1, &limits).is_ok());
+        assert!(matches!(
+            BatchOutput::check(nulls(4), 1, &limits),
+            Err(CheckError::TooManyRecords {
+                records: 4,
+                limit: 3
+            })
+        ));
+        // Counts are summed in 64 bits: u32::MAX twice does not wrap.
+        let huge = result(vec![u32::MAX, u32::MAX], vec![]);
+        assert!(matches!(
+            BatchOutput::check(huge, 2, &limits),
+            Err(CheckError::TooManyRecords {
+                records: 8_589_934_590,
                 ..
             })
         ));

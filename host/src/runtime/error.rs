@@ -59,11 +59,19 @@ pub enum PluginErrorKind {
         /// The configured deadline.
         limit_ms: u64,
     },
-    /// The guest tried to grow its memory past the cap and died of it.
-    #[error("exceeded its {limit_bytes}-byte memory limit")]
+    /// The guest tried to grow a memory or table past the instance's cap
+    /// and died of it.
+    #[error(
+        "exceeded its memory limit (memory_bytes = {limit_bytes}, for all memories and tables \
+         of the instance): growing {growing} would have made them {wanted_bytes} bytes"
+    )]
     MemoryLimit {
         /// The configured cap.
         limit_bytes: usize,
+        /// What the refused growth would have brought the total to.
+        wanted_bytes: usize,
+        /// `a memory` or `a table`.
+        growing: &'static str,
     },
     /// Unbounded recursion ran out of wasm stack.
     #[error("overflowed its stack")]
@@ -77,6 +85,17 @@ pub enum PluginErrorKind {
         limit_bytes: usize,
         /// Which limit: per batch or per record.
         what: &'static str,
+    },
+    /// The batch returned more output records than allowed (records with
+    /// no key and no value cost no bytes, so they are counted too).
+    #[error(
+        "returned {records} output records, over the max_output_records limit of {limit} per batch"
+    )]
+    TooManyRecords {
+        /// Records found.
+        records: u64,
+        /// The configured cap.
+        limit: usize,
     },
     /// The guest's answer broke the contract (wrong outcome count, a span
     /// outside its buffer...): a bug in the plugin or its SDK.
@@ -98,7 +117,9 @@ impl PluginErrorKind {
             PluginErrorKind::Timeout { .. } => "timeout",
             PluginErrorKind::MemoryLimit { .. } => "memory-limit",
             PluginErrorKind::StackOverflow => "stack-overflow",
-            PluginErrorKind::OutputTooLarge { .. } => "output-too-large",
+            PluginErrorKind::OutputTooLarge { .. } | PluginErrorKind::TooManyRecords { .. } => {
+                "output-too-large"
+            }
             PluginErrorKind::BadOutput(_) => "bad-output",
             PluginErrorKind::InitRejected(_) => "init-rejected",
             PluginErrorKind::Instantiate(_) => "instantiate",

@@ -1,5 +1,6 @@
 //! [`PluginHandler`]: one plugin instance, owned by one partition worker,
-//! reused across batches and replaced after any failure.
+//! reused across batches and replaced after any failure, or dropped to give
+//! its memory back to the host's budget (the next batch rebuilds it).
 
 use std::sync::Arc;
 
@@ -7,9 +8,12 @@ use wasmtime::{Store, Trap};
 
 use super::batch::{BatchOutput, CheckError, InputBatch};
 use super::bindings::Plugin;
+use super::budget::{BudgetError, Reservation};
 use super::error::{BatchContext, PluginError, PluginErrorKind};
 use super::host_state::HostState;
+use super::limiter::Storage;
 use super::{CompiledPlugin, Limits};
+use crate::metrics_names as m;
 
 /// Runs batches through one instance of a plugin.
 ///
@@ -19,7 +23,13 @@ pub struct PluginHandler {
     plugin: Arc<CompiledPlugin>,
     config: Vec<(String, String)>,
     limits: Limits,
-    /// `None` after a failure; the next batch instantiates afresh.
+    /// `limits.memory_bytes` of the host's plugin memory budget. Held
+    /// whenever `instance` is `Some`; kept when a failed instance is
+    /// dropped (its replacement needs it at once), given back by
+    /// [`Self::release_memory`].
+    reservation: Option<Reservation>,
+    /// `None` after a failure or a release; the next batch instantiates
+    /// afresh.
     instance: Option<Instance>,
 }
 
@@ -29,19 +39,75 @@ struct Instance {
 }
 
 impl PluginHandler {
-    pub(crate) fn new(
+    /// A handler holding neither memory nor an instance yet.
+    pub(crate) fn idle(
         plugin: Arc<CompiledPlugin>,
         config: Vec<(String, String)>,
         limits: Limits,
-    ) -> Result<Self, PluginError> {
-        let mut handler = PluginHandler {
+    ) -> Self {
+        PluginHandler {
             plugin,
             config,
             limits,
+            reservation: None,
             instance: None,
-        };
-        handler.instance = Some(handler.instantiate()?);
-        Ok(handler)
+        }
+    }
+
+    /// Instantiates now (and calls `init`), if there is no instance yet,
+    /// waiting for memory if need be.
+    pub fn start(&mut self) -> Result<(), PluginError> {
+        if self.instance.is_none() {
+            self.instance = Some(self.instantiate()?);
+        }
+        Ok(())
+    }
+
+    /// Waits until this handler holds its share of the host's plugin memory
+    /// budget. False when `cancelled` said stop first. A handler whose
+    /// `memory_bytes` can never fit returns true at once: its next batch
+    /// fails with an error saying so.
+    pub fn wait_for_memory(&mut self, cancelled: &dyn Fn() -> bool) -> bool {
+        if self.reservation.is_some() {
+            return true;
+        }
+        match self
+            .plugin
+            .budget
+            .reserve(self.limits.memory_bytes, cancelled)
+        {
+            Ok(r) => {
+                self.reservation = Some(r);
+                true
+            }
+            Err(BudgetError::NeverFits { .. }) => true,
+            Err(BudgetError::Cancelled) => false,
+        }
+    }
+
+    /// Drops the instance and gives its memory back to the host's budget.
+    /// The next batch builds a new instance (and calls `init` again): plugin
+    /// globals are a cache, not state.
+    pub fn release_memory(&mut self) {
+        self.instance = None;
+        self.reservation = None;
+    }
+
+    /// Whether the handler holds memory of the host's budget.
+    pub fn holds_memory(&self) -> bool {
+        self.reservation.is_some()
+    }
+
+    /// Bytes of memories and tables the current instance holds, if any.
+    pub fn instance_memory_bytes(&self) -> Option<usize> {
+        self.instance
+            .as_ref()
+            .map(|i| i.store.data().limiter.used_bytes())
+    }
+
+    /// Whether another handler is waiting for memory of the host's budget.
+    pub fn memory_contended(&self) -> bool {
+        self.plugin.budget.contended()
     }
 
     /// The plugin this handler runs.
@@ -69,6 +135,7 @@ impl PluginHandler {
             state.log.topic = batch.topic().to_owned();
         }
         state.log.partition = batch.partition();
+        state.limiter.clear_refusal();
         instance
             .store
             .set_epoch_deadline(self.limits.deadline_ticks());
@@ -76,6 +143,7 @@ impl PluginHandler {
             .bindings
             .kwasm_plugin_handler()
             .call_handle_batch(&mut instance.store, batch.as_wit());
+        report_dropped_logs(instance.store.data(), &self.limits);
         match result {
             Ok(result) => {
                 // A bad answer does not corrupt the instance: keep it.
@@ -93,6 +161,9 @@ impl PluginHandler {
                             limit_bytes,
                             what,
                         },
+                        CheckError::TooManyRecords { records, limit } => {
+                            PluginErrorKind::TooManyRecords { records, limit }
+                        }
                     },
                 })
             }
@@ -103,8 +174,9 @@ impl PluginHandler {
         }
     }
 
-    /// A fresh instance with `init` already called.
-    fn instantiate(&self) -> Result<Instance, PluginError> {
+    /// A fresh instance with `init` already called, in this handler's
+    /// reservation (taken now, waiting if need be, when not held).
+    fn instantiate(&mut self) -> Result<Instance, PluginError> {
         let fail = |kind| PluginError {
             context: Box::new(BatchContext {
                 plugin: self.plugin.name.clone(),
@@ -115,10 +187,15 @@ impl PluginHandler {
             }),
             kind,
         };
-        let state = HostState::new(
-            Arc::from(self.plugin.name.as_str()),
-            self.limits.memory_bytes,
-        );
+        if self.reservation.is_none() {
+            let reservation = self
+                .plugin
+                .budget
+                .reserve(self.limits.memory_bytes, &|| false)
+                .map_err(|e| fail(PluginErrorKind::Instantiate(e.to_string())))?;
+            self.reservation = Some(reservation);
+        }
+        let state = HostState::new(Arc::from(self.plugin.name.as_str()), &self.limits);
         let mut store = Store::new(&self.plugin.engine, state);
         store.limiter(|s| &mut s.limiter);
         // A new store's deadline is "now": set it before instantiating, or
@@ -138,10 +215,11 @@ impl PluginHandler {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        match bindings
+        let result = bindings
             .kwasm_plugin_handler()
-            .call_init(&mut store, &config)
-        {
+            .call_init(&mut store, &config);
+        report_dropped_logs(store.data(), &self.limits);
+        match result {
             Ok(Ok(())) => Ok(Instance { store, bindings }),
             Ok(Err(message)) => Err(fail(PluginErrorKind::InitRejected(message))),
             Err(e) => Err(fail(classify(&e, store.data(), &self.limits))),
@@ -178,10 +256,16 @@ fn classify_or(
         Some(Trap::MemoryOutOfBounds) if is_shadow_stack_overflow(e) => {
             PluginErrorKind::StackOverflow
         }
-        // A Rust guest whose allocation is refused aborts (`unreachable`);
-        // the limiter's note says the refusal came first.
-        _ if state.limiter.refused => PluginErrorKind::MemoryLimit {
+        // A Rust guest whose allocation is refused aborts (`unreachable`),
+        // a hand-written one may trap otherwise: the limiter's note of a
+        // refusal during this call says memory came first.
+        _ if let Some(refusal) = state.limiter.refusal() => PluginErrorKind::MemoryLimit {
             limit_bytes: limits.memory_bytes,
+            wanted_bytes: refusal.wanted_bytes,
+            growing: match refusal.storage {
+                Storage::Memory => "a memory",
+                Storage::Table => "a table",
+            },
         },
         _ => {
             let printed = state.output.recent();
@@ -195,6 +279,27 @@ fn classify_or(
             other(reason)
         }
     }
+}
+
+/// Logs one summary line for the call if it logged beyond its limits, and
+/// counts what was dropped.
+fn report_dropped_logs(state: &HostState, limits: &Limits) {
+    let dropped = state.output.finish_call();
+    if dropped.lines == 0 {
+        return;
+    }
+    let plugin = &*state.log.plugin;
+    metrics::counter!(m::PLUGIN_LOG_LINES_DROPPED, "plugin" => plugin.to_owned())
+        .increment(dropped.lines);
+    metrics::counter!(m::PLUGIN_LOG_BYTES_DROPPED, "plugin" => plugin.to_owned())
+        .increment(dropped.bytes);
+    tracing::warn!(
+        target: "kwasm::plugin", plugin, topic = %state.log.topic, partition = state.log.partition,
+        dropped_lines = dropped.lines, dropped_bytes = dropped.bytes,
+        max_log_lines = limits.max_log_lines, max_log_bytes = limits.max_log_bytes,
+        "plugin log lines dropped: the call logged more than max_log_lines = {} or max_log_bytes = {}",
+        limits.max_log_lines, limits.max_log_bytes
+    );
 }
 
 /// Rust (and C) guests keep their locals on a "shadow stack" in linear

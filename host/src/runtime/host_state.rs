@@ -1,22 +1,26 @@
-//! The per-store state: an empty WASI context, the memory limiter, and the
-//! context attached to the plugin's log lines.
+//! The per-store state: an empty WASI context, the instance's memory
+//! limiter, the plugin's output streams, and the context attached to the
+//! plugin's log lines.
 
 use std::sync::Arc;
 
+use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::Limits;
 use super::bindings::{Level, Plugin, kwasm};
-use super::guest_output::GuestOutput;
+use super::guest_output::{GuestOutput, LogBudget, MAX_LINE_BYTES};
+use super::limiter::InstanceLimiter;
 
 /// Data owned by one `Store`: one instance of one plugin.
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limiter: MemoryCap,
+    pub(crate) limiter: InstanceLimiter,
     pub(crate) log: LogContext,
-    /// The guest's stdout and stderr, kept to quote in trap errors.
+    /// The guest's stdout and stderr, kept to quote in trap errors; it also
+    /// holds the log budget the `log` import shares.
     pub(crate) output: GuestOutput,
 }
 
@@ -28,9 +32,10 @@ pub(crate) struct LogContext {
 }
 
 impl HostState {
-    pub(crate) fn new(plugin: Arc<str>, memory_bytes: usize) -> Self {
+    pub(crate) fn new(plugin: Arc<str>, limits: &Limits) -> Self {
         // stdout and stderr share one buffer so their lines stay in order.
-        let output = GuestOutput::new(plugin.clone(), "output");
+        let budget = LogBudget::new(limits.max_log_lines, limits.max_log_bytes);
+        let output = GuestOutput::new(plugin.clone(), "output", budget);
         HostState {
             // Grants nothing: no preopened directories, no environment, no
             // arguments, no network (the default socket check denies every
@@ -41,7 +46,7 @@ impl HostState {
                 .build(),
             output,
             table: ResourceTable::new(),
-            limiter: MemoryCap::new(memory_bytes),
+            limiter: InstanceLimiter::new(limits.memory_bytes),
             log: LogContext {
                 plugin,
                 topic: String::new(),
@@ -64,7 +69,16 @@ impl WasiView for HostState {
 impl kwasm::plugin::types::Host for HostState {}
 
 impl kwasm::plugin::log::Host for HostState {
-    fn log(&mut self, level: Level, offset: Option<i64>, message: String) {
+    fn log(&mut self, level: Level, offset: Option<i64>, mut message: String) {
+        if message.len() > MAX_LINE_BYTES {
+            let keep = floor_char_boundary(&message, MAX_LINE_BYTES);
+            let cut = message.len() - keep;
+            message.truncate(keep);
+            message.push_str(&format!(" [{cut} bytes cut]"));
+        }
+        if !self.output.admit_log_line(message.len()) {
+            return;
+        }
         let LogContext {
             plugin,
             topic,
@@ -94,59 +108,10 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     Ok(linker)
 }
 
-/// wasmtime's `StoreLimits`, plus a note of whether a growth was refused: a
-/// Rust guest whose allocation fails aborts with a plain `unreachable` trap,
-/// and this flag is how the host tells that apart from any other trap.
-pub(crate) struct MemoryCap {
-    limits: StoreLimits,
-    pub(crate) refused: bool,
-}
-
-impl MemoryCap {
-    fn new(memory_bytes: usize) -> Self {
-        MemoryCap {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                .instances(64)
-                .tables(64)
-                .memories(16)
-                .table_elements(1 << 20)
-                .build(),
-            refused: false,
-        }
-    }
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        self.refused |= !allowed;
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.limits.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.limits.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.limits.memories()
-    }
+/// The largest index `<= at` that starts a character of `s`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }

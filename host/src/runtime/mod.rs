@@ -6,9 +6,15 @@
 //! - A plugin can only reach the host through the kwasm WIT imports (logging)
 //!   and a WASI context that grants nothing: no files, sockets, environment
 //!   or arguments.
-//! - Every call runs under a memory cap, a wall-clock deadline (epoch
-//!   interruption) and an output cap; hitting one yields a [`PluginError`]
-//!   naming the plugin, the limit and the batch's offsets, never a host crash.
+//! - Every call runs under a memory cap for the whole instance (all its
+//!   memories and tables, `limiter`), a wall-clock deadline (epoch
+//!   interruption), output caps (bytes and records) and log caps; hitting
+//!   one yields a [`PluginError`] naming the plugin, the limit and the
+//!   batch's offsets (or, for logs, drops lines and says so), never a host
+//!   crash.
+//! - Every instance holds a reservation of its `memory_bytes` from the
+//!   host-wide [`MemoryBudget`] (`budget`), so all instances together stay
+//!   within `host.max_plugin_memory_bytes`.
 //! - An instance that failed is never entered again: [`PluginHandler`]
 //!   replaces it before the next batch.
 //!
@@ -17,11 +23,13 @@
 
 mod batch;
 mod bindings;
+mod budget;
 mod cache;
 mod error;
 mod guest_output;
 mod handler;
 mod host_state;
+mod limiter;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,8 +40,10 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 pub use batch::{BatchOutput, InputBatch, InputMessage, OutcomeView, OutputRecords, OutputView};
+pub use budget::{BudgetError, MemoryBudget, Reservation, default_plugin_memory_bytes};
 pub use error::{BatchContext, PluginError, PluginErrorKind, RuntimeError, ValidationError};
 pub use handler::PluginHandler;
+pub use limiter::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, TABLE_ELEMENT_BYTES};
 
 use bindings::PluginPre;
 use host_state::HostState;
@@ -47,12 +57,16 @@ pub const KWASM_IMPORTS: [&str; 2] = ["kwasm:plugin/types@0.1.0", "kwasm:plugin/
 /// How often the epoch ticker advances. Deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Per-plugin limits. Defaults suit a 100-byte-message pipeline with
-/// batches of up to a few thousand messages.
+/// Per-instance limits of a plugin (the host-wide one is
+/// `host.max_plugin_memory_bytes`). Defaults suit a 100-byte-message
+/// pipeline with batches of up to a few thousand messages.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Linear memory an instance may grow to. Default 64 MiB.
+    /// Bytes of all linear memories and tables of one instance together
+    /// (table elements count [`TABLE_ELEMENT_BYTES`] each), whatever the
+    /// number of core modules in the component. It is also what each
+    /// instance reserves from the host's plugin memory budget. Default 64 MiB.
     pub memory_bytes: usize,
     /// Wall-clock time one batch call (or `init`) may take. Default 5 s.
     pub batch_timeout_ms: u64,
@@ -63,6 +77,19 @@ pub struct Limits {
     /// broker's default `message.max.bytes`: larger records would fail at
     /// produce time anyway, so they are stopped here with a clearer error.
     pub max_record_bytes: usize,
+    /// Output records one batch may return, null keys and values included
+    /// (`max_output_bytes` cannot see records with no bytes). Default
+    /// 250 000: 488 per message at the default batch of 512, where the
+    /// example plugins return at most one.
+    pub max_output_records: usize,
+    /// Lines one call may log, from the `log` import and stdout/stderr
+    /// together; further lines are dropped, counted in
+    /// `kwasm_plugin_log_lines_dropped_total`, and summed up in one warning
+    /// per call. Default 1 000.
+    pub max_log_lines: usize,
+    /// Bytes of those lines one call may log (each line is also cut at
+    /// 4 KiB). Default 256 KiB.
+    pub max_log_bytes: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +99,9 @@ impl Default for Limits {
             batch_timeout_ms: 5_000,
             max_output_bytes: 32 << 20,
             max_record_bytes: 1 << 20,
+            max_output_records: 250_000,
+            max_log_lines: 1_000,
+            max_log_bytes: 256 << 10,
         }
     }
 }
@@ -86,10 +116,22 @@ impl Limits {
 }
 
 /// Runtime settings fixed at host start.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Where compiled plugins are cached; `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// The host-wide plugin memory budget (`host.max_plugin_memory_bytes`).
+    /// Default [`default_plugin_memory_bytes`].
+    pub max_plugin_memory_bytes: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: None,
+            max_plugin_memory_bytes: default_plugin_memory_bytes(),
+        }
+    }
 }
 
 /// The host's wasmtime engine, linker and compile cache. Cheap to clone.
@@ -102,6 +144,7 @@ struct RuntimeInner {
     engine: Engine,
     linker: Linker<HostState>,
     cache: cache::CompileCache,
+    budget: Arc<MemoryBudget>,
 }
 
 /// A plugin compiled and linked, ready to instantiate. Cheap to share.
@@ -111,6 +154,7 @@ pub struct CompiledPlugin {
     size_bytes: usize,
     pre: PluginPre<HostState>,
     engine: Engine,
+    budget: Arc<MemoryBudget>,
 }
 
 impl Runtime {
@@ -130,8 +174,14 @@ impl Runtime {
                 cache: cache::CompileCache::new(config.cache_dir, &engine),
                 engine,
                 linker,
+                budget: MemoryBudget::new(config.max_plugin_memory_bytes),
             }),
         })
+    }
+
+    /// The host-wide plugin memory budget every instance reserves from.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.inner.budget
     }
 
     /// Validates and compiles `bytes` as plugin `name`. Rejects anything that
@@ -162,6 +212,7 @@ impl Runtime {
             size_bytes: bytes.len(),
             pre,
             engine: self.inner.engine.clone(),
+            budget: self.inner.budget.clone(),
         }))
     }
 
@@ -252,13 +303,28 @@ impl CompiledPlugin {
     }
 
     /// A handler with its own instance, initialised with `config` now, so a
-    /// bad configuration fails here rather than on the first message.
+    /// bad configuration fails here rather than on the first message. It
+    /// waits for the host's memory budget if that is full (for at most a
+    /// batch: busy partitions give memory back after each batch while
+    /// someone waits).
     pub fn handler(
         self: &Arc<Self>,
         config: Vec<(String, String)>,
         limits: Limits,
     ) -> Result<PluginHandler, PluginError> {
-        PluginHandler::new(self.clone(), config, limits)
+        let mut handler = PluginHandler::idle(self.clone(), config, limits);
+        handler.start()?;
+        Ok(handler)
+    }
+
+    /// A handler that reserves memory and instantiates only when it gets
+    /// work (see [`PluginHandler::wait_for_memory`]).
+    pub fn idle_handler(
+        self: &Arc<Self>,
+        config: Vec<(String, String)>,
+        limits: Limits,
+    ) -> PluginHandler {
+        PluginHandler::idle(self.clone(), config, limits)
     }
 }
 
