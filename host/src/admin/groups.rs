@@ -134,6 +134,9 @@ impl GroupDescriber {
         let result = tokio::task::spawn_blocking(move || describe_now(&inner.client, &name))
             .await
             .unwrap_or_else(|e| Err(format!("describe task failed: {e}")));
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::metrics_names::ADMIN_GROUP_DESCRIBES, "result" => outcome)
+            .increment(1);
         cache.store(group, Instant::now(), result.clone());
         result
     }

@@ -56,6 +56,8 @@ async fn read_body(
     limit_name: &str,
 ) -> ApiResult<Bytes> {
     let too_large = || {
+        metrics::counter!(crate::metrics_names::ADMIN_REFUSED, "reason" => "too_large")
+            .increment(1);
         AdminError::TooLarge(format!(
             "the body is larger than this host's limit of {limit} bytes ({limit_name})"
         ))
