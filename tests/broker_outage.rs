@@ -1,8 +1,8 @@
 //! End-to-end: a broker outage pauses work and loses nothing.
 //!
-//! This binary runs its own nisshi broker with SQLite storage (so data
-//! survives a restart) and points the support library at it; it holds one
-//! test so nothing else in the process sees the changed broker address.
+//! This binary runs its own single-node Apache Kafka ([`KafkaCluster`], data
+//! kept across the restart) and points the support library at it; it holds
+//! one test so nothing else in the process sees the changed broker address.
 
 mod e2e;
 
@@ -10,38 +10,8 @@ use std::time::{Duration, Instant};
 
 use e2e::{Host, PipelineDef, account, http_get};
 use kwasm_tests::{
-    HostProcess, OutRecord, consume_all, create_topic, free_port, produce, unique, wait_until,
+    KafkaCluster, OutRecord, consume_all, create_topic, produce, unique, wait_until,
 };
-
-fn start_broker(port: u16, db: &std::path::Path) -> HostProcess {
-    let nisshi =
-        std::env::var("KWASM_NISSHI_BIN").expect("KWASM_NISSHI_BIN is unset: run scripts/test");
-    let url = format!("tcp://127.0.0.1:{port}");
-    // nisshi reads `sqlite://FILE` relative to its working directory (an
-    // absolute path is joined to it too), so start it in the file's folder.
-    let dir = db.parent().expect("db has a folder").display().to_string();
-    let file = db
-        .file_name()
-        .expect("db file")
-        .to_string_lossy()
-        .into_owned();
-    let script = format!(
-        "cd '{dir}' && exec '{nisshi}' broker --listener-url {url} --advertised-listener-url {url} \
-         --storage-engine sqlite://{file} --group-initial-rebalance-delay 100ms"
-    );
-    let broker = HostProcess::spawn_program(
-        std::path::Path::new("/bin/sh"),
-        &["-c", &script],
-        &[],
-        "nisshi-outage",
-    );
-    let up = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(up, "own broker did not start:\n{}", broker.log_contents());
-    std::thread::sleep(Duration::from_millis(500));
-    broker
-}
 
 fn sequence(from: usize, count: usize) -> Vec<(i32, String)> {
     (from..from + count)
@@ -51,12 +21,9 @@ fn sequence(from: usize, count: usize) -> Vec<(i32, String)> {
 
 #[test]
 fn a_broker_outage_pauses_processing_and_loses_nothing() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("broker.db");
-    let port = free_port();
-    let mut broker = start_broker(port, &db);
+    let mut kafka = KafkaCluster::start(1, &[]);
     // SAFETY: the only test of this binary, set before any thread reads it.
-    unsafe { std::env::set_var("KWASM_TEST_BROKERS", format!("127.0.0.1:{port}")) };
+    unsafe { std::env::set_var("KWASM_TEST_BROKERS", kafka.bootstrap()) };
 
     let input = unique("outage-in");
     let output = format!("{input}-out");
@@ -86,10 +53,7 @@ fn a_broker_outage_pauses_processing_and_loses_nothing() {
     );
     host.wait_ready(Duration::from_secs(30));
 
-    broker.sigterm();
-    broker
-        .wait_exit(Duration::from_secs(30))
-        .expect("broker stops");
+    kafka.stop(1);
     let went_down = Instant::now();
     let not_ready = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
         http_get(host.admin_port, "/readyz").is_some_and(|(s, _)| s == 503)
@@ -109,7 +73,7 @@ fn a_broker_outage_pauses_processing_and_loses_nothing() {
     );
     std::thread::sleep(Duration::from_secs(3));
 
-    let _broker = start_broker(port, &db);
+    kafka.restart(1);
     let second = sequence(3_000, 3_000);
     produce(
         &input,

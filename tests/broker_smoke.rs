@@ -119,10 +119,18 @@ fn a_subscribed_member_is_listed_and_its_commits_read_back() {
     let group_info = describe_group(&group);
     assert_eq!(group_info.state, "Stable", "{group_info:?}");
     assert_eq!(group_info.members.len(), 1, "{group_info:?}");
-    // The broker names members `<client.id>-<uuid>`. nisshi 0.8.1's DescribeGroups
-    // leaves client id, host and assignment empty, so those are not asserted here.
+    // Kafka names classic members `<client.id>-<uuid>` and reports the client
+    // id, the chosen assignor and the member's assignment.
+    let member = &group_info.members[0];
     assert!(
-        group_info.members[0].member_id.starts_with("smoke-member-"),
+        member.member_id.starts_with("smoke-member-"),
+        "{group_info:?}"
+    );
+    assert_eq!(member.client_id, "smoke-member", "{group_info:?}");
+    assert_eq!(group_info.protocol, "cooperative-sticky", "{group_info:?}");
+    assert_eq!(
+        member.assignment.partitions_of(&topic),
+        vec![0, 1],
         "{group_info:?}"
     );
 

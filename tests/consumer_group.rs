@@ -1,18 +1,51 @@
 //! End-to-end: `kwasm serve` processes against the real broker started by
 //! scripts/test. Each test uses its own topics and group.
+//!
+//! The consumer-group tests run under both group protocols: each body takes
+//! a [`Protocol`], and [`both_protocols!`] makes a `classic` and a `consumer`
+//! test of it (`one_host_..::classic`, `one_host_..::consumer`).
 
 mod e2e;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use e2e::{Host, PipelineDef, account};
+use e2e::{Host, PipelineDef, Protocol, account};
 use kwasm_tests::{
     OutRecord, by_partition, committed_offsets, consume_all, create_topic, end_offsets, produce,
     produce_sequence, unique, wait_until,
 };
 
 const PARTITIONS: i32 = 6;
+
+/// For each named test body `fn name(protocol: Protocol)`, a module `name`
+/// with the tests `classic` and `consumer` (KIP-848), so the test's name says
+/// which protocol failed.
+macro_rules! both_protocols {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn classic() {
+                    super::$name(super::Protocol::Classic)
+                }
+                #[test]
+                fn consumer() {
+                    super::$name(super::Protocol::Consumer)
+                }
+            }
+        )*
+    };
+}
+
+both_protocols!(
+    one_host_processes_every_message_once_in_order_and_commits_the_end,
+    three_hosts_own_disjoint_partitions_and_sigterm_hands_off_without_duplicates,
+    sigkill_of_one_of_three_hosts_loses_nothing,
+    a_fourth_host_takes_partitions_without_loss_or_duplicates,
+    restarted_hosts_resume_at_the_committed_offsets,
+    consumption_never_stalls_across_many_rebalances,
+);
 
 struct Topics {
     input: String,
@@ -67,11 +100,10 @@ fn wait_for_exclusive_cover(hosts: &[&Host], topic: &str, timeout: Duration) -> 
     last
 }
 
-#[test]
-fn one_host_processes_every_message_once_in_order_and_commits_the_end() {
+fn one_host_processes_every_message_once_in_order_and_commits_the_end(protocol: Protocol) {
     let t = topics("one-host");
     let produced = produce_sequence(&t.input, PARTITIONS, 100_000);
-    let host = Host::start("host-a", &passthrough(&t));
+    let host = Host::start_as("host-a", &passthrough(&t), protocol);
 
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
@@ -166,21 +198,47 @@ fn print_accounting(label: &str, acc: &e2e::Accounting) {
     );
 }
 
-#[test]
-fn three_hosts_own_disjoint_partitions_and_sigterm_hands_off_without_duplicates() {
+fn three_hosts_own_disjoint_partitions_and_sigterm_hands_off_without_duplicates(
+    protocol: Protocol,
+) {
     let t = topics("sigterm");
     let pipeline = passthrough(&t);
-    let mut a = Host::start("host-a", &pipeline);
-    let b = Host::start("host-b", &pipeline);
-    let c = Host::start("host-c", &pipeline);
+    let mut a = Host::start_as("host-a", &pipeline, protocol);
+    let b = Host::start_as("host-b", &pipeline, protocol);
+    let c = Host::start_as("host-c", &pipeline, protocol);
     let owned = wait_for_exclusive_cover(&[&a, &b, &c], &t.input, Duration::from_secs(60));
     assert!(
         owned.iter().all(|p| !p.is_empty()),
         "every host owns something: {owned:?}"
     );
-    println!("assignment of 3 hosts: {owned:?}");
-    let members = kwasm_tests::group_members(&t.group);
-    assert_eq!(members.len(), 3, "broker's view of the group: {members:?}");
+    println!("assignment of 3 hosts [{}]: {owned:?}", protocol.name());
+    // The broker's view agrees: three members, of the protocol asked for,
+    // holding what the hosts say they hold. (DescribeGroups lists no members
+    // for a KIP-848 group; DescribeConsumerGroups describes both kinds.)
+    let described = kwasm_tests::describe_consumer_group(&t.group);
+    assert_eq!(
+        described.group_type.to_lowercase(),
+        protocol.name(),
+        "{described:?}"
+    );
+    let mut broker_view: Vec<BTreeSet<i32>> = described
+        .members
+        .iter()
+        .map(|(_, parts)| {
+            parts
+                .iter()
+                .filter(|(topic, _)| *topic == t.input)
+                .map(|(_, p)| *p)
+                .collect()
+        })
+        .collect();
+    let mut hosts_view = owned.clone();
+    broker_view.sort();
+    hosts_view.sort();
+    assert_eq!(
+        broker_view, hosts_view,
+        "broker's view of the group: {described:?}"
+    );
 
     let producer = produce_slowly(t.input.clone(), 30_000, Duration::from_secs(6));
     std::thread::sleep(Duration::from_secs(3));
@@ -193,14 +251,15 @@ fn three_hosts_own_disjoint_partitions_and_sigterm_hands_off_without_duplicates(
     assert!(exit.success(), "graceful exit code 0, got {exit:?}");
     let survivors = wait_for_exclusive_cover(&[&b, &c], &t.input, Duration::from_secs(60));
     println!(
-        "SIGTERM handoff: partitions held again elsewhere {:.2} s after the signal: {survivors:?}",
+        "SIGTERM handoff [{}]: partitions held again elsewhere {:.2} s after the signal: {survivors:?}",
+        protocol.name(),
         signalled.elapsed().as_secs_f64()
     );
 
     let produced = producer.join().expect("producer thread");
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
-    print_accounting("SIGTERM", &acc);
+    print_accounting(&format!("SIGTERM [{}]", protocol.name()), &acc);
     assert_eq!(
         (acc.lost, acc.duplicates, acc.out_of_order),
         (0, 0, 0),
@@ -209,13 +268,12 @@ fn three_hosts_own_disjoint_partitions_and_sigterm_hands_off_without_duplicates(
     assert!(a.process.log_contents().contains("host shutting down"));
 }
 
-#[test]
-fn sigkill_of_one_of_three_hosts_loses_nothing() {
+fn sigkill_of_one_of_three_hosts_loses_nothing(protocol: Protocol) {
     let t = topics("sigkill");
     let pipeline = passthrough(&t);
-    let mut a = Host::start("host-a", &pipeline);
-    let b = Host::start("host-b", &pipeline);
-    let c = Host::start("host-c", &pipeline);
+    let mut a = Host::start_as("host-a", &pipeline, protocol);
+    let b = Host::start_as("host-b", &pipeline, protocol);
+    let c = Host::start_as("host-c", &pipeline, protocol);
     wait_for_exclusive_cover(&[&a, &b, &c], &t.input, Duration::from_secs(60));
 
     let producer = produce_slowly(t.input.clone(), 30_000, Duration::from_secs(6));
@@ -224,29 +282,29 @@ fn sigkill_of_one_of_three_hosts_loses_nothing() {
     a.process.sigkill();
     let survivors = wait_for_exclusive_cover(&[&b, &c], &t.input, Duration::from_secs(60));
     println!(
-        "SIGKILL failover: partitions held again elsewhere {:.2} s after the kill: {survivors:?}",
+        "SIGKILL failover [{}]: partitions held again elsewhere {:.2} s after the kill: {survivors:?}",
+        protocol.name(),
         killed.elapsed().as_secs_f64()
     );
 
     let produced = producer.join().expect("producer thread");
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
-    print_accounting("SIGKILL", &acc);
+    print_accounting(&format!("SIGKILL [{}]", protocol.name()), &acc);
     assert_eq!(acc.lost, 0, "{acc:?}");
 }
 
-#[test]
-fn a_fourth_host_takes_partitions_without_loss_or_duplicates() {
+fn a_fourth_host_takes_partitions_without_loss_or_duplicates(protocol: Protocol) {
     let t = topics("scale-out");
     let pipeline = passthrough(&t);
-    let a = Host::start("host-a", &pipeline);
-    let b = Host::start("host-b", &pipeline);
-    let c = Host::start("host-c", &pipeline);
+    let a = Host::start_as("host-a", &pipeline, protocol);
+    let b = Host::start_as("host-b", &pipeline, protocol);
+    let c = Host::start_as("host-c", &pipeline, protocol);
     wait_for_exclusive_cover(&[&a, &b, &c], &t.input, Duration::from_secs(60));
 
     let producer = produce_slowly(t.input.clone(), 30_000, Duration::from_secs(6));
     std::thread::sleep(Duration::from_secs(2));
-    let d = Host::start("host-d", &pipeline);
+    let d = Host::start_as("host-d", &pipeline, protocol);
     let owned = wait_for_exclusive_cover(&[&a, &b, &c, &d], &t.input, Duration::from_secs(60));
     let d_owned = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
         d.partitions(&t.input).is_some_and(|p| !p.is_empty())
@@ -260,7 +318,7 @@ fn a_fourth_host_takes_partitions_without_loss_or_duplicates() {
     let produced = producer.join().expect("producer thread");
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
-    print_accounting("scale-out", &acc);
+    print_accounting(&format!("scale-out [{}]", protocol.name()), &acc);
     assert_eq!(
         (acc.lost, acc.duplicates, acc.out_of_order),
         (0, 0, 0),
@@ -268,12 +326,11 @@ fn a_fourth_host_takes_partitions_without_loss_or_duplicates() {
     );
 }
 
-#[test]
-fn restarted_hosts_resume_at_the_committed_offsets() {
+fn restarted_hosts_resume_at_the_committed_offsets(protocol: Protocol) {
     let t = topics("restart");
     let pipeline = passthrough(&t);
     let first = produce_sequence(&t.input, PARTITIONS, 6_000);
-    let mut a = Host::start("host-a", &pipeline);
+    let mut a = Host::start_as("host-a", &pipeline, protocol);
     let out = consume_all(&t.output, first.len(), Duration::from_secs(60));
     assert_eq!(out.len(), first.len());
     a.process.sigterm();
@@ -302,7 +359,7 @@ fn restarted_hosts_resume_at_the_committed_offsets() {
             .iter()
             .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
     );
-    let _b = Host::start("host-b", &pipeline);
+    let _b = Host::start_as("host-b", &pipeline, protocol);
     let all: Vec<(i32, String)> = first.iter().chain(&second).cloned().collect();
     let output = consume_all(&t.output, all.len(), Duration::from_secs(60));
     let acc = account(&all, &output);
@@ -496,19 +553,18 @@ fn retryable_errors_are_retried_then_dead_lettered() {
     );
 }
 
-#[test]
-fn consumption_never_stalls_across_many_rebalances() {
+fn consumption_never_stalls_across_many_rebalances(protocol: Protocol) {
     // Regression guard for the StreamConsumer-style stalls users of rdkafka
     // hit after rebalances (rust-rdkafka 638, 665): a third host joins and
     // leaves four times under load; every message must still come out once.
     let t = topics("churn");
     let pipeline = passthrough(&t);
-    let a = Host::start("host-a", &pipeline);
-    let b = Host::start("host-b", &pipeline);
+    let a = Host::start_as("host-a", &pipeline, protocol);
+    let b = Host::start_as("host-b", &pipeline, protocol);
     wait_for_exclusive_cover(&[&a, &b], &t.input, Duration::from_secs(60));
     let producer = produce_slowly(t.input.clone(), 40_000, Duration::from_secs(16));
     for round in 0..4 {
-        let mut c = Host::start(&format!("host-c{round}"), &pipeline);
+        let mut c = Host::start_as(&format!("host-c{round}"), &pipeline, protocol);
         let joined = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
             c.partitions(&t.input).is_some_and(|p| !p.is_empty())
         });
@@ -525,7 +581,7 @@ fn consumption_never_stalls_across_many_rebalances() {
     let produced = producer.join().expect("producer thread");
     let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(90));
     let acc = account(&produced, &output);
-    print_accounting("churn", &acc);
+    print_accounting(&format!("churn [{}]", protocol.name()), &acc);
     assert_eq!(
         (acc.lost, acc.duplicates, acc.out_of_order),
         (0, 0, 0),

@@ -32,6 +32,7 @@ use kwasm_host::config::{BatchPolicy, HostConfig, KafkaConfig, PipelineSpec, Ret
 use kwasm_host::kafka::{OutputProducer, producer_config};
 use kwasm_host::pipeline::{Deployment, Pipeline, PipelineDeps};
 use kwasm_host::runtime::{Limits, Runtime, RuntimeConfig};
+use kwasm_host::topics::ControlPlane;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -152,6 +153,7 @@ fn main() {
         kafka,
         producer: producer.clone(),
         runtime: rt.handle().clone(),
+        control: ControlPlane::default(),
     };
     let spec = PipelineSpec {
         name: "p".into(),
@@ -168,6 +170,7 @@ fn main() {
             max_wait_ms: 20,
         },
         limits: Some(limits.clone()),
+        ..PipelineSpec::default()
     };
 
     let baseline = rss_bytes();

@@ -32,11 +32,14 @@
 //! of the output topic takes `now - sent`; row (0) reads the input topic
 //! instead, the harness's own floor.
 //!
-//! Run it with `scripts/bench-pipeline` (starts nisshi, builds the plugins).
+//! Run it with `scripts/bench-pipeline` (starts Apache Kafka, and nisshi when
+//! asked for, builds the plugins).
 //! Environment:
 //! - `KWASM_PLUGIN_DIR` (required): where `passthrough.wasm` and `transform.wasm` are.
-//! - `KWASM_BENCH_BROKERS`: an external broker (nisshi); `KWASM_BENCH_BROKER_PID`:
-//!   its process id, to report its CPU too.
+//! - `KWASM_BENCH_KAFKA_BROKERS`: an Apache Kafka broker (target `kafka`);
+//!   `KWASM_BENCH_KAFKA_BROKER_PID`: its process id, to report its CPU too.
+//! - `KWASM_BENCH_BROKERS`: a nisshi broker (target `nisshi`);
+//!   `KWASM_BENCH_BROKER_PID`: its process id.
 //! - `KWASM_BENCH_QUICK=1`: 200k messages, 2 s latency runs, one round.
 //! - `KWASM_BENCH_MESSAGES` (default 1 000 000; 100-byte run),
 //!   `KWASM_BENCH_LARGE_MESSAGES` (default a fifth of that; 1 KiB run),
@@ -47,7 +50,7 @@
 //!   default 5; 1 overloads nisshi with requests).
 //! - `KWASM_BENCH_KAFKA_PROPERTIES` (`name=value,...`): librdkafka properties
 //!   added to every case's clients (as `kafka.properties` does for the host).
-//! - `KWASM_BENCH_TARGETS` (`mock,nisshi`), `KWASM_BENCH_SECTIONS`
+//! - `KWASM_BENCH_TARGETS` (`mock,kafka`; also `nisshi`), `KWASM_BENCH_SECTIONS`
 //!   (`throughput,large,sweep,latency`), `KWASM_BENCH_CASES`
 //!   (`direct,native,passthrough,transform,native-spread,passthrough-spread`): subsets, e.g. for
 //!   profiling one case. `KWASM_BENCH_DEBUG=1` prints latency over time.
@@ -64,6 +67,7 @@ use kwasm_host::config::{BatchPolicy, HostConfig, KafkaConfig, PipelineSpec, Ret
 use kwasm_host::kafka::{OutputProducer, consumer_config, producer_config};
 use kwasm_host::pipeline::{Deployment, Pipeline, PipelineDeps, PipelineStatus};
 use kwasm_host::runtime::{CompiledPlugin, Limits, Runtime, RuntimeConfig};
+use kwasm_host::topics::ControlPlane;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -141,16 +145,40 @@ fn main() {
     for target in &opts.targets {
         let broker = match target.as_str() {
             "mock" => Broker::mock(64, rt.handle().clone()),
-            "nisshi" => match std::env::var("KWASM_BENCH_BROKERS") {
-                Ok(b) => Broker::external("nisshi", &b, 6, rt.handle().clone()),
-                Err(_) => {
-                    println!(
-                        "(nisshi skipped: KWASM_BENCH_BROKERS is unset; scripts/bench-pipeline starts it)"
-                    );
-                    continue;
+            "kafka" | "nisshi" => {
+                let (brokers_var, pid_var, storage) = if target == "kafka" {
+                    (
+                        "KWASM_BENCH_KAFKA_BROKERS",
+                        "KWASM_BENCH_KAFKA_BROKER_PID",
+                        "Apache Kafka, KRaft, one node",
+                    )
+                } else {
+                    (
+                        "KWASM_BENCH_BROKERS",
+                        "KWASM_BENCH_BROKER_PID",
+                        "memory storage",
+                    )
+                };
+                match std::env::var(brokers_var) {
+                    Ok(b) => Broker::external(
+                        if target == "kafka" { "kafka" } else { "nisshi" },
+                        storage,
+                        &b,
+                        std::env::var(pid_var).ok().and_then(|p| p.parse().ok()),
+                        6,
+                        rt.handle().clone(),
+                    ),
+                    Err(_) => {
+                        println!(
+                            "({target} skipped: {brokers_var} is unset; scripts/bench-pipeline starts it)"
+                        );
+                        continue;
+                    }
                 }
-            },
-            other => panic!("unknown target `{other}` in KWASM_BENCH_TARGETS (mock, nisshi)"),
+            }
+            other => {
+                panic!("unknown target `{other}` in KWASM_BENCH_TARGETS (mock, kafka, nisshi)")
+            }
         };
         let bench = Bench {
             opts: &opts,
@@ -299,13 +327,12 @@ impl Broker {
 
     fn external(
         name: &'static str,
+        storage: &str,
         bootstrap: &str,
+        pid: Option<u32>,
         partitions: i32,
         rt: tokio::runtime::Handle,
     ) -> Broker {
-        let pid = std::env::var("KWASM_BENCH_BROKER_PID")
-            .ok()
-            .and_then(|p| p.parse().ok());
         let admin = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .create()
@@ -313,7 +340,7 @@ impl Broker {
         Broker {
             name,
             description: format!(
-                "{name} at {bootstrap} (memory storage, separate process); topics of {partitions} partitions"
+                "{name} at {bootstrap} ({storage}, separate process); topics of {partitions} partitions"
             ),
             bootstrap: bootstrap.to_owned(),
             partitions,
@@ -842,6 +869,7 @@ impl Bench<'_> {
                     kafka,
                     producer: producer.clone(),
                     runtime: self.rt.clone(),
+                    control: ControlPlane::default(),
                 };
                 let name = unique("bench");
                 let spec = PipelineSpec {
@@ -859,6 +887,7 @@ impl Bench<'_> {
                     },
                     limits: None,
                     name,
+                    ..PipelineSpec::default()
                 };
                 let deployment = Deployment {
                     plugin: plugin.clone(),

@@ -27,3 +27,7 @@ pub const PLUGIN_INSTANCES_RELEASED: &str = "kwasm_plugin_instances_released_tot
 pub const PLUGIN_LOG_LINES_DROPPED: &str = "kwasm_plugin_log_lines_dropped_total";
 /// Bytes of those dropped lines, by plugin.
 pub const PLUGIN_LOG_BYTES_DROPPED: &str = "kwasm_plugin_log_bytes_dropped_total";
+/// Counter: registry records skipped as malformed or invalid, by `topic`
+/// (`plugins`, `pipelines`, `members`). Anything above 0 means something
+/// other than kwasm's API wrote the registry topics: check their ACLs.
+pub const REGISTRY_RECORDS_SKIPPED: &str = "kwasm_registry_records_skipped_total";

@@ -16,6 +16,25 @@ pub struct Host {
     _config: tempfile::NamedTempFile,
 }
 
+/// The consumer group protocol of a test host (`kafka.group_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// JoinGroup/SyncGroup with cooperative-sticky.
+    Classic,
+    /// KIP-848, broker-side assignment.
+    Consumer,
+}
+
+impl Protocol {
+    /// The config value, also used in test output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Classic => "classic",
+            Protocol::Consumer => "consumer",
+        }
+    }
+}
+
 /// What a test pipeline looks like.
 pub struct PipelineDef<'a> {
     pub name: &'a str,
@@ -52,11 +71,25 @@ impl Host {
         Self::start_with(id, registry, None)
     }
 
+    /// Starts `kwasm serve` with `pipeline` whose consumers speak `protocol`.
+    pub fn start_as(id: &str, pipeline: &PipelineDef<'_>, protocol: Protocol) -> Host {
+        Self::start_with_text_as(id, pipeline.group, Some(&pipeline_toml(pipeline)), protocol)
+    }
+
     fn start_with(id: &str, registry: &str, pipeline: Option<&PipelineDef<'_>>) -> Host {
         Self::start_with_text(id, registry, pipeline.map(pipeline_toml).as_deref())
     }
 
     fn start_with_text(id: &str, registry: &str, pipeline_text: Option<&str>) -> Host {
+        Self::start_with_text_as(id, registry, pipeline_text, Protocol::Classic)
+    }
+
+    fn start_with_text_as(
+        id: &str,
+        registry: &str,
+        pipeline_text: Option<&str>,
+        protocol: Protocol,
+    ) -> Host {
         let admin_port = free_port();
         let pipeline_text = pipeline_text.unwrap_or_default();
         let text = format!(
@@ -70,11 +103,10 @@ cache_dir = {cache:?}
 
 [kafka]
 brokers = {brokers:?}
+group_protocol = "{protocol}"
 [kafka.properties]
 "topic.metadata.refresh.interval.ms" = "1000"
-[kafka.consumer_properties]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
+{consumer_properties}
 
 [registry]
 plugins_topic = "{registry}-plugins"
@@ -83,6 +115,14 @@ members_topic = "{registry}-members"
 {pipeline_text}"#,
             cache = std::env::temp_dir().join("kwasm-e2e-cache"),
             brokers = brokers(),
+            protocol = protocol.name(),
+            // Under KIP-848 these are the broker's (scripts/kafka-node sets
+            // the same 6 s / 500 ms there) and librdkafka refuses them.
+            consumer_properties = match protocol {
+                Protocol::Classic =>
+                    "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"",
+                Protocol::Consumer => "",
+            },
         );
         let mut config = tempfile::NamedTempFile::new().expect("temp config file");
         config.write_all(text.as_bytes()).expect("write config");

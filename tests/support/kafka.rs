@@ -4,12 +4,14 @@
 //! against [`brokers`](crate::brokers) and panics with context on any error, so
 //! a test reads as a list of steps and assertions.
 //!
-//! Client settings that matter with the test broker (see shared/broker.md):
-//! - `session.timeout.ms=6000`: some Tansu-derived brokers hold a JoinGroup
-//!   for half the session timeout.
-//! - `fetch.wait.max.ms=10`: with 0 the broker answers fetches with nothing.
+//! Client settings (chosen when the suite ran on Kafka-compatible brokers,
+//! harmless on Apache Kafka):
+//! - `session.timeout.ms=6000`: a SIGKILLed test member leaves the group
+//!   quickly (classic protocol).
+//! - `fetch.wait.max.ms=10`: some brokers answer a fetch with max wait 0 with
+//!   nothing.
 //! - end offsets come from the fetch high watermark, not ListOffsets(LATEST),
-//!   which is wrong on some of these brokers' memory engines.
+//!   which was wrong on some of those brokers' memory engines.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -137,6 +139,9 @@ pub fn producer_config() -> ClientConfig {
     let mut config = client_config();
     config
         .set("acks", "all")
+        // No duplicates in the input from retries (broker failure tests
+        // count duplicates in the output).
+        .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000");
     config
@@ -182,8 +187,14 @@ where
 /// If creation fails (including "already exists": use [`unique`](crate::unique)
 /// names) or the metadata does not show the topic within 30 s.
 pub fn create_topic(name: &str, partitions: i32) {
+    create_topic_replicated(name, partitions, 1);
+}
+
+/// Like [`create_topic`], with `replication` replicas per partition (the
+/// 3-node tests use 3).
+pub fn create_topic_replicated(name: &str, partitions: i32, replication: i32) {
     let admin = admin_client();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
     let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
     let results = block_on(admin.create_topics([&topic], &options))
         .unwrap_or_else(|e| panic!("CreateTopics request for `{name}` failed: {e}"));
@@ -378,6 +389,63 @@ pub fn produce_sequence(topic: &str, partitions: i32, count: usize) -> Vec<(i32,
     sequence
 }
 
+/// The leader's node id of every partition of `topic` (indexed by
+/// partition; -1 where the metadata shows none), as the cluster reports it now.
+pub fn partition_leaders(topic: &str) -> Vec<i32> {
+    let metadata = plain_consumer()
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("metadata request for `{topic}` failed: {e}"));
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .unwrap_or_else(|| panic!("topic `{topic}` missing from metadata"));
+    let mut leaders = vec![-1; found.partitions().len()];
+    for p in found.partitions() {
+        if let Some(slot) = leaders.get_mut(p.id() as usize) {
+            *slot = if p.error().is_none() { p.leader() } else { -1 };
+        }
+    }
+    leaders
+}
+
+/// The node id of `group`'s coordinator: the leader of its partition of
+/// `__consumer_offsets`, which Kafka picks as `abs(javaHashCode(group)) %
+/// offsets.topic.num.partitions` (`GroupCoordinator.partitionFor`). `None`
+/// until the offsets topic exists (the first group creates it).
+pub fn group_coordinator(group: &str) -> Option<i32> {
+    let leaders = partition_leaders_if_exists("__consumer_offsets")?;
+    let partition = offsets_partition_for(group, leaders.len() as i32);
+    leaders.get(partition as usize).copied().filter(|l| *l >= 0)
+}
+
+fn partition_leaders_if_exists(topic: &str) -> Option<Vec<i32>> {
+    let metadata = plain_consumer()
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .ok()?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())?;
+    let mut leaders = vec![-1; found.partitions().len()];
+    for p in found.partitions() {
+        if let Some(slot) = leaders.get_mut(p.id() as usize) {
+            *slot = p.leader();
+        }
+    }
+    Some(leaders)
+}
+
+/// `Utils.abs(group.hashCode()) % partitions`, with Java's `String.hashCode`
+/// (over UTF-16 code units) and Kafka's `abs` (which maps `i32::MIN` to 0).
+pub fn offsets_partition_for(group: &str, partitions: i32) -> i32 {
+    let hash = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % partitions
+}
+
 /// Number of partitions of `topic` according to the broker's metadata.
 ///
 /// # Panics
@@ -524,9 +592,10 @@ pub struct Group {
 
 /// A member of a consumer group.
 ///
-/// nisshi 0.8.1 fills in only `member_id` (which the broker forms as
-/// `<client.id>-<uuid>`): client id, host and assignment come back empty, so
-/// on that broker observe assignments from the clients themselves.
+/// Apache Kafka forms a classic member's id as `<client.id>-<uuid>` and
+/// reports its client id, host and assignment. (nisshi 0.8.1 filled in only
+/// `member_id`.) DescribeGroups lists classic members only: a group of
+/// `group.protocol=consumer` members is described by ConsumerGroupDescribe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// Member id the coordinator gave it.
@@ -579,6 +648,116 @@ pub fn group_members(group: &str) -> Vec<Member> {
     describe_group(group).members
 }
 
+/// A consumer group as librdkafka's `DescribeConsumerGroups` reports it: it
+/// asks with ConsumerGroupDescribe (KIP-848) and falls back to DescribeGroups
+/// for a classic group, so it sees the members of a `group.protocol=consumer`
+/// group, which [`describe_group`] (DescribeGroups only) lists as none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// `Stable`, `Empty`, `Dead`, ... (librdkafka's state name).
+    pub state: String,
+    /// `Consumer` (KIP-848), `Classic`, or `Unknown`.
+    pub group_type: String,
+    /// Members: client id and the partitions of each topic assigned to it.
+    pub members: Vec<(String, Vec<(String, i32)>)>,
+}
+
+/// Describes `group` with `DescribeConsumerGroups` (see [`GroupDescription`]).
+///
+/// # Panics
+/// If the request fails or times out.
+pub fn describe_consumer_group(group: &str) -> GroupDescription {
+    use rdkafka::bindings as rd;
+    use std::ffi::{CStr, CString};
+
+    // rust-rdkafka 0.39 has no binding for this admin call; the C API is
+    // used directly on a plain client's handle.
+    let client = plain_consumer();
+    let rk = client.client().native_ptr();
+    let name = CString::new(group).unwrap_or_else(|e| panic!("group name `{group}`: {e}"));
+    let text = |p: *const std::os::raw::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: librdkafka returns NUL-terminated strings that live as
+            // long as the result event, which is destroyed last below.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    // SAFETY: every pointer comes from librdkafka and is used before the
+    // event (which owns the descriptions) and the queue are destroyed; the
+    // group name outlives the call that copies it.
+    unsafe {
+        let queue = rd::rd_kafka_queue_new(rk);
+        let options = rd::rd_kafka_AdminOptions_new(
+            rk,
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS,
+        );
+        let mut names = [name.as_ptr()];
+        rd::rd_kafka_DescribeConsumerGroups(rk, names.as_mut_ptr(), 1, options, queue);
+        rd::rd_kafka_AdminOptions_destroy(options);
+        let event = rd::rd_kafka_queue_poll(queue, REQUEST_TIMEOUT.as_millis() as i32);
+        if event.is_null() {
+            rd::rd_kafka_queue_destroy(queue);
+            panic!("DescribeConsumerGroups for `{group}` timed out");
+        }
+        let error = rd::rd_kafka_event_error(event);
+        if error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            let message = text(rd::rd_kafka_event_error_string(event));
+            rd::rd_kafka_event_destroy(event);
+            rd::rd_kafka_queue_destroy(queue);
+            panic!("DescribeConsumerGroups for `{group}` failed: {message}");
+        }
+        let result = rd::rd_kafka_event_DescribeConsumerGroups_result(event);
+        let mut count = 0usize;
+        let groups = rd::rd_kafka_DescribeConsumerGroups_result_groups(result, &mut count);
+        let mut description = None;
+        for i in 0..count {
+            let g = *groups.add(i);
+            let g_error = rd::rd_kafka_ConsumerGroupDescription_error(g);
+            if !g_error.is_null() {
+                let message = text(rd::rd_kafka_error_string(g_error));
+                rd::rd_kafka_event_destroy(event);
+                rd::rd_kafka_queue_destroy(queue);
+                panic!("describing `{group}`: {message}");
+            }
+            let mut members = Vec::new();
+            for m in 0..rd::rd_kafka_ConsumerGroupDescription_member_count(g) {
+                let member = rd::rd_kafka_ConsumerGroupDescription_member(g, m);
+                let assignment = rd::rd_kafka_MemberDescription_assignment(member);
+                let mut partitions = Vec::new();
+                if !assignment.is_null() {
+                    let list = rd::rd_kafka_MemberAssignment_partitions(assignment);
+                    if !list.is_null() {
+                        for e in 0..(*list).cnt as usize {
+                            let element = &*(*list).elems.add(e);
+                            partitions.push((text(element.topic), element.partition));
+                        }
+                    }
+                }
+                partitions.sort();
+                members.push((
+                    text(rd::rd_kafka_MemberDescription_client_id(member)),
+                    partitions,
+                ));
+            }
+            members.sort();
+            description = Some(GroupDescription {
+                state: text(rd::rd_kafka_consumer_group_state_name(
+                    rd::rd_kafka_ConsumerGroupDescription_state(g),
+                )),
+                group_type: text(rd::rd_kafka_consumer_group_type_name(
+                    rd::rd_kafka_ConsumerGroupDescription_type(g),
+                )),
+                members,
+            });
+        }
+        rd::rd_kafka_event_destroy(event);
+        rd::rd_kafka_queue_destroy(queue);
+        description.unwrap_or_else(|| panic!("DescribeConsumerGroups returned no group `{group}`"))
+    }
+}
+
 /// The partition Kafka's Java producer gives `key` in a topic of
 /// `partitions`: `murmur2(key) & 0x7fffffff % partitions`. Written from the
 /// Java client's definition, independently of librdkafka, so tests can check
@@ -614,6 +793,21 @@ fn murmur2(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_partition_matches_javas_string_hash_code() {
+        // "hello".hashCode() == 99162322 and "".hashCode() == 0 in Java;
+        // "polygenelubricants".hashCode() == i32::MIN, which Kafka's abs maps to 0.
+        assert_eq!(offsets_partition_for("hello", 50), 99_162_322 % 50);
+        assert_eq!(offsets_partition_for("", 5), 0);
+        assert_eq!(offsets_partition_for("polygenelubricants", 7), 0);
+        // Negative hash codes: "kwasm-group-1".hashCode() is negative.
+        let h = "kwasm-group-1"
+            .chars()
+            .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32));
+        assert!(h < 0, "test input should have a negative hash: {h}");
+        assert_eq!(offsets_partition_for("kwasm-group-1", 5), h.abs() % 5);
+    }
 
     #[test]
     fn murmur2_matches_the_java_clients_published_values() {

@@ -2,8 +2,8 @@
 //! this package).
 //!
 //! End-to-end tests run against real things: WASM plugins built for
-//! `wasm32-wasip2`, the `kwasm` host binary, and one Kafka-compatible broker
-//! (nisshi). `scripts/test` builds and starts all three and passes them in
+//! `wasm32-wasip2`, the `kwasm` host binary, and one Apache Kafka node
+//! (KRaft). `scripts/test` builds and starts all three and passes them in
 //! through the environment:
 //!
 //! | variable | set by `scripts/test` to | read by |
@@ -11,6 +11,7 @@
 //! | `KWASM_PLUGIN_DIR` | `$CARGO_TARGET_DIR/wasm32-wasip2/release` | [`plugin_path`] |
 //! | `KWASM_BIN` | the freshly built `kwasm` binary | [`kwasm_bin`] |
 //! | `KWASM_TEST_BROKERS` | `127.0.0.1:PORT` of the broker it started | [`brokers`] |
+//! | `KWASM_KAFKA_LIBS` | the Apache Kafka jars | `scripts/kafka-node`, run by [`KafkaCluster`] |
 //!
 //! A missing variable is a panic with a message saying what to run, never a
 //! silent skip: a test that did not run must not look like a test that passed.
@@ -25,8 +26,10 @@
 //!   group membership, as a user of the broker would observe them.
 //! - [`assignment`]: decoding of the Kafka ConsumerProtocol member assignment.
 //! - [`process`]: [`HostProcess`], a child process with its output in a log file.
+//! - [`broker`]: [`KafkaCluster`], Kafka nodes a test starts, kills and restarts.
 
 pub mod assignment;
+pub mod broker;
 pub mod kafka;
 pub mod process;
 
@@ -36,9 +39,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use assignment::{Assignment, decode_assignment};
+pub use broker::KafkaCluster;
 pub use kafka::{
-    Group, Member, OutRecord, Record, by_partition, committed_offsets, consume_all, create_topic,
-    describe_group, end_offsets, group_members, produce, produce_sequence, sequence_of,
+    Group, GroupDescription, Member, OutRecord, Record, by_partition, committed_offsets,
+    consume_all, create_topic, create_topic_replicated, describe_consumer_group, describe_group,
+    end_offsets, group_coordinator, group_members, partition_leaders, produce, produce_sequence,
+    sequence_of,
 };
 pub use process::HostProcess;
 
@@ -100,8 +106,8 @@ pub fn brokers() -> String {
         Ok(brokers) if !brokers.trim().is_empty() => brokers,
         _ => panic!(
             "KWASM_TEST_BROKERS is not set: Kafka end-to-end tests need the broker started \
-             by scripts/test (run scripts/test, or start nisshi yourself and export \
-             KWASM_TEST_BROKERS=127.0.0.1:PORT)"
+             by scripts/test (run scripts/test, or start one with `. scripts/lib.sh; \
+             kwasm_start_kafka DIR`, which exports KWASM_TEST_BROKERS)"
         ),
     }
 }

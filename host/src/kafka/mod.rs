@@ -5,6 +5,7 @@
 pub mod fetch_queue;
 pub mod offsets;
 mod producer;
+pub mod regex;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use rdkafka::client::DefaultClientContext;
 pub use offsets::OffsetTracker;
 pub use producer::{DeliveryRoute, DeliveryToken, OutRecord, OutputProducer, ProduceError};
 
-use crate::config::KafkaConfig;
+use crate::config::{GroupProtocol, KafkaConfig};
 
 /// Consumer settings. Each default here is one a production pipeline needs;
 /// any of them can be overridden through `kafka.properties` or
@@ -31,10 +32,15 @@ pub fn consumer_config(
     c.set("bootstrap.servers", &kafka.brokers)
         .set("group.id", group_id)
         .set("client.id", client_id)
-        // KIP-429: only moved partitions stop during a rebalance.
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        // kwasm commits itself, only offsets whose outputs are acknowledged.
-        .set("enable.auto.commit", "false")
+        .set("group.protocol", kafka.group_protocol.as_librdkafka());
+    if kafka.group_protocol == GroupProtocol::Classic {
+        // KIP-429: only moved partitions stop during a rebalance. (Under
+        // KIP-848 the broker assigns, incrementally, and librdkafka refuses
+        // this property.)
+        c.set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    // kwasm commits itself, only offsets whose outputs are acknowledged.
+    c.set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         // librdkafka's default 1000 ms stalls a busy partition for a second
