@@ -12,6 +12,10 @@ pub const DEAD_LETTERED: &str = "kwasm_dead_lettered_total";
 pub const BATCH_SECONDS: &str = "kwasm_batch_seconds";
 /// Messages of a partition not yet committed, per partition.
 pub const LAG: &str = "kwasm_partition_lag";
+/// Counter: registry records skipped as malformed or invalid, by `topic`
+/// (`plugins`, `pipelines`, `members`). Anything above 0 means something
+/// other than kwasm's API wrote the registry topics: check their ACLs.
+pub const REGISTRY_RECORDS_SKIPPED: &str = "kwasm_registry_records_skipped_total";
 /// The host-wide plugin memory budget (`host.max_plugin_memory_bytes`).
 pub const PLUGIN_MEMORY_BUDGET_BYTES: &str = "kwasm_plugin_memory_budget_bytes";
 /// Bytes of the budget reserved by live plugin instances.
@@ -27,7 +31,3 @@ pub const PLUGIN_INSTANCES_RELEASED: &str = "kwasm_plugin_instances_released_tot
 pub const PLUGIN_LOG_LINES_DROPPED: &str = "kwasm_plugin_log_lines_dropped_total";
 /// Bytes of those dropped lines, by plugin.
 pub const PLUGIN_LOG_BYTES_DROPPED: &str = "kwasm_plugin_log_bytes_dropped_total";
-/// Counter: registry records skipped as malformed or invalid, by `topic`
-/// (`plugins`, `pipelines`, `members`). Anything above 0 means something
-/// other than kwasm's API wrote the registry topics: check their ACLs.
-pub const REGISTRY_RECORDS_SKIPPED: &str = "kwasm_registry_records_skipped_total";
