@@ -6,6 +6,9 @@
 //! Each test starts its own registry on topics no other test uses, so tests
 //! see only their own plugins and pipelines. No pipeline manager runs, so the
 //! host holds no partitions and is never ready.
+//!
+//! The API under test has a token, so every `/v1` call here carries it
+//! unless the test is about calls without it ([`Api::anonymous`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
@@ -14,13 +17,14 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use kwasm_host::admin::{AdminState, router};
+use kwasm_host::admin::{AdminState, GroupDescriber, router};
 use kwasm_host::config::{HostConfig, KafkaConfig, PipelineSpec};
 use kwasm_host::kafka::{OutputProducer, producer_config};
 use kwasm_host::pipeline::PipelineDeps;
 use kwasm_host::pipeline::manager::{ManagerView, PipelineManager};
 use kwasm_host::registry::{Registry, RegistryConfig};
 use kwasm_host::runtime::{Limits, Runtime, RuntimeConfig};
+use kwasm_host::topics::ControlPlane;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
@@ -94,6 +98,10 @@ impl Api {
             runtime: RUNTIME.clone(),
             token: Some(TOKEN.into()),
             metrics: None,
+            groups: Some(
+                GroupDescriber::for_kafka(&kafka())
+                    .unwrap_or_else(|e| panic!("cannot create the admin client: {e}")),
+            ),
         };
         Api {
             router: router(state),
@@ -138,11 +146,18 @@ impl Api {
         Reply { status, body }
     }
 
+    /// A read with the right token.
     async fn get(&self, uri: &str) -> Reply {
+        self.send(Method::GET, uri, Some(TOKEN), Body::empty())
+            .await
+    }
+
+    /// A read without a token.
+    async fn anonymous(&self, uri: &str) -> Reply {
         self.send(Method::GET, uri, None, Body::empty()).await
     }
 
-    /// A mutating call with the right token.
+    /// A call with the right token.
     async fn call(&self, method: Method, uri: &str, body: impl Into<Body>) -> Reply {
         self.send(method, uri, Some(TOKEN), body).await
     }
@@ -284,49 +299,83 @@ async fn health_metrics_openapi_and_unknown_paths() {
         (Method::GET, "/v2/plugins"),
         (Method::POST, "/v1/nope"),
     ] {
-        let reply = api.send(method, uri, None, Body::empty()).await;
+        let reply = api
+            .send(method.clone(), uri, Some(TOKEN), Body::empty())
+            .await;
         assert_error(
             &reply,
             StatusCode::NOT_FOUND,
             "not_found",
             &["no such endpoint"],
         );
+        // Without the token the API does not even say what exists.
+        let reply = api.send(method, uri, None, Body::empty()).await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized", &[]);
     }
 }
 
+/// Tokens that must all be refused: none, a wrong one, a prefix of the
+/// token, the token with a trailing character, and an empty bearer.
+const WRONG_TOKENS: [Option<&str>; 6] = [
+    None,
+    Some("wrong"),
+    Some("secre"),
+    Some("secret2"),
+    Some("secret "),
+    Some(""),
+];
+
+#[track_caller]
+fn assert_unauthorized(reply: &Reply) {
+    assert_error(
+        reply,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        &["Authorization: Bearer <token>"],
+    );
+}
+
+/// Every documented call with its path parameters filled in (`{name}` as
+/// `orders` for pipelines and `p` for plugins, `{version}` as 1).
+fn concrete_calls() -> Vec<(Method, String)> {
+    documented_calls()
+        .into_iter()
+        .map(|(method, path)| {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes())
+                .unwrap_or_else(|e| panic!("{method}: {e}"));
+            let path = if path.starts_with("/v1/plugins") {
+                path.replace("{name}", "p")
+            } else {
+                path.replace("{name}", "orders")
+            };
+            (method, path.replace("{version}", "1"))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn mutating_calls_need_the_token_and_reads_do_not() {
+async fn every_v1_call_needs_the_exact_token_and_probes_do_not() {
     let api = Api::new().await;
     let passthrough = plugin_bytes("passthrough");
     let pipeline = json!({"plugin": "p@1", "inputs": ["in"], "output": "out"}).to_string();
-    let mutating = [
-        (
-            Method::POST,
-            "/v1/plugins/p",
-            Body::from(passthrough.clone()),
-        ),
-        (Method::DELETE, "/v1/plugins/p/versions/1", Body::empty()),
-        (
-            Method::PUT,
-            "/v1/pipelines/orders",
-            Body::from(pipeline.clone()),
-        ),
-        (Method::DELETE, "/v1/pipelines/orders", Body::empty()),
-        (Method::POST, "/v1/pipelines/orders/pause", Body::empty()),
-        (Method::POST, "/v1/pipelines/orders/resume", Body::empty()),
-    ];
-    for (method, uri, body) in mutating {
-        let bytes = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .unwrap_or_default();
-        for token in [None, Some("wrong"), Some("secret2"), Some("")] {
-            let reply = api.send(method.clone(), uri, token, bytes.clone()).await;
-            assert_error(
-                &reply,
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                &["Authorization: Bearer <token>"],
-            );
+    let calls = concrete_calls();
+    assert!(
+        calls.iter().filter(|(m, _)| m == Method::GET).count() >= 8,
+        "{calls:?}"
+    );
+    for (method, uri) in &calls {
+        let body = match (method.as_str(), uri.as_str()) {
+            ("POST", "/v1/plugins/p") => passthrough.clone(),
+            ("PUT", _) => pipeline.clone().into_bytes(),
+            _ => Vec::new(),
+        };
+        for token in WRONG_TOKENS {
+            let reply = api.send(method.clone(), uri, token, body.clone()).await;
+            if uri.starts_with("/v1/") {
+                assert_unauthorized(&reply);
+            } else {
+                assert_ne!(reply.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+            }
         }
     }
     // A token that is not a bearer token is refused too.
@@ -375,19 +424,31 @@ async fn mutating_calls_need_the_token_and_reads_do_not() {
         StatusCode::OK
     );
 
-    // Reads need no token.
-    for uri in [
-        "/healthz",
-        "/v1/openapi.json",
-        "/v1/assignments",
-        "/v1/plugins",
-        "/v1/plugins/p",
-        "/v1/pipelines",
-        "/v1/pipelines/orders",
-        "/v1/pipelines/orders/members",
-    ] {
+    // Every read answers with the token, and none without it, now that
+    // there is something to read.
+    let reads: Vec<&String> = calls
+        .iter()
+        .filter(|(m, u)| m == Method::GET && u.starts_with("/v1/"))
+        .map(|(_, u)| u)
+        .collect();
+    for uri in &reads {
         assert_eq!(api.get(uri).await.status, StatusCode::OK, "GET {uri}");
+        for token in WRONG_TOKENS {
+            let reply = api.send(Method::GET, uri, token, Body::empty()).await;
+            assert_unauthorized(&reply);
+        }
     }
+    // The probes stay open: /healthz 200, /readyz its 503 (not ready), no
+    // 401 from /metrics either.
+    assert_eq!(api.anonymous("/healthz").await.status, StatusCode::OK);
+    assert_eq!(
+        api.anonymous("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        api.anonymous("/metrics").await.status,
+        StatusCode::NOT_FOUND
+    );
 
     assert_eq!(
         api.call(Method::DELETE, "/v1/pipelines/orders", Body::empty())
@@ -518,6 +579,101 @@ async fn uploads_over_the_size_limit_answer_413() {
         &["limit of 1000 bytes", "max_plugin_bytes"],
     );
     assert_eq!(api.get("/v1/plugins").await.body, json!({"plugins": []}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_announced_over_the_limit_is_refused_before_its_body_is_read() {
+    let api = Api::with(registry(Some(1000)).await, ManagerView::default());
+    // The announced length alone decides: the (small) body is never read.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/plugins/p")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_LENGTH, 200u64 << 20)
+        .body(Body::from(vec![0u8; 10]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = api
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let body: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["error"]["code"], "too_large", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("registry.max_plugin_bytes")),
+        "{body}"
+    );
+    assert_eq!(api.get("/v1/plugins").await.body, json!({"plugins": []}));
+}
+
+/// A body streamed in chunks with no `Content-Length`, as `curl -T -` or a
+/// proxy sends it: `chunks` chunks of `chunk` bytes.
+fn streamed_body(chunks: usize, chunk: Vec<u8>) -> Body {
+    let chunk = bytes::Bytes::from(chunk);
+    Body::from_stream(futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_bodies_over_the_limit_answer_413_and_store_nothing() {
+    let api = Api::new().await;
+    assert_eq!(
+        api.upload("p", &plugin_bytes("passthrough")).await.status,
+        StatusCode::CREATED
+    );
+    // Just over 512 KiB, and 20 MB (the size that used to reach the broker
+    // and come back as a 503): a big plugin config.
+    for size in [(512 << 10) + 1, 20_000_000] {
+        let body = json!({
+            "plugin": "p@1", "inputs": ["in"], "output": "out",
+            "config": {"blob": "x".repeat(size)},
+        });
+        let reply = api.put_pipeline("orders", body).await;
+        assert_error(
+            &reply,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &["limit of 524288 bytes"],
+        );
+    }
+    // The same without a Content-Length: cut off while streaming.
+    let mut start =
+        br#"{"plugin": "p@1", "inputs": ["in"], "output": "out", "config": {"blob": ""#.to_vec();
+    start.resize(64 << 10, b'x');
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri("/v1/pipelines/orders")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(streamed_body(1600, start))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let response = api
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|e| match e {});
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A body just under the limit is stored.
+    let body = json!({
+        "plugin": "p@1", "inputs": ["in"], "output": "out",
+        "config": {"blob": "x".repeat(500 << 10)},
+    });
+    assert_eq!(api.put_pipeline("big", body).await.status, StatusCode::OK);
+    let names: Vec<Value> = api.get("/v1/pipelines").await.body["pipelines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("big")]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -860,6 +1016,7 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         producer,
         permits: Arc::new(tokio::sync::Semaphore::new(1)),
         runtime: tokio::runtime::Handle::current(),
+        control: ControlPlane::new(registry.config()),
     };
     let spec = PipelineSpec {
         name: "from-file".into(),
@@ -873,6 +1030,7 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         retry: Default::default(),
         batch: Default::default(),
         limits: None,
+        ..PipelineSpec::default()
     };
     let manager = PipelineManager::new(
         RUNTIME.clone(),
@@ -912,4 +1070,84 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         api.get("/v1/pipelines").await.body,
         json!({"pipelines": []})
     );
+}
+
+/// The broker, not the published records, says who is in a group: a
+/// consumer that never published anything shows up with its member id,
+/// client id and the partitions of its assignment.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_are_read_from_the_broker_with_their_assignments() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let api = Api::new().await;
+    let input = kwasm_tests::unique("members-in");
+    let group = kwasm_tests::unique("members-group");
+    let topic = input.clone();
+    tokio::task::spawn_blocking(move || kwasm_tests::create_topic(&topic, 2))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        api.upload("p", &plugin_bytes("passthrough")).await.status,
+        StatusCode::CREATED
+    );
+    let put = api
+        .put_pipeline(
+            "orders",
+            json!({"plugin": "p@1", "inputs": [input], "output": "out", "group_id": group}),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK, "{put:?}");
+
+    // An outside member of the pipeline's group, holding both partitions.
+    let (group_id, topic) = (group.clone(), input.clone());
+    let consumer = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kwasm_tests::kafka::consumer_config(Some(&group_id))
+            .set("client.id", "outside-host")
+            .create()
+            .unwrap_or_else(|e| panic!("consumer: {e}"));
+        consumer
+            .subscribe(&[&topic])
+            .unwrap_or_else(|e| panic!("subscribe: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while consumer.assignment().map_or(0, |a| a.count()) < 2 {
+            assert!(Instant::now() < deadline, "no assignment within 30 s");
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        consumer
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let members = api.get("/v1/pipelines/orders/members").await;
+    assert_eq!(members.status, StatusCode::OK, "{members:?}");
+    let list = members.body["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{members:?}"));
+    assert_eq!(list.len(), 1, "{members:?}");
+    let m = &list[0];
+    assert_eq!(
+        (&m["host"], &m["client_id"], &m["source"]),
+        (
+            &json!("outside-host"),
+            &json!("outside-host"),
+            &json!("broker")
+        ),
+        "{members:?}"
+    );
+    assert!(
+        m["member_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("outside-host-")),
+        "{members:?}"
+    );
+    assert!(
+        m["client_host"].as_str().is_some_and(|h| !h.is_empty()),
+        "{members:?}"
+    );
+    assert_eq!(
+        m["partitions"],
+        json!([{"topic": input, "partition": 0}, {"topic": input, "partition": 1}]),
+        "{members:?}"
+    );
+    assert_eq!(members.body["group_id"], json!(group));
+    drop(consumer);
 }

@@ -497,8 +497,9 @@ fn pipeline_list_resume_and_delete_call_the_documented_endpoints() {
 
 #[test]
 fn status_joins_members_and_the_contacted_hosts_progress() {
+    // A host with a token: `status` only reads, and every read needs it.
     let api = FakeApi::start(
-        None,
+        Some("t"),
         vec![
             (
                 "GET /v1/pipelines",
@@ -541,7 +542,7 @@ fn status_joins_members_and_the_contacted_hosts_progress() {
         ],
     );
     assert_eq!(
-        ok(&kwasm(&["status", "--url", api.url()])),
+        ok(&kwasm(&["status", "--url", api.url(), "--token", "t"])),
         "PIPELINE      HOST    TOPIC   PARTITION  POSITION  COMMITTED  LAG  STATE\n\
          orders-clean  host-a  orders          0      1200       1180   50  running\n\
          orders-clean  host-a  orders          2         7          7    0  running\n\
@@ -550,6 +551,17 @@ fn status_joins_members_and_the_contacted_hosts_progress() {
          POSITION, COMMITTED, LAG and STATE are known by the host holding the partition; \
          this is host-a. Ask another host with --url.\n"
     );
+    let reads = api.requests();
+    assert!(
+        reads.len() >= 3
+            && reads
+                .iter()
+                .all(|r| r.authorization.as_deref() == Some("Bearer t")),
+        "{reads:?}"
+    );
+    // Without the token the host refuses even these reads.
+    let error = failed(&kwasm(&["status", "--url", api.url()]));
+    assert!(error.contains("(unauthorized, HTTP 401)"), "{error}");
 }
 
 #[test]

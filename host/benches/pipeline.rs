@@ -67,6 +67,7 @@ use kwasm_host::config::{BatchPolicy, HostConfig, KafkaConfig, PipelineSpec, Ret
 use kwasm_host::kafka::{OutputProducer, consumer_config, producer_config};
 use kwasm_host::pipeline::{Deployment, Pipeline, PipelineDeps, PipelineStatus};
 use kwasm_host::runtime::{CompiledPlugin, Limits, Runtime, RuntimeConfig};
+use kwasm_host::topics::ControlPlane;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -867,6 +868,7 @@ impl Bench<'_> {
                     kafka,
                     producer: producer.clone(),
                     runtime: self.rt.clone(),
+                    control: ControlPlane::default(),
                 };
                 let name = unique("bench");
                 let spec = PipelineSpec {
@@ -884,6 +886,7 @@ impl Bench<'_> {
                     },
                     limits: None,
                     name,
+                    ..PipelineSpec::default()
                 };
                 let deployment = Deployment {
                     plugin: plugin.clone(),

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::Limits;
+use crate::topics::{ControlPlane, OutputPolicy, is_topic_name};
 
 /// Everything `kwasm serve` reads from its config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,7 +48,7 @@ pub struct Config {
     pub limits: Limits,
     /// The plugin and pipeline registry (Kafka topics).
     #[serde(default)]
-    pub registry: crate::registry::RegistryConfig,
+    pub registry: RegistryConfig,
     /// Pipelines declared here. They win over registry pipelines of the
     /// same name, and the API cannot change them.
     #[serde(default, rename = "pipeline")]
@@ -75,10 +76,101 @@ pub struct HostConfig {
     pub commit_interval_ms: u64,
     /// Compiled-plugin cache. Default `.kwasm/cache`.
     pub cache_dir: PathBuf,
-    /// Bearer token required by mutating admin calls; also read from
-    /// `KWASM_ADMIN_TOKEN`. Default none (open: keep the listener on
-    /// 127.0.0.1 then).
+    /// Bearer token required by every `/v1` admin call, reads included
+    /// (`/healthz`, `/readyz`, `/metrics` stay open for probes and
+    /// scrapers); `KWASM_ADMIN_TOKEN` overrides it. Empty or whitespace-only
+    /// is a startup error. Default none: the API is open, so the host then
+    /// refuses a non-loopback `admin_listen` unless `admin_insecure` is set.
     pub admin_token: Option<String>,
+    /// Serve the API without a token on a non-loopback address (logged as
+    /// a warning at startup). Default false.
+    pub admin_insecure: bool,
+    /// Serve the API over TLS (rustls) with this certificate and key;
+    /// plain http is then refused. Default none (plain http).
+    pub admin_tls: Option<AdminTlsConfig>,
+    /// Where `admin_token` came from, for error messages: the config field
+    /// or the environment variable that overrode it.
+    #[serde(skip)]
+    pub admin_token_origin: TokenOrigin,
+}
+
+/// TLS on the admin listener (`[host.admin_tls]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// PEM file of the certificate chain, leaf first.
+    pub cert_path: PathBuf,
+    /// PEM file of the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
+}
+
+/// Which setting supplied the admin token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// `host.admin_token` in the config file.
+    #[default]
+    ConfigFile,
+    /// The `KWASM_ADMIN_TOKEN` environment variable.
+    Environment,
+}
+
+impl TokenOrigin {
+    /// The name an operator would look for.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenOrigin::ConfigFile => "host.admin_token",
+            TokenOrigin::Environment => "KWASM_ADMIN_TOKEN",
+        }
+    }
+}
+
+impl HostConfig {
+    /// A token that is set must be usable: an empty one would match
+    /// `Authorization: Bearer ` and a whitespace-only one is a typo.
+    pub fn check_admin_token(&self) -> Result<(), ConfigError> {
+        match &self.admin_token {
+            Some(token) if token.trim().is_empty() => Err(ConfigError::Invalid {
+                field: self.admin_token_origin.name().to_owned(),
+                message: "is empty or whitespace; set a real token or remove it".to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the admin API may be served as configured: the token is
+    /// usable, and an API without a token listens on loopback only unless
+    /// `admin_insecure` says otherwise. Run after [`Config::with_env`] (the
+    /// token may come from the environment) and before binding.
+    pub fn check_admin_access(&self) -> Result<(), ConfigError> {
+        self.check_admin_token()?;
+        let addr: std::net::SocketAddr =
+            self.admin_listen
+                .parse()
+                .map_err(|_| ConfigError::Invalid {
+                    field: "host.admin_listen".to_owned(),
+                    message: "must be an address like 127.0.0.1:8080".to_owned(),
+                })?;
+        if self.admin_token.is_none() && !addr.ip().is_loopback() && !self.admin_insecure {
+            return Err(ConfigError::Invalid {
+                field: "host.admin_listen".to_owned(),
+                message: format!(
+                    "{addr} is not a loopback address and no admin token is set: anyone who \
+                     reaches it could deploy plugins. Set host.admin_token (or \
+                     KWASM_ADMIN_TOKEN), or host.admin_insecure = true to serve it open"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the API will be open to other machines (to warn about it).
+    pub fn admin_open_to_network(&self) -> bool {
+        self.admin_token.is_none()
+            && self
+                .admin_listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_loopback())
+    }
 }
 
 impl Default for HostConfig {
@@ -92,6 +184,9 @@ impl Default for HostConfig {
             commit_interval_ms: 1_000,
             cache_dir: PathBuf::from(".kwasm/cache"),
             admin_token: None,
+            admin_insecure: false,
+            admin_tls: None,
+            admin_token_origin: TokenOrigin::ConfigFile,
         }
     }
 }
@@ -215,11 +310,59 @@ impl KafkaConfig {
     }
 }
 
+/// Registry settings (`[registry]` in the host config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Compacted topic of plugin chunks and manifests. Default `_kwasm_plugins`.
+    pub plugins_topic: String,
+    /// Compacted topic of pipelines. Default `_kwasm_pipelines`.
+    pub pipelines_topic: String,
+    /// Compacted topic where each host publishes the partitions it holds.
+    /// Default `_kwasm_members`.
+    pub members_topic: String,
+    /// Largest plugin accepted. Default 64 MiB.
+    pub max_plugin_bytes: usize,
+    /// Create the topics when missing. Default true; off when something
+    /// else creates them (dev mode's mock cluster does not answer
+    /// CreateTopics).
+    pub create_topics: bool,
+    /// Replication factor of the registry topics when kwasm creates them.
+    /// Default 1 (a single test broker); use 3 on a production cluster.
+    pub replication_factor: i32,
+    /// librdkafka properties for the registry's own clients, applied after
+    /// `kafka.properties` (so they win): give the control plane other
+    /// credentials than the data plane (`sasl.username`, ...), so Kafka
+    /// ACLs, not only kwasm's checks, keep plugins away from the registry
+    /// topics. See the README's "Kafka ACLs".
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            plugins_topic: "_kwasm_plugins".into(),
+            pipelines_topic: "_kwasm_pipelines".into(),
+            members_topic: "_kwasm_members".into(),
+            create_topics: true,
+            max_plugin_bytes: 64 << 20,
+            replication_factor: 1,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
 /// One pipeline: a plugin applied to input topics, as one consumer group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The one definition of a pipeline: the config file's `[[pipeline]]`, the
+/// admin API's body and the registry's record all hold this (the registry
+/// adds `paused` and `source` around it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
-    /// Unique name; `[a-zA-Z0-9._-]`.
+    /// Unique name: see [`is_name`]. Required in a config file; the API
+    /// takes it from the path.
+    #[serde(default)]
     pub name: String,
     /// The plugin: a path ending in `.wasm`, or a registry plugin as
     /// `name@version` (or `name` for the newest version).
@@ -230,11 +373,26 @@ pub struct PipelineSpec {
     /// Input topics. Either this or `input_regex`.
     #[serde(default)]
     pub inputs: Vec<String>,
-    /// A regex of input topics (librdkafka `^` subscription).
+    /// A regex of input topics in librdkafka's dialect (POSIX extended),
+    /// anchored at the start only, as librdkafka subscribes `^` patterns.
     #[serde(default)]
     pub input_regex: Option<String>,
     /// Default output topic.
     pub output: String,
+    /// Further topics the plugin may name on a record, besides `output`.
+    /// At most 64. A record for an undeclared topic dead-letters its
+    /// message (`output-not-allowed`).
+    #[serde(default)]
+    pub extra_outputs: Vec<String>,
+    /// A regex of further topics the plugin may name, in the same dialect
+    /// as `input_regex` but matching the whole topic name.
+    #[serde(default)]
+    pub outputs_regex: Option<String>,
+    /// Let the plugin write to the pipeline's own input topics (a
+    /// deliberate feedback loop). Default false: refused, since one
+    /// message could otherwise multiply forever.
+    #[serde(default)]
+    pub allow_loop: bool,
     /// Consumer group id. Default `kwasm-<name>`.
     #[serde(default)]
     pub group_id: Option<String>,
@@ -321,9 +479,18 @@ impl PipelineSpec {
     /// The subscription as librdkafka takes it (a regex starts with `^`).
     pub fn subscription(&self) -> Vec<String> {
         match &self.input_regex {
-            Some(re) if re.starts_with('^') => vec![re.clone()],
-            Some(re) => vec![format!("^{re}")],
+            Some(_) => vec![self.subscription_regex()],
             None => self.inputs.clone(),
+        }
+    }
+
+    /// `input_regex` as librdkafka compiles it: with a leading `^`, which
+    /// is what marks a subscription as a regex. Empty without a regex.
+    pub fn subscription_regex(&self) -> String {
+        match self.input_regex.as_deref() {
+            Some(re) if re.starts_with('^') => re.to_owned(),
+            Some(re) => format!("^{re}"),
+            None => String::new(),
         }
     }
 }
@@ -372,12 +539,14 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies environment overrides documented on the fields.
+    /// Applies environment overrides documented on the fields. A
+    /// `KWASM_ADMIN_TOKEN` that is set wins even when empty, so that
+    /// [`HostConfig::check_admin_access`] refuses it by name rather than
+    /// the host starting open.
     pub fn with_env(mut self) -> Self {
-        if let Ok(token) = std::env::var("KWASM_ADMIN_TOKEN")
-            && !token.is_empty()
-        {
-            self.host.admin_token = Some(token);
+        if let Some(token) = std::env::var_os("KWASM_ADMIN_TOKEN") {
+            self.host.admin_token = Some(token.to_string_lossy().into_owned());
+            self.host.admin_token_origin = TokenOrigin::Environment;
         }
         self
     }
@@ -394,6 +563,7 @@ impl Config {
             return invalid("kafka.brokers".into(), "must name at least one broker");
         }
         self.kafka.validate()?;
+        self.host.check_admin_token()?;
         if self.host.workers == 0 {
             return invalid("host.workers".into(), "must be at least 1");
         }
@@ -408,10 +578,11 @@ impl Config {
                 "must be an address like 127.0.0.1:8080",
             );
         }
+        let control = ControlPlane::new(&self.registry);
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
             let at = |field: &str| format!("pipeline[{i}].{field}");
-            if let Err(ConfigError::Invalid { field, message }) = p.validate() {
+            if let Err(ConfigError::Invalid { field, message }) = p.validate(&control) {
                 return Err(ConfigError::Invalid {
                     field: at(&field),
                     message,
@@ -425,11 +596,37 @@ impl Config {
     }
 }
 
+/// Bounds on a pipeline's numbers: generous for any real pipeline, and
+/// small enough that a typo (or a hostile API call) cannot make a host
+/// buffer without limit or wait for days.
+pub mod bounds {
+    /// `retry.max_attempts`.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// `retry.initial_backoff_ms` and `retry.max_backoff_ms`: one hour.
+    pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+    /// `batch.max_messages`.
+    pub const MAX_BATCH_MESSAGES: usize = 65_536;
+    /// `batch.max_wait_ms`: one minute.
+    pub const MAX_BATCH_WAIT_MS: u64 = 60_000;
+    /// Entries of `config`.
+    pub const MAX_CONFIG_ENTRIES: usize = 256;
+    /// Bytes of `config`, keys and values together.
+    pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+    /// `inputs`.
+    pub const MAX_INPUTS: usize = 1_000;
+    /// `group_id` (Kafka has no limit of its own; this keeps logs sane).
+    pub const MAX_GROUP_ID_BYTES: usize = 255;
+    /// `input_regex` and `outputs_regex`.
+    pub const MAX_REGEX_BYTES: usize = 1_024;
+}
+
 impl PipelineSpec {
-    /// Checks one pipeline, naming the field relative to it (`inputs`,
-    /// `retry.max_attempts`): the config file prefixes `pipeline[i].`, the
-    /// admin API reports it as is.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks one pipeline on a host whose control plane is `control`,
+    /// naming the field relative to it (`inputs`, `retry.max_attempts`):
+    /// the config file prefixes `pipeline[i].`, the admin API reports it as
+    /// is, the registry follower logs it. One function for all three, so no
+    /// entry point is looser than another.
+    pub fn validate(&self, control: &ControlPlane) -> Result<(), ConfigError> {
         let invalid = |field: &str, message: &str| {
             Err(ConfigError::Invalid {
                 field: field.to_owned(),
@@ -437,7 +634,10 @@ impl PipelineSpec {
             })
         };
         if !is_name(&self.name) {
-            return invalid("name", "must be 1-200 characters of [a-zA-Z0-9._-]");
+            return invalid("name", NAME_RULE);
+        }
+        if self.plugin.trim().is_empty() {
+            return invalid("plugin", "must name a `.wasm` file or a registry plugin");
         }
         match (self.inputs.is_empty(), &self.input_regex) {
             (true, None) => return invalid("inputs", "give `inputs` or `input_regex`"),
@@ -446,25 +646,121 @@ impl PipelineSpec {
             }
             _ => {}
         }
-        if !is_name(&self.output) {
-            return invalid("output", "must be a valid topic name");
+        if self.inputs.len() > bounds::MAX_INPUTS {
+            return invalid("inputs", &format!("at most {} topics", bounds::MAX_INPUTS));
         }
-        if self.retry.max_attempts == 0 {
-            return invalid("retry.max_attempts", "must be at least 1");
+        for (i, topic) in self.inputs.iter().enumerate() {
+            if !is_topic_name(topic) {
+                return invalid(&format!("inputs[{i}]"), "must be a valid Kafka topic name");
+            }
+            if let Some(reason) = control.reason(topic) {
+                return invalid(
+                    &format!("inputs[{i}]"),
+                    &format!("`{topic}` {reason}: pipelines never read the control plane"),
+                );
+            }
         }
-        if self.batch.max_messages == 0 {
-            return invalid("batch.max_messages", "must be at least 1");
+        for (field, regex) in [
+            ("input_regex", &self.input_regex),
+            ("outputs_regex", &self.outputs_regex),
+        ] {
+            if regex
+                .as_ref()
+                .is_some_and(|r| r.len() > bounds::MAX_REGEX_BYTES)
+            {
+                return invalid(field, &format!("at most {} bytes", bounds::MAX_REGEX_BYTES));
+            }
+        }
+        if !is_topic_name(&self.output) {
+            return invalid("output", "must be a valid Kafka topic name");
+        }
+        if self
+            .dead_letter_topic
+            .as_deref()
+            .is_some_and(|t| !is_topic_name(t))
+        {
+            return invalid("dead_letter_topic", "must be a valid Kafka topic name");
+        }
+        if self.extra_outputs.len() > crate::topics::MAX_EXTRA_OUTPUTS {
+            return invalid(
+                "extra_outputs",
+                &format!("at most {} topics", crate::topics::MAX_EXTRA_OUTPUTS),
+            );
+        }
+        let policy = OutputPolicy::new(self, control).map_err(|e| ConfigError::Invalid {
+            field: e.field.to_owned(),
+            message: e.message,
+        })?;
+        if let Err((field, denied)) = policy.check_declarations(self) {
+            return invalid(&field, &denied.to_string());
+        }
+        if let Some(group) = &self.group_id
+            && (group.trim().is_empty() || group.len() > bounds::MAX_GROUP_ID_BYTES)
+        {
+            return invalid(
+                "group_id",
+                &format!("must be 1 to {} bytes", bounds::MAX_GROUP_ID_BYTES),
+            );
+        }
+        self.validate_numbers()?;
+        self.validate_plugin_config()
+    }
+
+    fn validate_numbers(&self) -> Result<(), ConfigError> {
+        let out_of_range = |field: &str, lo: u64, hi: u64| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                message: format!("must be between {lo} and {hi}"),
+            })
+        };
+        let r = &self.retry;
+        if !(1..=bounds::MAX_ATTEMPTS).contains(&r.max_attempts) {
+            return out_of_range("retry.max_attempts", 1, bounds::MAX_ATTEMPTS.into());
+        }
+        if r.initial_backoff_ms > bounds::MAX_BACKOFF_MS {
+            return out_of_range("retry.initial_backoff_ms", 0, bounds::MAX_BACKOFF_MS);
+        }
+        if r.max_backoff_ms > bounds::MAX_BACKOFF_MS {
+            return out_of_range("retry.max_backoff_ms", 0, bounds::MAX_BACKOFF_MS);
+        }
+        let b = &self.batch;
+        if !(1..=bounds::MAX_BATCH_MESSAGES).contains(&b.max_messages) {
+            return out_of_range("batch.max_messages", 1, bounds::MAX_BATCH_MESSAGES as u64);
+        }
+        if b.max_wait_ms > bounds::MAX_BATCH_WAIT_MS {
+            return out_of_range("batch.max_wait_ms", 0, bounds::MAX_BATCH_WAIT_MS);
+        }
+        Ok(())
+    }
+
+    fn validate_plugin_config(&self) -> Result<(), ConfigError> {
+        let bytes: usize = self.config.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if self.config.len() > bounds::MAX_CONFIG_ENTRIES || bytes > bounds::MAX_CONFIG_BYTES {
+            return Err(ConfigError::Invalid {
+                field: "config".into(),
+                message: format!(
+                    "at most {} entries and {} bytes",
+                    bounds::MAX_CONFIG_ENTRIES,
+                    bounds::MAX_CONFIG_BYTES
+                ),
+            });
         }
         Ok(())
     }
 }
 
-/// The rule for pipeline and plugin names (and output topics in configs):
-/// 1 to 200 characters of `[a-zA-Z0-9._-]`, so a name is also safe in a
-/// topic name, a URL path and a registry key.
+/// What [`is_name`] accepts, for error messages.
+pub const NAME_RULE: &str = "must be 1-200 characters of [a-zA-Z0-9._-] starting with a letter or digit (names starting with `_`, `-` or `.` are reserved)";
+
+/// The one rule for pipeline and plugin names, in the config file, the API
+/// and registry replay alike: 1 to 200 characters of `[a-zA-Z0-9._-]`,
+/// starting with a letter or digit. So a name is also safe in a topic name
+/// (`<name>.dlq`), a consumer group (`kwasm-<name>`), a URL path and a
+/// registry key, is never `.` or `..`, and never looks like an internal
+/// (`_`) name or a command-line flag (`-`).
 pub fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 200
+    s.len() <= 200
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
@@ -624,6 +920,182 @@ mod tests {
         assert!(err.to_string().contains("pipeline[0].inputs"), "{err}");
         let err = parse(&MINIMAL.replace("\"out\"", "\"bad topic\"")).expect_err("bad output");
         assert!(err.to_string().contains("pipeline[0].output"), "{err}");
+    }
+
+    #[test]
+    fn names_follow_one_rule_that_reserves_leading_punctuation() {
+        for ok in ["a", "orders-clean", "v1.2_x", "9lives"] {
+            assert!(is_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-",
+            "_",
+            "_kwasm_plugins",
+            "-rf",
+            ".hidden",
+            "a b",
+            "a/b",
+        ] {
+            assert!(!is_name(bad), "{bad}");
+        }
+        assert!(!is_name(&"x".repeat(201)));
+        let err = parse(&MINIMAL.replace("name = \"p\"", "name = \"_kwasm_plugins\""))
+            .expect_err("reserved name");
+        assert!(err.to_string().contains("pipeline[0].name"), "{err}");
+    }
+
+    #[test]
+    fn pipelines_never_touch_the_control_plane() {
+        let cases = [
+            (
+                "output = \"out\"",
+                "output = \"__consumer_offsets\"",
+                "pipeline[0].output",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"_kwasm_pipelines\"",
+                "pipeline[0].output",
+            ),
+            ("output = \"out\"", "output = \"in\"", "pipeline[0].output"),
+            (
+                "output = \"out\"",
+                "output = \"out\"\ndead_letter_topic = \"__transaction_state\"",
+                "pipeline[0].dead_letter_topic",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nextra_outputs = [\"ok\", \"_kwasm_members\"]",
+                "pipeline[0].extra_outputs[1]",
+            ),
+            (
+                "inputs = [\"in\"]",
+                "inputs = [\"_kwasm_plugins\"]",
+                "pipeline[0].inputs[0]",
+            ),
+            (
+                "inputs = [\"in\"]",
+                "input_regex = \"((\"",
+                "pipeline[0].input_regex",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\noutputs_regex = \"[\"",
+                "pipeline[0].outputs_regex",
+            ),
+        ];
+        for (from, to, field) in cases {
+            let err = parse(&MINIMAL.replace(from, to)).expect_err(to);
+            assert!(err.to_string().contains(field), "{to}: {err}");
+        }
+        // Registry topics as configured, not only the defaults.
+        let renamed = MINIMAL.replace(
+            "[[pipeline]]",
+            "[registry]\npipelines_topic = \"ops-pipelines\"\n[[pipeline]]",
+        );
+        let err = parse(&renamed.replace("\"out\"", "\"ops-pipelines\"")).expect_err("registry");
+        assert!(err.to_string().contains("registry"), "{err}");
+        // A loop is allowed when asked for.
+        parse(&MINIMAL.replace("output = \"out\"", "output = \"in\"\nallow_loop = true"))
+            .expect("explicit loop");
+    }
+
+    #[test]
+    fn numbers_have_bounds() {
+        for (from, to, field) in [
+            (
+                "output = \"out\"",
+                "output = \"out\"\nbatch = { max_messages = 1000000000000 }",
+                "batch.max_messages",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nbatch = { max_wait_ms = 86400000 }",
+                "batch.max_wait_ms",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nretry = { max_attempts = 1000 }",
+                "retry.max_attempts",
+            ),
+            (
+                "output = \"out\"",
+                "output = \"out\"\nretry = { max_backoff_ms = 86400000 }",
+                "retry.max_backoff_ms",
+            ),
+        ] {
+            let err = parse(&MINIMAL.replace(from, to)).expect_err(to);
+            assert!(err.to_string().contains(field), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_blank_admin_token_is_refused_by_name() {
+        for token in ["", " ", "\t \n"] {
+            let text = MINIMAL.replace(
+                "[kafka]",
+                &format!("[host]\nadmin_token = {token:?}\n[kafka]"),
+            );
+            let err = parse(&text).expect_err("blank token");
+            assert!(err.to_string().contains("`host.admin_token`"), "{err}");
+        }
+        let mut host = HostConfig {
+            admin_token: Some("  ".into()),
+            admin_token_origin: TokenOrigin::Environment,
+            ..HostConfig::default()
+        };
+        let err = host.check_admin_access().expect_err("blank env token");
+        assert!(err.to_string().contains("`KWASM_ADMIN_TOKEN`"), "{err}");
+        host.admin_token = Some("s3cret".into());
+        assert!(host.check_admin_access().is_ok());
+    }
+
+    #[test]
+    fn an_open_api_listens_on_loopback_unless_insecure_is_set() {
+        let host = |listen: &str, token: Option<&str>, insecure: bool| HostConfig {
+            admin_listen: listen.into(),
+            admin_token: token.map(Into::into),
+            admin_insecure: insecure,
+            ..HostConfig::default()
+        };
+        for listen in ["127.0.0.1:8080", "[::1]:8080", "127.0.0.2:1"] {
+            assert!(
+                host(listen, None, false).check_admin_access().is_ok(),
+                "{listen}"
+            );
+        }
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080"] {
+            let err = host(listen, None, false)
+                .check_admin_access()
+                .expect_err("open on the network");
+            assert!(err.to_string().contains("`host.admin_listen`"), "{err}");
+            assert!(err.to_string().contains("host.admin_insecure"), "{err}");
+            assert!(host(listen, Some("t"), false).check_admin_access().is_ok());
+            assert!(host(listen, None, true).check_admin_access().is_ok());
+            assert!(host(listen, None, true).admin_open_to_network());
+        }
+        assert!(!host("0.0.0.0:1", Some("t"), false).admin_open_to_network());
+    }
+
+    #[test]
+    fn admin_tls_takes_a_cert_and_a_key_path() {
+        let text = MINIMAL.replace(
+            "[kafka]",
+            "[host.admin_tls]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n[kafka]",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.host.admin_tls,
+            Some(AdminTlsConfig {
+                cert_path: "c.pem".into(),
+                key_path: "k.pem".into()
+            })
+        );
+        let err = parse(&text.replace("key_path", "keypath")).expect_err("typo");
+        assert!(err.to_string().contains("keypath"), "{err}");
     }
 
     #[test]

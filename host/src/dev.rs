@@ -134,6 +134,7 @@ fn dev_config(opts: &DevOptions, brokers: &str, plugin: PathBuf) -> Config {
             retry: RetryPolicy::default(),
             batch: BatchPolicy::default(),
             limits: None,
+            ..PipelineSpec::default()
         }],
     }
 }

@@ -5,6 +5,8 @@
 //! - [`pipeline`]: per-pipeline consumer thread and per-partition workers.
 //! - [`admin`]: the HTTP API.
 //! - [`config`]: the configuration file.
+//! - [`topics`]: topic names, and which topics a pipeline may write (the
+//!   data plane / control plane boundary).
 //!
 //! See DESIGN.md at the repository root for how a record flows from fetch to
 //! commit and who owns which state.
@@ -18,3 +20,4 @@ pub mod pipeline;
 pub mod registry;
 pub mod runtime;
 pub mod serve;
+pub mod topics;

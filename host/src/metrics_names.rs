@@ -12,3 +12,7 @@ pub const DEAD_LETTERED: &str = "kwasm_dead_lettered_total";
 pub const BATCH_SECONDS: &str = "kwasm_batch_seconds";
 /// Messages of a partition not yet committed, per partition.
 pub const LAG: &str = "kwasm_partition_lag";
+/// Counter: registry records skipped as malformed or invalid, by `topic`
+/// (`plugins`, `pipelines`, `members`). Anything above 0 means something
+/// other than kwasm's API wrote the registry topics: check their ACLs.
+pub const REGISTRY_RECORDS_SKIPPED: &str = "kwasm_registry_records_skipped_total";

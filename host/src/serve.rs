@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
-use crate::admin::{AdminState, router};
+use crate::admin::listener::AdminSetup;
+use crate::admin::{AdminState, GroupDescriber, router};
 use crate::config::Config;
 use crate::kafka::{OutputProducer, producer_config};
 use crate::pipeline::PipelineDeps;
 use crate::pipeline::manager::PipelineManager;
 use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::topics::ControlPlane;
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,9 @@ pub enum ServeError {
 /// Runs the host until a termination signal, then shuts down gracefully.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let start = |e: &dyn std::fmt::Display| ServeError::Start(e.to_string());
+    // First, so a wrong token, an open non-loopback address or a bad
+    // certificate fails startup before anything connects or listens.
+    let admin_setup = AdminSetup::new(&config.host).await.map_err(|e| start(&e))?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(config.host.cache_dir.clone()),
     })
@@ -37,6 +42,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         producer: producer.clone(),
         permits: Arc::new(tokio::sync::Semaphore::new(config.host.workers)),
         runtime: tokio::runtime::Handle::current(),
+        control: ControlPlane::new(&config.registry),
     };
     let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id)
         .await
@@ -71,6 +77,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         publisher_stop,
     ));
 
+    let groups = GroupDescriber::for_kafka(&config.kafka)
+        .map_err(|e| start(&format!("cannot create the admin API's Kafka client: {e}")))?;
     let state = AdminState {
         host_id: config.host.id.clone(),
         view,
@@ -78,23 +86,19 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         runtime,
         token: config.host.admin_token.clone(),
         metrics: Some(metrics),
+        groups: Some(groups),
     };
-    let listener = tokio::net::TcpListener::bind(&config.host.admin_listen)
-        .await
-        .map_err(|e| {
-            start(&format!(
-                "cannot listen on host.admin_listen {}: {e}",
-                config.host.admin_listen
-            ))
-        })?;
+    let listener = admin_setup.bind().map_err(|e| start(&e))?;
     let local = listener.local_addr().map_err(|e| start(&e))?;
-    tracing::info!(host = %config.host.id, admin = %local, "kwasm host running");
+    let scheme = if listener.is_tls() { "https" } else { "http" };
+    tracing::info!(host = %config.host.id, admin = %local, scheme, "kwasm host running");
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(async move {
-        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async {
+        let stopped = async {
             let _ = admin_stopped.await;
-        });
-        if let Err(e) = server.await {
+        };
+        let served = listener.serve(router(state), stopped, std::time::Duration::from_secs(5));
+        if let Err(e) = served.await {
             tracing::error!(error = %e, "admin server failed");
         }
     });

@@ -2,8 +2,8 @@
 //! client commands: an axum server on 127.0.0.1 with canned answers that
 //! records every request it gets.
 //!
-//! Like a real host with `host.admin_token` set, it answers a mutating call
-//! (POST, PUT, DELETE) without the right bearer token with the API's 401
+//! Like a real host with `host.admin_token` set, it answers every `/v1`
+//! call, reads included, without the right bearer token with the API's 401
 //! error; a call it has no answer for gets the API's 404 error.
 
 use std::collections::HashMap;
@@ -66,7 +66,7 @@ pub struct FakeApi {
 
 impl FakeApi {
     /// Starts a server answering `answers` (`("PUT /v1/pipelines/a", (200,
-    /// Some(json)))`), requiring `token` on mutating calls when given.
+    /// Some(json)))`), requiring `token` on every `/v1` call when given.
     pub fn start(token: Option<&str>, answers: Vec<(&str, Answer)>) -> FakeApi {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 for the fake API");
         let url = format!(
@@ -169,9 +169,8 @@ async fn answer(
     };
     lock(&state.requests).push(recorded.clone());
 
-    let mutating = matches!(method, Method::POST | Method::PUT | Method::DELETE);
     if let Some(token) = &state.token
-        && mutating
+        && recorded.path.starts_with("/v1/")
         && recorded.authorization.as_deref() != Some(&format!("Bearer {token}"))
     {
         return error(

@@ -3,15 +3,64 @@
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{AdminError, AdminState};
-use crate::registry::{PluginVersion, Registry, StoredPipeline, parse_plugin_ref};
+use crate::registry::{PipelineSource, PluginVersion, Registry, StoredPipeline, parse_plugin_ref};
+use crate::topics::ControlPlane;
 
 type ApiResult<T> = Result<T, AdminError>;
+
+/// Largest JSON body accepted (`PUT /v1/pipelines/{name}`). A stored
+/// pipeline is this body plus its resolved defaults (well under 1 KiB), so
+/// it always fits one registry record under librdkafka's default
+/// `message.max.bytes` (1 000 000) and the broker's (1 048 588).
+pub const MAX_JSON_BODY_BYTES: usize = 512 * 1024;
+/// Largest pipeline record written to the registry: a last check, should a
+/// body within [`MAX_JSON_BODY_BYTES`] ever serialize larger.
+const MAX_PIPELINE_RECORD_BYTES: usize = 900_000;
+
+/// Reads a request body of at most `limit` bytes. A `Content-Length` over
+/// the limit is refused before anything is read, and a body without one
+/// (chunked) is cut off as soon as it passes the limit, so an oversized
+/// request never costs more than `limit` bytes of memory; either way the
+/// answer is our JSON 413 naming `limit_name`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    limit_name: &str,
+) -> ApiResult<Bytes> {
+    let too_large = || {
+        AdminError::TooLarge(format!(
+            "the body is larger than this host's limit of {limit} bytes ({limit_name})"
+        ))
+    };
+    if let Some(length) = headers.get(header::CONTENT_LENGTH) {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse().ok())
+            .ok_or_else(|| AdminError::Invalid("Content-Length is not a number".into()))?;
+        if length > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over = e
+            .into_inner()
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some();
+        if over {
+            too_large()
+        } else {
+            AdminError::Invalid("the request body could not be read to its end".into())
+        }
+    })
+}
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -127,16 +176,13 @@ pub async fn get_plugin(
 pub async fn upload_plugin(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let registry = registry(&state)?;
     check_name(&name, "plugin")?;
     let max = registry.config().max_plugin_bytes;
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        AdminError::TooLarge(format!(
-            "the plugin is larger than this host's limit of {max} bytes (registry.max_plugin_bytes)"
-        ))
-    })?;
+    let bytes = read_body(&headers, body, max, "registry.max_plugin_bytes").await?;
     if bytes.is_empty() {
         return Err(AdminError::Invalid(
             "the body is empty: send the plugin's .wasm bytes".into(),
@@ -178,9 +224,9 @@ pub async fn delete_plugin_version(
         let users: Vec<String> = reg
             .pipelines()
             .filter(|p| {
-                parse_plugin_ref(&p.plugin).is_ok_and(|(n, v)| n == name && v == Some(version))
+                parse_plugin_ref(&p.spec.plugin).is_ok_and(|(n, v)| n == name && v == Some(version))
             })
-            .map(|p| format!("`{}`", p.name))
+            .map(|p| format!("`{}`", p.spec.name))
             .collect();
         if !users.is_empty() {
             return Err(AdminError::Conflict(format!(
@@ -203,7 +249,7 @@ fn all_pipelines(state: &AdminState) -> ApiResult<Vec<StoredPipeline>> {
     let mut out: Vec<StoredPipeline> = registry(state)?
         .read()
         .pipelines()
-        .filter(|p| !config_names.contains(&p.name))
+        .filter(|p| !config_names.contains(&p.spec.name))
         .cloned()
         .collect();
     for status in state.view.running() {
@@ -211,15 +257,12 @@ fn all_pipelines(state: &AdminState) -> ApiResult<Vec<StoredPipeline>> {
             out.push(config_pipeline_view(&status));
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     Ok(out)
 }
 
 fn config_pipeline_view(status: &crate::pipeline::PipelineStatus) -> StoredPipeline {
-    let spec = status.spec();
-    let mut p = crate::registry::state::stored_from_spec(spec);
-    p.source = "config".into();
-    p
+    crate::registry::state::stored_from_spec(status.spec())
 }
 
 pub async fn get_pipeline(
@@ -228,7 +271,7 @@ pub async fn get_pipeline(
 ) -> ApiResult<Json<StoredPipeline>> {
     all_pipelines(&state)?
         .into_iter()
-        .find(|p| p.name == name)
+        .find(|p| p.spec.name == name)
         .map(Json)
         .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))
 }
@@ -236,54 +279,67 @@ pub async fn get_pipeline(
 pub async fn put_pipeline(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<StoredPipeline>> {
     let registry = registry(&state)?;
     check_name(&name, "pipeline")?;
     refuse_config_pipeline(&state, &name)?;
-    let mut p: StoredPipeline = serde_json::from_slice(&body)
+    let body = read_body(&headers, body, MAX_JSON_BODY_BYTES, "the JSON body limit").await?;
+    // `paused` and `source` are the registry's, not the caller's: a body
+    // copied from a GET may carry them, and they are ignored.
+    let stored: StoredPipeline = serde_json::from_slice(&body)
         .map_err(|e| AdminError::Invalid(format!("invalid pipeline JSON: {e}")))?;
-    if !p.name.is_empty() && p.name != name {
+    let mut spec = stored.spec;
+    if !spec.name.is_empty() && spec.name != name {
         return Err(AdminError::Invalid(format!(
             "the body names pipeline `{}` but the path `{name}`",
-            p.name
+            spec.name
         )));
     }
-    p.name = name;
-    p.source = "api".into();
-    let (plugin, version) = parse_plugin_ref(&p.plugin).map_err(AdminError::Invalid)?;
+    spec.name = name;
+    let (plugin, version) = parse_plugin_ref(&spec.plugin).map_err(AdminError::Invalid)?;
     let resolved = registry
         .read()
         .plugin_version(plugin, version)
         .map(|v| v.version)
-        .ok_or_else(|| AdminError::NotFound(format!("no plugin `{}` in the registry", p.plugin)))?;
-    p.plugin = format!("{plugin}@{resolved}");
-    validate_pipeline(&p)?;
+        .ok_or_else(|| {
+            AdminError::NotFound(format!("no plugin `{}` in the registry", spec.plugin))
+        })?;
+    spec.plugin = format!("{plugin}@{resolved}");
+    // The same checks as the config file's and the registry replay's,
+    // naming the field.
+    spec.validate(&ControlPlane::new(registry.config()))
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
     // Store the defaults resolved, so every host and reader sees the same.
-    p.group_id = Some(
-        p.group_id
-            .take()
-            .unwrap_or_else(|| format!("kwasm-{}", p.name)),
-    );
-    p.dead_letter_topic = Some(
-        p.dead_letter_topic
-            .take()
-            .unwrap_or_else(|| format!("{}.dlq", p.name)),
-    );
+    spec.group_id = Some(spec.group_id());
+    spec.dead_letter_topic = Some(spec.dead_letter_topic());
     // Keep pause state across an update.
-    p.paused = registry
+    let paused = registry
         .read()
-        .pipeline(&p.name)
+        .pipeline(&spec.name)
         .is_some_and(|old| old.paused);
+    let p = StoredPipeline {
+        spec,
+        paused,
+        source: PipelineSource::Api,
+    };
+    check_record_size(&p)?;
     registry.put_pipeline(&p).await?;
     Ok(Json(p))
 }
 
-/// The same checks as the config file's, naming the field.
-fn validate_pipeline(p: &StoredPipeline) -> ApiResult<()> {
-    crate::pipeline::manager::spec_of(p)
-        .validate()
-        .map_err(|e| AdminError::Invalid(e.to_string()))
+/// A pipeline record the producer would refuse is a 413 now, not a 503
+/// from Kafka later.
+fn check_record_size(p: &StoredPipeline) -> ApiResult<()> {
+    let size = serde_json::to_vec(p).map_or(usize::MAX, |v| v.len());
+    if size > MAX_PIPELINE_RECORD_BYTES {
+        return Err(AdminError::TooLarge(format!(
+            "the pipeline would be stored as {size} bytes, over the registry record limit of \
+             {MAX_PIPELINE_RECORD_BYTES}"
+        )));
+    }
+    Ok(())
 }
 
 pub async fn delete_pipeline(
@@ -336,13 +392,18 @@ pub async fn members(
 ) -> ApiResult<Json<Value>> {
     let pipeline = all_pipelines(&state)?
         .into_iter()
-        .find(|p| p.name == name)
+        .find(|p| p.spec.name == name)
         .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))?;
-    let group = pipeline
-        .group_id
-        .clone()
-        .unwrap_or_else(|| format!("kwasm-{name}"));
-    let members = registry(&state)?.members(&group).await?;
+    let group = pipeline.spec.group_id();
+    let published = registry(&state)?.members(&group);
+    let broker = match &state.groups {
+        Some(groups) => groups.describe(&group).await,
+        None => Err("this host has no group describer".to_owned()),
+    };
+    if let Err(e) = &broker {
+        tracing::debug!(group, error = %e, "cannot describe the group; members are as the hosts last published them");
+    }
+    let members = super::groups::merge_members(published, broker);
     Ok(Json(
         json!({"pipeline": name, "group_id": group, "members": members}),
     ))
@@ -362,7 +423,8 @@ fn check_name(name: &str, what: &str) -> ApiResult<()> {
         Ok(())
     } else {
         Err(AdminError::Invalid(format!(
-            "{what} name `{name}` must be 1-200 characters of [a-zA-Z0-9._-]"
+            "{what} name `{name}` {}",
+            crate::config::NAME_RULE
         )))
     }
 }

@@ -1,23 +1,30 @@
 //! The admin HTTP API (axum), documented in docs/api.md and served as
 //! OpenAPI at `/v1/openapi.json`. Build it with [`router`] so tests can
-//! call it in-process with `tower::ServiceExt::oneshot`.
+//! call it in-process with `tower::ServiceExt::oneshot`; [`listener`] binds
+//! and serves it (plain http or TLS).
 //!
 //! Every error is `{"error": {"code", "message"}}` with its status
-//! ([`AdminError`]); bodies are parsed by hand so a malformed one gets the
-//! same shape. Mutating calls need the bearer token when one is set.
+//! ([`AdminError`]); bodies are read by hand, under a limit per route, so a
+//! malformed or oversized one gets the same shape. With a token set, every
+//! `/v1` call needs it (reads too: pipelines carry plugin configs); the
+//! probes `/healthz`, `/readyz` and `/metrics` stay open.
 
 mod error;
+mod groups;
 mod handlers;
+pub mod listener;
 mod openapi;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::Method;
+use axum::extract::{Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 pub use error::AdminError;
+pub use groups::GroupDescriber;
 
 use crate::pipeline::manager::ManagerView;
 use crate::registry::Registry;
@@ -34,10 +41,13 @@ pub struct AdminState {
     pub registry: Option<Registry>,
     /// Validates uploads.
     pub runtime: Runtime,
-    /// Bearer token for mutating calls.
+    /// Bearer token every `/v1` call needs, when set.
     pub token: Option<String>,
     /// Renders Prometheus text, when metrics are installed.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The broker's view of consumer groups, for `.../members` (`None`:
+    /// only what hosts published).
+    pub groups: Option<GroupDescriber>,
 }
 
 /// The API's routes.
@@ -70,30 +80,89 @@ pub fn router(state: AdminState) -> Router {
             post(handlers::resume_pipeline),
         )
         .route("/v1/pipelines/{name}/members", get(handlers::members))
-        // Upload size is checked by the handler, against the registry's
-        // limit, so the answer is our JSON 413 rather than axum's text.
-        .layer(DefaultBodyLimit::disable())
-        .layer(from_fn_with_state(state.clone(), require_token))
         .fallback(|| async { AdminError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
+        // Outermost, so it also guards the fallbacks: without the token an
+        // unknown `/v1` path is 401 too, and does not reveal what exists.
+        .layer(from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
 
-/// Mutating calls need `Authorization: Bearer <token>` when a token is set.
+/// Paths that stay open with a token set: probes and scrapers carry none.
+fn is_open_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// With a token set, every call but the probes needs
+/// `Authorization: Bearer <token>`.
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let mutating = matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
-    );
-    if let (true, Some(token)) = (mutating, &state.token) {
+    if let Some(token) = &state.token
+        && !is_open_path(request.uri().path())
+    {
         let given = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+            .and_then(|v| v.to_str().ok());
+        if !authorized(given, token) {
             return AdminError::Unauthorized.into_response();
         }
     }
     next.run(request).await
+}
+
+/// Whether an `Authorization` header value carries `token` as a bearer
+/// token. The scheme is case-insensitive (RFC 7235). Both sides are hashed
+/// and the digests compared in constant time (`subtle`), so neither the
+/// position of the first wrong byte nor the token's length shows in the
+/// answer time.
+fn authorized(header: Option<&str>, token: &str) -> bool {
+    let Some((scheme, given)) = header.and_then(|h| h.split_once(' ')) else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let given = Sha256::digest(given.as_bytes());
+    let expected = Sha256::digest(token.as_bytes());
+    given.as_slice().ct_eq(expected.as_slice()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_authorized() {
+        let t = "s3cret-token";
+        assert!(authorized(Some("Bearer s3cret-token"), t));
+        assert!(authorized(Some("bearer s3cret-token"), t));
+        for wrong in [
+            "Bearer s3cret-toke",   // a prefix
+            "Bearer s3cret-token!", // a trailing character
+            "Bearer s3cret-token ", // a trailing space
+            "Bearer S3cret-token",
+            "Bearer ",
+            "Bearer",
+            "Basic s3cret-token",
+            "s3cret-token",
+            "",
+        ] {
+            assert!(!authorized(Some(wrong), t), "{wrong:?} must not pass");
+        }
+        assert!(!authorized(None, t));
+    }
+
+    #[test]
+    fn probes_are_open_and_everything_else_is_not() {
+        assert!(is_open_path("/healthz") && is_open_path("/readyz") && is_open_path("/metrics"));
+        for path in [
+            "/v1/openapi.json",
+            "/v1/pipelines",
+            "/healthz/",
+            "/v1/healthz",
+            "/",
+        ] {
+            assert!(!is_open_path(path), "{path}");
+        }
+    }
 }

@@ -22,6 +22,29 @@ fn op(summary: &str, responses: &[(&str, &str)]) -> Value {
     json!({"summary": summary, "responses": r})
 }
 
+/// With a token set every `/v1` call needs it (the probes do not): each
+/// `/v1` operation documents its 401, and the document says the scheme.
+fn with_auth(mut doc: Value) -> Value {
+    let unauthorized = op("", &[("401", "token required")])["responses"]["401"].clone();
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, ops) in paths.iter_mut() {
+            let Some(ops) = ops.as_object_mut() else {
+                continue;
+            };
+            for op in ops.values_mut() {
+                if path.starts_with("/v1/") {
+                    op["responses"]["401"] = unauthorized.clone();
+                } else {
+                    op["security"] = json!([]);
+                }
+            }
+        }
+    }
+    doc["security"] = json!([{"bearer": []}]);
+    doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer"}});
+    doc
+}
+
 fn spec() -> Value {
     let name =
         json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
@@ -47,6 +70,7 @@ fn spec() -> Value {
             ("401", "token required"),
             ("404", "unknown plugin"),
             ("409", "declared in a config file"),
+            ("413", "body over 512 KiB"),
         ],
     );
     put["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pipeline"}}}});
@@ -55,7 +79,7 @@ fn spec() -> Value {
         o["parameters"] = params;
         o
     };
-    json!({
+    with_auth(json!({
         "openapi": "3.0.3",
         "info": {"title": "kwasm admin API", "version": "1"},
         "paths": {
@@ -74,7 +98,7 @@ fn spec() -> Value {
             },
             "/v1/pipelines/{name}/pause": {"post": with(op("Stop a pipeline on every host", &[("200", "paused"), ("401", "token required"), ("404", "unknown")]), json!([name]))},
             "/v1/pipelines/{name}/resume": {"post": with(op("Restart a paused pipeline", &[("200", "resumed"), ("401", "token required"), ("404", "unknown")]), json!([name]))},
-            "/v1/pipelines/{name}/members": {"get": with(op("Every host of the pipeline's group and its partitions", &[("200", "members"), ("404", "unknown")]), json!([name]))},
+            "/v1/pipelines/{name}/members": {"get": with(op("Every member of the pipeline's group (as the broker describes it) and its partitions", &[("200", "members"), ("404", "unknown")]), json!([name]))},
             "/v1/openapi.json": {"get": op("This document", &[("200", "OpenAPI 3")])},
         },
         "components": {"schemas": {
@@ -92,5 +116,28 @@ fn spec() -> Value {
                 "retry": {"type": "object"},
                 "batch": {"type": "object"}}},
         }},
-    })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_v1_operation_documents_its_401_and_probes_need_no_token() {
+        let doc = spec();
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().expect("operations") {
+                let open = !path.starts_with("/v1/");
+                assert_eq!(op["security"] == json!([]), open, "{method} {path}");
+                assert_eq!(op["responses"]["401"].is_object(), !open, "{method} {path}");
+            }
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert!(doc["paths"]["/v1/pipelines/{name}"]["put"]["responses"]["413"].is_object());
+    }
 }

@@ -38,9 +38,9 @@ pub struct ClientArgs {
         help_heading = "Client options"
     )]
     url: String,
-    /// Admin token, sent as `Authorization: Bearer <TOKEN>`. Needed for
-    /// changes (deploy, apply, pause, resume, delete) when the host has
-    /// `host.admin_token` set; reads are open.
+    /// Admin token, sent as `Authorization: Bearer <TOKEN>` on every call.
+    /// Needed for every command, reads (`status`, `list`) included, when
+    /// the host has `host.admin_token` set.
     #[arg(
         long,
         env = "KWASM_TOKEN",

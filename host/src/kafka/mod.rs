@@ -5,6 +5,7 @@
 pub mod fetch_queue;
 pub mod offsets;
 mod producer;
+pub mod regex;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -222,6 +222,7 @@ impl PipelineContext {
                 pipeline: s.spec.name.clone(),
                 output_topic: s.spec.output.clone(),
                 dead_letter_topic: s.spec.dead_letter_topic(),
+                outputs: s.outputs.clone(),
                 retry: s.spec.retry.clone(),
                 producer: s.producer.clone(),
                 route: s.producer.route(tracker.clone()),

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use crate::config::PipelineSpec;
-use crate::registry::{Registry, StoredPipeline, parse_plugin_ref};
+use crate::registry::{Registry, parse_plugin_ref};
 use crate::runtime::{CompiledPlugin, Limits, Runtime};
 
 use super::{Deployment, Pipeline, PipelineDeps, PipelineStatus};
@@ -244,10 +244,10 @@ impl PipelineManager {
             .collect();
         if let Some(registry) = &self.registry {
             for stored in registry.read().pipelines() {
-                if stored.paused || desired.contains_key(&stored.name) {
+                if stored.paused || desired.contains_key(&stored.spec.name) {
                     continue;
                 }
-                desired.insert(stored.name.clone(), spec_of(stored));
+                desired.insert(stored.spec.name.clone(), stored.spec.clone());
             }
         }
         desired
@@ -319,23 +319,6 @@ fn same_except_deployment(a: &PipelineSpec, b: &PipelineSpec) -> bool {
     strip(a) == strip(b)
 }
 
-/// A registry pipeline as the pipeline layer takes it.
-pub fn spec_of(p: &StoredPipeline) -> PipelineSpec {
-    PipelineSpec {
-        name: p.name.clone(),
-        plugin: p.plugin.clone(),
-        config: p.config.clone(),
-        inputs: p.inputs.clone(),
-        input_regex: p.input_regex.clone(),
-        output: p.output.clone(),
-        group_id: p.group_id.clone(),
-        dead_letter_topic: p.dead_letter_topic.clone(),
-        retry: p.retry.clone(),
-        batch: p.batch.clone(),
-        limits: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +336,7 @@ mod tests {
             retry: Default::default(),
             batch: Default::default(),
             limits: None,
+            ..PipelineSpec::default()
         }
     }
 

@@ -28,11 +28,14 @@ pub use status::{PartitionStatus, PipelineStatus};
 use crate::config::{HostConfig, KafkaConfig, PipelineSpec};
 use crate::kafka::fetch_queue::FetchQueue;
 use crate::kafka::{OutputProducer, consumer_config};
+use crate::topics::{ControlPlane, OutputPolicy, RegexError};
 use consumer::PipelineContext;
 
 /// What every part of one pipeline shares. Immutable but for `status`.
 pub(crate) struct PipelineShared {
     spec: PipelineSpec,
+    /// Which topics the pipeline's plugin may write.
+    outputs: Arc<OutputPolicy>,
     deployment: Arc<DeploymentCell>,
     producer: OutputProducer,
     permits: Arc<tokio::sync::Semaphore>,
@@ -54,6 +57,8 @@ pub struct PipelineDeps {
     pub permits: Arc<tokio::sync::Semaphore>,
     /// Handle to the host's tokio runtime.
     pub runtime: tokio::runtime::Handle,
+    /// Topics no pipeline reads or writes (the registry's, Kafka's own).
+    pub control: ControlPlane,
 }
 
 /// A running pipeline.
@@ -75,6 +80,14 @@ pub enum PipelineError {
         /// What failed.
         message: String,
     },
+    /// The spec does not hold (validation should have caught it first).
+    #[error("pipeline `{pipeline}`: {source}")]
+    Invalid {
+        /// Pipeline name.
+        pipeline: String,
+        /// What is wrong.
+        source: RegexError,
+    },
 }
 
 impl Pipeline {
@@ -89,9 +102,15 @@ impl Pipeline {
             pipeline: pipeline.clone(),
             message,
         };
+        let outputs =
+            OutputPolicy::new(&spec, &deps.control).map_err(|source| PipelineError::Invalid {
+                pipeline: pipeline.clone(),
+                source,
+            })?;
         let deployment = Arc::new(DeploymentCell::new(deployment));
         let status = Arc::new(PipelineStatus::new(&spec, deployment.clone()));
         let shared = Arc::new(PipelineShared {
+            outputs: Arc::new(outputs),
             deployment,
             producer: deps.producer.clone(),
             permits: deps.permits.clone(),
@@ -105,12 +124,15 @@ impl Pipeline {
             .host
             .static_membership
             .then(|| format!("{}-{}", deps.host.id, shared.spec.name));
-        let config = consumer_config(
+        let mut config = consumer_config(
             &deps.kafka,
             &shared.spec.group_id(),
             &deps.host.id,
             instance_id.as_deref(),
         );
+        // A regex subscription must never match the control plane, whatever
+        // the pattern: librdkafka then treats those topics as absent.
+        config.set("topic.blacklist", deps.control.consumer_blacklist());
         let consumer: BaseConsumer<PipelineContext> = config
             .create_with_context(PipelineContext::new(shared.clone()))
             .map_err(|e| kafka_err(format!("cannot create consumer: {e}")))?;

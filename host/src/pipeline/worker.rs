@@ -24,14 +24,19 @@ use crate::config::RetryPolicy;
 use crate::kafka::{DeliveryRoute, OutRecord, OutputProducer};
 use crate::metrics_names as m;
 use crate::runtime::{
-    InputBatch, InputMessage, OutcomeView, OutputView, PluginError, PluginErrorKind, PluginHandler,
+    InputBatch, InputMessage, OutcomeView, OutputRecords, PluginError, PluginErrorKind,
+    PluginHandler,
 };
+use crate::topics::{OutputDenied, OutputPolicy};
 
 /// What a worker needs besides its plugin instance.
 pub(crate) struct WorkerContext {
     pub pipeline: String,
     pub output_topic: String,
     pub dead_letter_topic: String,
+    /// Which topics the plugin's records may name (declared outputs, never
+    /// the control plane).
+    pub outputs: Arc<OutputPolicy>,
     pub retry: RetryPolicy,
     pub producer: OutputProducer,
     /// The partition's tracker, and how its records name it to the producer.
@@ -72,7 +77,15 @@ pub(crate) struct Worker {
     /// per batch: the counter is shared by every worker of the pipeline,
     /// and an atomic add per record bounced its cache line (measured).
     produced: u64,
+    /// Verdicts of `ctx.outputs` per topic a plugin named, so a plugin
+    /// routing every record by regex costs one lookup per record.
+    topic_verdicts: rustc_hash::FxHashMap<Box<str>, Result<(), OutputDenied>>,
 }
+
+/// Topics whose verdicts a worker remembers. Names come from untrusted
+/// input (a router plugin routes by key), so the cache is bounded; past
+/// it, verdicts are computed each time.
+const MAX_TOPIC_VERDICTS: usize = 4096;
 
 /// Metric handles resolved once: looking them up by name and labels per
 /// message showed in profiles.
@@ -96,6 +109,7 @@ impl Worker {
             generation,
             metrics,
             produced: 0,
+            topic_verdicts: Default::default(),
         }
     }
 
@@ -213,7 +227,17 @@ impl Worker {
     /// Acts on a message's outcome from attempt `attempt`.
     fn settle(&mut self, msg: InputMessage<'_>, outcome: OutcomeView<'_>, attempt: u32) -> Next {
         match outcome {
-            OutcomeView::Ok(records) => self.produce(msg, records.iter()),
+            OutcomeView::Ok(records) => match self.first_denied_topic(records) {
+                None => self.produce(msg, records),
+                Some(denied) => self.dead_letter(
+                    msg,
+                    Failure {
+                        kind: "output-not-allowed",
+                        message: denied.to_string(),
+                        attempts: attempt,
+                    },
+                ),
+            },
             OutcomeView::Permanent(reason) => self.dead_letter(
                 msg,
                 Failure {
@@ -282,15 +306,11 @@ impl Worker {
     /// the producer refuses outright (too large for `message.max.bytes`, a
     /// topic name it cannot use) dead-letters the message instead of its
     /// remaining records; the ones already queued still go out.
-    fn produce<'o>(
-        &mut self,
-        msg: InputMessage<'_>,
-        records: impl ExactSizeIterator<Item = OutputView<'o>>,
-    ) {
+    fn produce(&mut self, msg: InputMessage<'_>, records: OutputRecords<'_>) {
         let offset = msg.offset();
         let count = records.len() as u32;
         self.ctx.route.tracker().processed(offset, count);
-        for (sent, rec) in records.enumerate() {
+        for (sent, rec) in records.iter().enumerate() {
             let out = OutRecord {
                 topic: rec.topic().unwrap_or(&self.ctx.output_topic),
                 key: rec.key(),
@@ -313,6 +333,30 @@ impl Worker {
             }
         }
         self.produced += u64::from(count);
+    }
+
+    /// The first record of a message naming a topic the pipeline may not
+    /// write, checked before any record is sent: a message's outputs go out
+    /// whole or not at all (then it is dead-lettered, `output-not-allowed`).
+    fn first_denied_topic(&mut self, records: OutputRecords<'_>) -> Option<OutputDenied> {
+        for rec in records.iter() {
+            // `None` is the pipeline's `output`, checked at validation.
+            let Some(topic) = rec.topic() else { continue };
+            let verdict = match self.topic_verdicts.get(topic) {
+                Some(verdict) => verdict.clone(),
+                None => {
+                    let verdict = self.ctx.outputs.check(topic);
+                    if self.topic_verdicts.len() < MAX_TOPIC_VERDICTS {
+                        self.topic_verdicts.insert(topic.into(), verdict.clone());
+                    }
+                    verdict
+                }
+            };
+            if let Err(denied) = verdict {
+                return Some(denied);
+            }
+        }
+        None
     }
 
     /// Produces the original message to the dead-letter topic with headers

@@ -18,13 +18,14 @@ use rdkafka::admin::{NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::KafkaConfig;
+pub use crate::config::RegistryConfig;
+use crate::topics::ControlPlane;
 pub use state::{
-    MemberRecord, PluginVersion, RegistryState, StoredPipeline, TopicKind, TopicPartition,
-    parse_plugin_ref,
+    MemberRecord, PipelineSource, PluginVersion, RegistryState, StoredPipeline, TopicKind,
+    TopicPartition, parse_plugin_ref,
 };
 
 /// Chunk size of stored components: under the broker's default 1 MiB
@@ -32,41 +33,6 @@ pub use state::{
 const CHUNK_BYTES: usize = 512 * 1024;
 /// How long a write waits to be replayed by this host's follower.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Registry settings (`[registry]` in the host config).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegistryConfig {
-    /// Compacted topic of plugin chunks and manifests. Default `_kwasm_plugins`.
-    pub plugins_topic: String,
-    /// Compacted topic of pipelines. Default `_kwasm_pipelines`.
-    pub pipelines_topic: String,
-    /// Compacted topic where each host publishes the partitions it holds.
-    /// Default `_kwasm_members`.
-    pub members_topic: String,
-    /// Largest plugin accepted. Default 64 MiB.
-    pub max_plugin_bytes: usize,
-    /// Create the topics when missing. Default true; off when something
-    /// else creates them (dev mode's mock cluster does not answer
-    /// CreateTopics).
-    pub create_topics: bool,
-    /// Replication factor of the registry topics when kwasm creates them.
-    /// Default 1 (a single test broker); use 3 on a production cluster.
-    pub replication_factor: i32,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        RegistryConfig {
-            plugins_topic: "_kwasm_plugins".into(),
-            pipelines_topic: "_kwasm_pipelines".into(),
-            members_topic: "_kwasm_members".into(),
-            create_topics: true,
-            max_plugin_bytes: 64 << 20,
-            replication_factor: 1,
-        }
-    }
-}
 
 /// Registry failures, phrased for an API caller.
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +60,6 @@ struct Inner {
     plugins_next: AtomicI64,
     pipelines_next: AtomicI64,
     members_next: AtomicI64,
-    /// For the broker's view of groups (member ids).
-    client: ClientConfig,
     caught_up: AtomicBool,
     producer: FutureProducer,
 }
@@ -110,7 +74,9 @@ impl Registry {
         let k = |e: rdkafka::error::KafkaError| RegistryError::Kafka(e.to_string());
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &kafka.brokers);
-        for (key, value) in &kafka.properties {
+        // The control plane's own client settings win over every client's:
+        // an operator gives the registry its own principal (see the README).
+        for (key, value) in kafka.properties.iter().chain(&config.properties) {
             client.set(key, value);
         }
         if config.create_topics {
@@ -123,14 +89,14 @@ impl Registry {
             .create()
             .map_err(k)?;
         let (changes, _) = tokio::sync::watch::channel(0);
+        let control = ControlPlane::new(&config);
         let inner = Arc::new(Inner {
             config,
-            state: RwLock::new(RegistryState::default()),
+            state: RwLock::new(RegistryState::new(control)),
             changes,
             plugins_next: AtomicI64::new(0),
             pipelines_next: AtomicI64::new(0),
             members_next: AtomicI64::new(0),
-            client: client.clone(),
             caught_up: AtomicBool::new(false),
             producer,
         });
@@ -267,7 +233,7 @@ impl Registry {
         let offset = self
             .send(
                 &self.inner.config.pipelines_topic,
-                &pipeline.name,
+                &pipeline.spec.name,
                 Some(&json),
             )
             .await?;
@@ -289,47 +255,11 @@ impl Registry {
             .map(|_| ())
     }
 
-    /// The hosts of `group`: their published records, kept only for hosts
-    /// the broker still lists as members (a killed host's stale record is
-    /// dropped once the broker evicts it).
-    pub async fn members(&self, group: &str) -> Result<Vec<MemberRecord>, RegistryError> {
-        let records = self.read().members(group);
-        let client = self.inner.client.clone();
-        let group_name = group.to_owned();
-        let members =
-            tokio::task::spawn_blocking(move || -> Result<Vec<(String, String)>, String> {
-                let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
-                let list = consumer
-                    .fetch_group_list(Some(&group_name), Duration::from_secs(5))
-                    .map_err(|e| e.to_string())?;
-                Ok(list
-                    .groups()
-                    .iter()
-                    .flat_map(|g| {
-                        g.members()
-                            .iter()
-                            .map(|m| (m.id().to_owned(), m.client_id().to_owned()))
-                    })
-                    .collect())
-            })
-            .await
-            .map_err(|e| RegistryError::Kafka(e.to_string()))?;
-        match members {
-            Ok(members) => Ok(records
-                .into_iter()
-                .filter(|r| {
-                    members
-                        .iter()
-                        .any(|(id, client_id)| is_member_of(&r.host, id, client_id))
-                })
-                .collect()),
-            // Some brokers (librdkafka's mock cluster) cannot describe
-            // groups: show what hosts published, stale entries included.
-            Err(e) => {
-                tracing::warn!(group, error = %e, "cannot describe the group; members are as the hosts last published them");
-                Ok(records)
-            }
-        }
+    /// What each host last published of `group` (stale records of
+    /// killed hosts included: the admin API checks them against the
+    /// broker's view of the group).
+    pub fn members(&self, group: &str) -> Vec<MemberRecord> {
+        self.read().members(group)
     }
 
     /// Deletes a pipeline.
@@ -462,39 +392,8 @@ async fn create_topics(
         .map_err(|e| RegistryError::Kafka(format!("registry: {e}")))
 }
 
-/// Whether a group member is host `host` (its `client.id`). Brokers that
-/// report the client id are compared exactly; some (nisshi) report only the
-/// member id, which Kafka forms as `<client.id>-<uuid>`: then the remainder
-/// must be exactly a UUID, so host `a` never matches host `a-b`.
-fn is_member_of(host: &str, member_id: &str, client_id: &str) -> bool {
-    if !client_id.is_empty() {
-        return client_id == host;
-    }
-    member_id
-        .strip_prefix(host)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|uuid| {
-            uuid.len() == 36 && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-        })
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_member_of;
-
-    #[test]
-    fn member_ids_match_their_host_only() {
-        let uuid = "0f8fad5b-d9cb-469f-a165-70867728950e";
-        assert!(is_member_of("a", &format!("a-{uuid}"), ""));
-        assert!(!is_member_of("a", &format!("a-b-{uuid}"), ""));
-        assert!(is_member_of("a-b", &format!("a-b-{uuid}"), ""));
-        assert!(is_member_of("a", "whatever", "a"));
-        assert!(!is_member_of("a", &format!("a-{uuid}"), "a-b"));
-    }
 }

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{BatchPolicy, RetryPolicy};
+use crate::config::PipelineSpec;
+use crate::topics::ControlPlane;
 
 /// One stored version of a plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,48 +43,59 @@ pub struct PluginVersion {
     pub created_ms: i64,
 }
 
-/// A pipeline as the registry stores it and the API shows it.
+/// A pipeline as the registry stores it and the API shows it: the one
+/// pipeline definition ([`PipelineSpec`], as in a config file) plus what
+/// only the registry knows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Value")]
 pub struct StoredPipeline {
-    /// Pipeline name.
-    #[serde(default)]
-    pub name: String,
-    /// `name@version` of a registry plugin.
-    pub plugin: String,
-    /// Plugin configuration.
-    #[serde(default)]
-    pub config: BTreeMap<String, String>,
-    /// Input topics.
-    #[serde(default)]
-    pub inputs: Vec<String>,
-    /// Input topic regex.
-    #[serde(default)]
-    pub input_regex: Option<String>,
-    /// Default output topic.
-    pub output: String,
-    /// Consumer group; default `kwasm-<name>`.
-    #[serde(default)]
-    pub group_id: Option<String>,
-    /// Dead-letter topic; default `<name>.dlq`.
-    #[serde(default)]
-    pub dead_letter_topic: Option<String>,
-    /// Retry policy.
-    #[serde(default)]
-    pub retry: RetryPolicy,
-    /// Batch policy.
-    #[serde(default)]
-    pub batch: BatchPolicy,
+    /// The pipeline, its fields at the top level of the JSON.
+    #[serde(flatten)]
+    pub spec: PipelineSpec,
     /// Stopped on every host while true.
-    #[serde(default)]
     pub paused: bool,
-    /// `api` or `config`.
-    #[serde(default = "api_source")]
-    pub source: String,
+    /// Where it was declared.
+    pub source: PipelineSource,
 }
 
-fn api_source() -> String {
-    "api".into()
+/// Where a pipeline was declared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PipelineSource {
+    /// Through the admin API (stored in the registry).
+    #[default]
+    Api,
+    /// In a host's config file (read-only through the API).
+    Config,
+}
+
+impl TryFrom<serde_json::Value> for StoredPipeline {
+    type Error = String;
+
+    /// serde's `flatten` cannot refuse unknown fields, so the registry's
+    /// own fields are taken out first and the rest must be exactly a
+    /// [`PipelineSpec`] (`deny_unknown_fields`): a typo is an error, not a
+    /// silently ignored setting.
+    fn try_from(value: serde_json::Value) -> Result<Self, String> {
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err("a pipeline is a JSON object".into());
+        };
+        let paused = match fields.remove("paused") {
+            None => false,
+            Some(v) => serde_json::from_value(v).map_err(|e| format!("`paused`: {e}"))?,
+        };
+        let source = match fields.remove("source") {
+            None => PipelineSource::default(),
+            Some(v) => serde_json::from_value(v).map_err(|e| format!("`source`: {e}"))?,
+        };
+        let spec =
+            serde_json::from_value(serde_json::Value::Object(fields)).map_err(|e| e.to_string())?;
+        Ok(StoredPipeline {
+            spec,
+            paused,
+            source,
+        })
+    }
 }
 
 /// Which registry topic a record came from.
@@ -97,9 +109,23 @@ pub enum TopicKind {
     Members,
 }
 
+impl TopicKind {
+    /// For logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicKind::Plugins => "plugins",
+            TopicKind::Pipelines => "pipelines",
+            TopicKind::Members => "members",
+        }
+    }
+}
+
 /// Everything the registry knows.
 #[derive(Debug, Default)]
 pub struct RegistryState {
+    /// Topics no pipeline may read or write: every replayed pipeline is
+    /// validated against them, as an API call is.
+    control: ControlPlane,
     plugins: BTreeMap<String, BTreeMap<u32, PluginVersion>>,
     blobs: HashMap<String, Arc<Vec<u8>>>,
     chunks: HashMap<String, BTreeMap<u32, Vec<u8>>>,
@@ -112,8 +138,18 @@ pub struct RegistryState {
 }
 
 impl RegistryState {
-    /// Applies one record; malformed ones are logged and skipped (a registry
-    /// must keep replaying past a bad record written by a buggy client).
+    /// An empty state for a host whose control plane is `control`.
+    pub fn new(control: ControlPlane) -> RegistryState {
+        RegistryState {
+            control,
+            ..RegistryState::default()
+        }
+    }
+
+    /// Applies one record; malformed or invalid ones are logged, counted
+    /// (`kwasm_registry_records_skipped_total`) and skipped: a registry must
+    /// keep replaying past a bad record written by a buggy or hostile
+    /// client, and never start what the API would have refused.
     pub fn apply(&mut self, kind: TopicKind, key: &str, value: Option<&[u8]>) {
         let result = match kind {
             TopicKind::Plugins => self.apply_plugin_record(key, value),
@@ -121,7 +157,14 @@ impl RegistryState {
             TopicKind::Members => self.apply_member_record(key, value),
         };
         if let Err(reason) = result {
-            tracing::error!(key, reason, "skipping a malformed registry record");
+            tracing::error!(
+                topic = kind.as_str(),
+                key,
+                reason,
+                "skipping an invalid registry record"
+            );
+            metrics::counter!(crate::metrics_names::REGISTRY_RECORDS_SKIPPED, "topic" => kind.as_str())
+                .increment(1);
         }
     }
 
@@ -160,9 +203,21 @@ impl RegistryState {
                 }
                 Ok(())
             }
-            (["manifest", _, _], Some(json)) => {
+            (["manifest", name, version], Some(json)) => {
                 let manifest: PluginVersion =
                     serde_json::from_slice(json).map_err(|e| format!("bad manifest: {e}"))?;
+                // The key is what tombstones and lookups use: a manifest
+                // that names another plugin or version than its key, or a
+                // name the API would refuse, is not applied.
+                if manifest.name != *name || manifest.version.to_string() != *version {
+                    return Err(format!(
+                        "manifest `{}@{}` stored under key `{key}`",
+                        manifest.name, manifest.version
+                    ));
+                }
+                if !crate::config::is_name(name) {
+                    return Err(format!("plugin name `{name}` {}", crate::config::NAME_RULE));
+                }
                 let highest = self
                     .highest_version
                     .entry(manifest.name.clone())
@@ -212,10 +267,27 @@ impl RegistryState {
                 self.pipelines.remove(key);
             }
             Some(json) => {
-                let mut p: StoredPipeline =
-                    serde_json::from_slice(json).map_err(|e| format!("bad pipeline: {e}"))?;
-                p.name = key.to_owned();
-                self.pipelines.insert(key.to_owned(), p);
+                // An invalid record replaces what the key held before, as
+                // a tombstone would: after compaction it is all a new host
+                // sees, so every host must end up without the pipeline.
+                let parsed = serde_json::from_slice::<StoredPipeline>(json)
+                    .map_err(|e| format!("bad pipeline: {e}"))
+                    .and_then(|mut p| {
+                        p.spec.name = key.to_owned();
+                        p.spec
+                            .validate(&self.control)
+                            .map_err(|e| format!("invalid pipeline: {e}"))?;
+                        Ok(p)
+                    });
+                match parsed {
+                    Ok(p) => {
+                        self.pipelines.insert(key.to_owned(), p);
+                    }
+                    Err(reason) => {
+                        self.pipelines.remove(key);
+                        return Err(reason);
+                    }
+                }
             }
         }
         Ok(())
@@ -286,21 +358,15 @@ impl RegistryState {
     }
 }
 
-/// The API view of a config-file pipeline.
-pub fn stored_from_spec(p: &crate::config::PipelineSpec) -> StoredPipeline {
+/// The API view of a config-file pipeline, defaults resolved.
+pub fn stored_from_spec(p: &PipelineSpec) -> StoredPipeline {
+    let mut spec = p.clone();
+    spec.group_id = Some(p.group_id());
+    spec.dead_letter_topic = Some(p.dead_letter_topic());
     StoredPipeline {
-        name: p.name.clone(),
-        plugin: p.plugin.clone(),
-        config: p.config.clone(),
-        inputs: p.inputs.clone(),
-        input_regex: p.input_regex.clone(),
-        output: p.output.clone(),
-        group_id: Some(p.group_id()),
-        dead_letter_topic: Some(p.dead_letter_topic()),
-        retry: p.retry.clone(),
-        batch: p.batch.clone(),
+        spec,
         paused: false,
-        source: "config".into(),
+        source: PipelineSource::Config,
     }
 }
 
@@ -444,11 +510,69 @@ mod tests {
         s.apply(TopicKind::Pipelines, "orders", Some(p));
         assert_eq!(
             s.pipeline("orders")
-                .map(|p| (p.name.as_str(), p.source.as_str())),
-            Some(("orders", "api"))
+                .map(|p| (p.spec.name.as_str(), p.source)),
+            Some(("orders", PipelineSource::Api))
         );
         s.apply(TopicKind::Pipelines, "orders", None);
         assert!(s.pipeline("orders").is_none());
+    }
+
+    /// A record written straight to the pipelines topic (an outside
+    /// producer, no API) must pass the API's validation or never start.
+    #[test]
+    fn replayed_pipelines_are_validated_as_the_api_validates_them() {
+        let mut s = RegistryState::default();
+        let good = br#"{"plugin":"p@1","inputs":["in"],"output":"out"}"#;
+        s.apply(TopicKind::Pipelines, "orders", Some(good));
+        assert!(s.pipeline("orders").is_some());
+        for bad in [
+            &br#"{"plugin":"p@1","inputs":["in"],"output":"__consumer_offsets"}"#[..],
+            br#"{"plugin":"p@1","inputs":["in"],"output":"_kwasm_pipelines"}"#,
+            br#"{"plugin":"p@1","input_regex":"((","output":"out"}"#,
+            br#"{"plugin":"p@1","inputs":["in"],"output":"out","surprise":1}"#,
+        ] {
+            s.apply(TopicKind::Pipelines, "orders", Some(good));
+            s.apply(TopicKind::Pipelines, "orders", Some(bad));
+            assert!(
+                s.pipeline("orders").is_none(),
+                "{}: an invalid record replaces the pipeline as a tombstone would",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Names are checked on replay too.
+        s.apply(TopicKind::Pipelines, "_kwasm_x", Some(good));
+        assert!(s.pipeline("_kwasm_x").is_none());
+        // The configured registry topics count, not only the defaults.
+        let mut s = RegistryState::new(ControlPlane::new(&crate::config::RegistryConfig {
+            pipelines_topic: "ops-pipelines".into(),
+            ..Default::default()
+        }));
+        let to_registry = br#"{"plugin":"p@1","inputs":["in"],"output":"ops-pipelines"}"#;
+        s.apply(TopicKind::Pipelines, "orders", Some(to_registry));
+        assert!(s.pipeline("orders").is_none());
+    }
+
+    #[test]
+    fn manifests_must_match_their_key_and_the_name_rule() {
+        let mut s = RegistryState::default();
+        let digest = hex::encode(Sha256::digest(b"x"));
+        s.apply(TopicKind::Plugins, &format!("chunk/{digest}/0"), Some(b"x"));
+        s.apply(
+            TopicKind::Plugins,
+            "manifest/a/1",
+            Some(&manifest("b", 1, b"x", 1)),
+        );
+        s.apply(
+            TopicKind::Plugins,
+            "manifest/a/2",
+            Some(&manifest("a", 1, b"x", 1)),
+        );
+        s.apply(
+            TopicKind::Plugins,
+            "manifest/-x/1",
+            Some(&manifest("-x", 1, b"x", 1)),
+        );
+        assert_eq!(s.plugins().count(), 0);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-pub use batch::{BatchOutput, InputBatch, InputMessage, OutcomeView, OutputView};
+pub use batch::{BatchOutput, InputBatch, InputMessage, OutcomeView, OutputRecords, OutputView};
 pub use error::{BatchContext, PluginError, PluginErrorKind, RuntimeError, ValidationError};
 pub use handler::PluginHandler;
 
