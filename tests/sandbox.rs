@@ -263,10 +263,17 @@ const PAGE: usize = 64 << 10;
 
 /// A hostile component loaded under `name`, with the short limits.
 fn hostile(name: &str, bytes: &[u8]) -> PluginHandler {
+    // A deadline far beyond what the fixtures need: on a loaded machine a
+    // 500 ms one stopped the table bomb as `timeout` before it reached the
+    // memory limit; these tests are about the other limits.
+    let limits = Limits {
+        batch_timeout_ms: 30_000,
+        ..short_limits()
+    };
     runtime()
         .load(name, bytes)
         .unwrap_or_else(|e| panic!("hostile fixture `{name}` refused: {e}"))
-        .handler(vec![], short_limits())
+        .handler(vec![], limits)
         .unwrap_or_else(|e| panic!("hostile fixture `{name}` failed to start: {e}"))
 }
 
