@@ -44,7 +44,7 @@ pub use kafka::{
     Group, GroupDescription, Member, OutRecord, Record, by_partition, committed_offsets,
     consume_all, create_topic, create_topic_replicated, describe_consumer_group, describe_group,
     end_offsets, group_coordinator, group_members, partition_leaders, produce, produce_sequence,
-    sequence_of,
+    produce_transactions, sequence_of,
 };
 pub use process::HostProcess;
 
