@@ -193,8 +193,22 @@ pub fn create_topic(name: &str, partitions: i32) {
 /// Like [`create_topic`], with `replication` replicas per partition (the
 /// 3-node tests use 3).
 pub fn create_topic_replicated(name: &str, partitions: i32, replication: i32) {
+    create_topic_with_config(name, partitions, replication, &[]);
+}
+
+/// Like [`create_topic_replicated`], with topic-level configs
+/// (`cleanup.policy`, `segment.ms`, ...).
+pub fn create_topic_with_config(
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+) {
     let admin = admin_client();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    for (key, value) in configs {
+        topic = topic.set(key, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
     let results = block_on(admin.create_topics([&topic], &options))
         .unwrap_or_else(|e| panic!("CreateTopics request for `{name}` failed: {e}"));
