@@ -84,11 +84,38 @@ impl Host {
         Self::start_with_text_as(id, registry, pipeline_text, Protocol::Classic)
     }
 
+    /// Starts `kwasm serve` with `pipeline` (classic protocol) and a
+    /// consumer session timeout of `session_timeout_ms` instead of the
+    /// tests' 6 s (which makes a killed host's partitions move quickly).
+    pub fn start_with_session_timeout(
+        id: &str,
+        pipeline: &PipelineDef<'_>,
+        session_timeout_ms: u32,
+    ) -> Host {
+        Self::start_full(
+            id,
+            pipeline.group,
+            Some(&pipeline_toml(pipeline)),
+            Protocol::Classic,
+            session_timeout_ms,
+        )
+    }
+
     fn start_with_text_as(
         id: &str,
         registry: &str,
         pipeline_text: Option<&str>,
         protocol: Protocol,
+    ) -> Host {
+        Self::start_full(id, registry, pipeline_text, protocol, 6_000)
+    }
+
+    fn start_full(
+        id: &str,
+        registry: &str,
+        pipeline_text: Option<&str>,
+        protocol: Protocol,
+        session_timeout_ms: u32,
     ) -> Host {
         let admin_port = free_port();
         let pipeline_text = pipeline_text.unwrap_or_default();
@@ -119,9 +146,10 @@ members_topic = "{registry}-members"
             // Under KIP-848 these are the broker's (scripts/kafka-node sets
             // the same 6 s / 500 ms there) and librdkafka refuses them.
             consumer_properties = match protocol {
-                Protocol::Classic =>
-                    "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"",
-                Protocol::Consumer => "",
+                Protocol::Classic => format!(
+                    "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"{session_timeout_ms}\"\n\"heartbeat.interval.ms\" = \"500\""
+                ),
+                Protocol::Consumer => String::new(),
             },
         );
         let mut config = tempfile::NamedTempFile::new().expect("temp config file");

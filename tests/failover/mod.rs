@@ -75,7 +75,13 @@ impl Scenario {
 
     /// Starts `host-a` and waits until it holds every input partition.
     pub fn start_host(&self) -> Host {
-        let host = Host::start("host-a", &self.pipeline());
+        // Not the tests' usual 6 s session: a coordinator failover (node
+        // fenced after 4 s, election, group reload) can take longer on two
+        // loaded cores, and librdkafka then declares its assignment lost
+        // (its own session timer) and redoes uncommitted work: duplicates
+        // caused by the test's setting, not by the failure under test.
+        // Kafka's default is 45 s.
+        let host = Host::start_with_session_timeout("host-a", &self.pipeline(), 30_000);
         let all: BTreeSet<i32> = (0..PARTITIONS).collect();
         let holds_all = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
             host.partitions(&self.input).is_some_and(|p| p == all)

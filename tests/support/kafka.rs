@@ -552,6 +552,10 @@ pub fn consume_all(topic: &str, expected_count: usize, timeout: Duration) -> Vec
 
     let deadline = Instant::now() + timeout;
     let mut records = Vec::with_capacity(expected_count);
+    // A record is its (partition, offset): after a broker restart librdkafka
+    // may fetch a range again, and counting a refetched record twice would
+    // show a duplicate that is not in the topic (and stop short of others).
+    let mut seen = std::collections::HashSet::new();
     while records.len() < expected_count {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -559,6 +563,7 @@ pub fn consume_all(topic: &str, expected_count: usize, timeout: Duration) -> Vec
         }
         match consumer.poll(remaining.min(Duration::from_millis(100))) {
             None => {}
+            Some(Ok(message)) if !seen.insert((message.partition(), message.offset())) => {}
             Some(Ok(message)) => records.push(Record {
                 partition: message.partition(),
                 offset: message.offset(),
