@@ -951,8 +951,7 @@ impl Bench<'_> {
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect();
-                let args =
-                    kstreams::peer_args(&b.bootstrap, input, output, &group, *mode, &config);
+                let args = kstreams::peer_args(&b.bootstrap, input, output, &group, *mode, &config);
                 Running::KStreams(kstreams::PeerRun::start(classpath, &group, args)?)
             }
         })
