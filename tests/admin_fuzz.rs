@@ -41,6 +41,9 @@ struct Malformed {
     path: String,
     token: Option<String>,
     content_type: Option<&'static str>,
+    /// A `Content-Length` header that may not match the body (in-process,
+    /// nothing between the client and the router checks it).
+    content_length: Option<String>,
     body: Vec<u8>,
 }
 
@@ -58,6 +61,16 @@ fn junk_name() -> impl Strategy<Value = String> {
         proptest::collection::vec(any::<u8>(), 1..16).prop_map(hex::encode),
     ]
     .prop_filter("must not name what exists", |n| n != "p" && n != "orders")
+}
+
+/// A path segment: the name escaped, or raw percent-escapes of arbitrary
+/// bytes (often not UTF-8 once decoded).
+fn junk_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => junk_name().prop_map(|n| escape(&n)),
+        1 => proptest::collection::vec(any::<u8>(), 1..8)
+            .prop_map(|b| b.iter().map(|b| format!("%{b:02X}")).collect()),
+    ]
 }
 
 /// Path-segment escaping for any string (every byte outside
@@ -122,9 +135,9 @@ fn malformed_with_token() -> impl Strategy<Value = Malformed> {
     let bytes = proptest::collection::vec(any::<u8>(), 0..2048);
     prop_oneof![
         // Uploads that are not kwasm components, to a fresh name.
-        (junk_name(), bytes.clone()).prop_map(|(n, b)| (
+        (junk_segment(), bytes.clone()).prop_map(|(n, b)| (
             Method::POST,
-            format!("/v1/plugins/{}", escape(&n)),
+            format!("/v1/plugins/{}", n),
             b,
             "application/wasm"
         )),
@@ -137,19 +150,19 @@ fn malformed_with_token() -> impl Strategy<Value = Malformed> {
         )),
         // Pipelines that cannot be stored, under a fresh or the existing name.
         (
-            prop_oneof![junk_name(), Just("orders".to_owned())],
+            prop_oneof![junk_segment(), Just("orders".to_owned())],
             bad_pipeline_body()
         )
             .prop_map(|(n, b)| (
                 Method::PUT,
-                format!("/v1/pipelines/{}", escape(&n)),
+                format!("/v1/pipelines/{}", n),
                 b,
                 "application/json"
             )),
         // Deletes, pauses and reads of what does not exist.
-        (junk_name(), junk_version()).prop_map(|(n, v)| (
+        (junk_segment(), junk_version()).prop_map(|(n, v)| (
             Method::DELETE,
-            format!("/v1/plugins/{}/versions/{}", escape(&n), escape(&v)),
+            format!("/v1/plugins/{}/versions/{}", n, escape(&v)),
             vec![],
             ""
         )),
@@ -162,22 +175,12 @@ fn malformed_with_token() -> impl Strategy<Value = Malformed> {
                 ""
             )),
         (
-            junk_name(),
+            junk_segment(),
             prop_oneof![Just(""), Just("/pause"), Just("/resume"), Just("/members")],
             prop_oneof![Just(Method::DELETE), Just(Method::POST), Just(Method::GET)]
         )
-            .prop_map(|(n, tail, m)| (
-                m,
-                format!("/v1/pipelines/{}{tail}", escape(&n)),
-                vec![],
-                ""
-            )),
-        junk_name().prop_map(|n| (
-            Method::GET,
-            format!("/v1/plugins/{}", escape(&n)),
-            vec![],
-            ""
-        )),
+            .prop_map(|(n, tail, m)| (m, format!("/v1/pipelines/{}{tail}", n), vec![], "")),
+        junk_segment().prop_map(|n| (Method::GET, format!("/v1/plugins/{}", n), vec![], "")),
         // Methods a path does not serve, and paths that do not exist.
         (
             prop_oneof![Just(Method::PATCH), Just(Method::PUT), Just(Method::DELETE)],
@@ -189,19 +192,26 @@ fn malformed_with_token() -> impl Strategy<Value = Malformed> {
             ]
         )
             .prop_map(|(m, p)| (m, p.to_owned(), vec![], "")),
-        (junk_name(), bytes).prop_map(|(n, b)| (
-            Method::POST,
-            format!("/v1/{}", escape(&n)),
-            b,
-            ""
-        )),
+        (junk_segment(), bytes).prop_map(|(n, b)| (Method::POST, format!("/v1/{}", n), b, "")),
     ]
     .prop_flat_map(move |(method, path, body, content_type)| {
-        token.clone().prop_map(move |token| Malformed {
+        let length = prop_oneof![
+            4 => Just(None),
+            1 => prop_oneof![
+                Just("abc".to_owned()),
+                Just("-1".to_owned()),
+                Just("99999999999999999999999".to_owned()),
+                Just(u64::MAX.to_string()),
+                (0u64..4096).prop_map(|n| n.to_string()),
+            ]
+            .prop_map(Some),
+        ];
+        (token.clone(), length).prop_map(move |(token, content_length)| Malformed {
             method: method.clone(),
             path: path.clone(),
             token,
             content_type: (!content_type.is_empty()).then_some(content_type),
+            content_length,
             body: body.clone(),
         })
     })
@@ -236,6 +246,7 @@ fn with_wrong_token() -> impl Strategy<Value = Malformed> {
         path: path.to_owned(),
         token,
         content_type: None,
+        content_length: None,
         body,
     })
 }
@@ -275,6 +286,9 @@ async fn try_send(app: &Router, r: &Malformed) -> Option<(StatusCode, Vec<u8>)> 
     }
     if let Some(content_type) = r.content_type {
         request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    if let Some(length) = &r.content_length {
+        request = request.header(header::CONTENT_LENGTH, length);
     }
     let request = request.body(Body::from(r.body.clone())).ok()?;
     let response = app
@@ -328,6 +342,7 @@ async fn snapshot(app: &Router) -> (Vec<u8>, Vec<u8>) {
         path: path.to_owned(),
         token: Some(TOKEN.to_owned()),
         content_type: None,
+        content_length: None,
         body: Vec::new(),
     };
     let (s1, plugins) = send(app, &get("/v1/plugins")).await;
@@ -355,7 +370,10 @@ fn malformed_requests_answer_4xx_in_the_error_shape_and_store_nothing() {
             runtime,
             token: Some(TOKEN.into()),
             metrics: None,
-            groups: Some(GroupDescriber::for_kafka(&kafka()).expect("admin client")),
+            groups: Some(
+                GroupDescriber::for_control_plane(&kafka(), &RegistryConfig::default())
+                    .expect("admin client"),
+            ),
         });
         let wasm =
             std::fs::read(kwasm_tests::plugin_path("passthrough")).expect("passthrough.wasm");
@@ -377,6 +395,7 @@ fn malformed_requests_answer_4xx_in_the_error_shape_and_store_nothing() {
                     path: path.into(),
                     token: Some(TOKEN.into()),
                     content_type: None,
+                    content_length: None,
                     body,
                 },
             )

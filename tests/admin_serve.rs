@@ -390,3 +390,106 @@ fn a_host_with_admin_tls_serves_https_only() {
         "plain http got an answer: {plain:?}"
     );
 }
+
+/// One HTTP/1.0 call (the host closes the connection after answering).
+fn call(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the admin API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("send the head");
+    stream.write_all(body).expect("send the body");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// The value of the Prometheus sample `name{labels}` in `text` (0 when
+/// the counter was never incremented).
+fn sample(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn refusals_are_counted_and_members_polling_describes_the_group_once() {
+    let host = TokenHost::start("admin-metrics", "");
+    let wasm = std::fs::read(kwasm_tests::plugin_path("passthrough")).expect("passthrough.wasm");
+    assert_eq!(
+        call(host.port, "POST", "/v1/plugins/p", Some(TOKEN), &wasm).0,
+        201
+    );
+    let pipeline = serde_json::json!({
+        "plugin": "p@1", "inputs": [unique("metrics-in")], "output": unique("metrics-out"),
+    });
+    let (status, body) = call(
+        host.port,
+        "PUT",
+        "/v1/pipelines/orders",
+        Some(TOKEN),
+        pipeline.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // Polling members: one DescribeGroups serves every call within 2 s.
+    let started = Instant::now();
+    for _ in 0..20 {
+        let (status, body) = call(
+            host.port,
+            "GET",
+            "/v1/pipelines/orders/members",
+            Some(TOKEN),
+            b"",
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let polled_for = started.elapsed();
+    for token in [None, Some("wrong"), Some(&TOKEN[1..])] {
+        assert_eq!(call(host.port, "GET", "/v1/pipelines", token, b"").0, 401);
+    }
+    let big = vec![b' '; 600 << 10];
+    assert_eq!(
+        call(host.port, "PUT", "/v1/pipelines/orders", Some(TOKEN), &big).0,
+        413
+    );
+
+    let (status, metrics) = call(host.port, "GET", "/metrics", None, b"");
+    assert_eq!(status, 200, "{metrics}");
+    let describes = sample(&metrics, "kwasm_admin_group_describes_total{result=\"ok\"}")
+        + sample(
+            &metrics,
+            "kwasm_admin_group_describes_total{result=\"error\"}",
+        );
+    println!("20 members calls in {polled_for:?}: {describes} DescribeGroups");
+    let windows = polled_for.as_secs() / 2 + 1;
+    assert!(
+        (1..=windows + 1).contains(&describes),
+        "{describes} describes for 20 calls in {polled_for:?}:\n{metrics}"
+    );
+    assert_eq!(
+        (
+            sample(
+                &metrics,
+                "kwasm_admin_refused_total{reason=\"unauthorized\"}"
+            ),
+            sample(&metrics, "kwasm_admin_refused_total{reason=\"too_large\"}"),
+        ),
+        (3, 1),
+        "{metrics}"
+    );
+}

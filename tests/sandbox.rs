@@ -12,8 +12,8 @@ mod runtime_harness;
 use std::time::{Duration, Instant};
 
 use kwasm_host::runtime::{
-    BatchContext, InputBatch, Limits, PluginError, PluginErrorKind, PluginHandler, Runtime,
-    RuntimeConfig, TABLE_ELEMENT_BYTES, ValidationError,
+    BatchContext, InputBatch, Limits, MAX_MEMORIES, PluginError, PluginErrorKind, PluginHandler,
+    Runtime, RuntimeConfig, TABLE_ELEMENT_BYTES, ValidationError,
 };
 use runtime_harness::{
     Outcome, Record, batch, cache_dir, config, hostile, outcomes, plugin, plugin_bytes, runtime,
@@ -263,10 +263,17 @@ const PAGE: usize = 64 << 10;
 
 /// A hostile component loaded under `name`, with the short limits.
 fn hostile(name: &str, bytes: &[u8]) -> PluginHandler {
+    // A deadline far beyond what the fixtures need: on a loaded machine a
+    // 500 ms one stopped the table bomb as `timeout` before it reached the
+    // memory limit; these tests are about the other limits.
+    let limits = Limits {
+        batch_timeout_ms: 30_000,
+        ..short_limits()
+    };
     runtime()
         .load(name, bytes)
         .unwrap_or_else(|e| panic!("hostile fixture `{name}` refused: {e}"))
-        .handler(vec![], short_limits())
+        .handler(vec![], limits)
         .unwrap_or_else(|e| panic!("hostile fixture `{name}` failed to start: {e}"))
 }
 
@@ -355,6 +362,31 @@ fn a_table_bomb_hits_the_memory_limit() {
     // The next batch gets a fresh instance, and the same answer.
     let err = hostile_failure(&mut bomb, &one(10, "v"));
     assert_eq!(err.kind.code(), "memory-limit");
+}
+
+/// Each memory costs host memory beyond its pages (a reservation, guard
+/// regions), so their number is capped per instance, not only their bytes.
+#[test]
+fn more_memories_than_allowed_cannot_instantiate() {
+    let plugin = runtime()
+        .load("many-memories", &hostile::many_memories(MAX_MEMORIES))
+        .unwrap_or_else(|e| panic!("many-memories refused: {e}"));
+    let err = match plugin.handler(vec![], short_limits()) {
+        Ok(_) => panic!("an instance with {} memories started", MAX_MEMORIES + 1),
+        Err(e) => e,
+    };
+    let PluginErrorKind::Instantiate(message) = &err.kind else {
+        panic!("expected an instantiation error, got {err}");
+    };
+    assert!(
+        message.contains(&format!("memory count too high at {}", MAX_MEMORIES + 1)),
+        "{message}"
+    );
+    // One fewer fits.
+    let fits = runtime()
+        .load("fewer-memories", &hostile::many_memories(MAX_MEMORIES - 1))
+        .unwrap_or_else(|e| panic!("fewer-memories refused: {e}"));
+    assert!(fits.handler(vec![], short_limits()).is_ok());
 }
 
 /// Before: records with no key, value or headers cost nothing against

@@ -82,12 +82,6 @@ pub struct HostConfig {
     /// is a startup error. Default none: the API is open, so the host then
     /// refuses a non-loopback `admin_listen` unless `admin_insecure` is set.
     pub admin_token: Option<String>,
-    /// Bytes all plugin instances of this host may hold together: each
-    /// instance reserves its `limits.memory_bytes` from it, and a partition
-    /// whose instance does not fit waits (idle partitions' instances are
-    /// dropped for it) instead of the host being OOM-killed. Default half
-    /// of the smaller of the cgroup memory limit and the machine's memory.
-    pub max_plugin_memory_bytes: Option<usize>,
     /// Serve the API without a token on a non-loopback address (logged as
     /// a warning at startup). Default false.
     pub admin_insecure: bool,
@@ -98,6 +92,12 @@ pub struct HostConfig {
     /// or the environment variable that overrode it.
     #[serde(skip)]
     pub admin_token_origin: TokenOrigin,
+    /// Bytes all plugin instances of this host may hold together: each
+    /// instance reserves its `limits.memory_bytes` from it, and a partition
+    /// whose instance does not fit waits (idle partitions' instances are
+    /// dropped for it) instead of the host being OOM-killed. Default half
+    /// of the smaller of the cgroup memory limit and the machine's memory.
+    pub max_plugin_memory_bytes: Option<usize>,
 }
 
 /// TLS on the admin listener (`[host.admin_tls]`).
@@ -131,6 +131,12 @@ impl TokenOrigin {
 }
 
 impl HostConfig {
+    /// `max_plugin_memory_bytes`, or its documented default.
+    pub fn plugin_memory_budget_bytes(&self) -> usize {
+        self.max_plugin_memory_bytes
+            .unwrap_or_else(crate::runtime::default_plugin_memory_bytes)
+    }
+
     /// A token that is set must be usable: an empty one would match
     /// `Authorization: Bearer ` and a whitespace-only one is a typo.
     pub fn check_admin_token(&self) -> Result<(), ConfigError> {
@@ -176,12 +182,6 @@ impl HostConfig {
                 .admin_listen
                 .parse::<std::net::SocketAddr>()
                 .is_ok_and(|a| !a.ip().is_loopback())
-    }
-
-    /// `max_plugin_memory_bytes`, or its documented default.
-    pub fn plugin_memory_budget_bytes(&self) -> usize {
-        self.max_plugin_memory_bytes
-            .unwrap_or_else(crate::runtime::default_plugin_memory_bytes)
     }
 }
 
@@ -591,6 +591,7 @@ impl Config {
                 "must be an address like 127.0.0.1:8080",
             );
         }
+        self.check_memory_limits()?;
         let control = ControlPlane::new(&self.registry);
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
@@ -603,6 +604,48 @@ impl Config {
             }
             if !names.insert(&p.name) {
                 return invalid(at("name"), "is used by another pipeline");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Plugin limits are in range, and every instance fits in the host's
+    /// plugin memory budget (one that does not could never start).
+    fn check_memory_limits(&self) -> Result<(), ConfigError> {
+        let budget = self.host.plugin_memory_budget_bytes();
+        if self
+            .host
+            .max_plugin_memory_bytes
+            .is_some_and(|b| b < 1 << 20)
+        {
+            return Err(ConfigError::Invalid {
+                field: "host.max_plugin_memory_bytes".into(),
+                message: "must be at least 1048576 (1 MiB)".into(),
+            });
+        }
+        let all = std::iter::once(("limits".to_owned(), &self.limits)).chain(
+            self.pipelines.iter().enumerate().filter_map(|(i, p)| {
+                p.limits
+                    .as_ref()
+                    .map(|l| (format!("pipeline[{i}].limits"), l))
+            }),
+        );
+        for (at, limits) in all {
+            limits.check().map_err(|e| ConfigError::Invalid {
+                field: format!("{at}.{}", e.field),
+                message: format!("must be between {} and {}", e.min, e.max),
+            })?;
+            if limits.memory_bytes > budget {
+                return Err(ConfigError::Invalid {
+                    field: format!("{at}.memory_bytes"),
+                    message: format!(
+                        "{} is more than the host's whole plugin memory budget \
+                         (host.max_plugin_memory_bytes = {budget}): no instance could start",
+                        limits.memory_bytes
+                    ),
+                });
             }
         }
         Ok(())
@@ -742,6 +785,9 @@ impl PipelineSpec {
         }
         if b.max_wait_ms > bounds::MAX_BATCH_WAIT_MS {
             return out_of_range("batch.max_wait_ms", 0, bounds::MAX_BATCH_WAIT_MS);
+        }
+        if let Some(Err(e)) = self.limits.as_ref().map(Limits::check) {
+            return out_of_range(&format!("limits.{}", e.field), e.min, e.max);
         }
         Ok(())
     }
@@ -925,6 +971,46 @@ mod tests {
     fn unknown_field_is_named() {
         let err = parse(&format!("{MINIMAL}\nbatch_size = 3")).expect_err("unknown field");
         assert!(err.to_string().contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn plugin_limits_out_of_range_name_the_field() {
+        let with = |extra: &str| parse(&format!("{extra}\n{MINIMAL}"));
+        let err = with("[limits]\nmemory_bytes = 0").expect_err("zero memory");
+        assert_eq!(
+            err.to_string(),
+            "invalid config: `limits.memory_bytes`: must be between 1048576 and 4294967296"
+        );
+        let err = with("[limits]\nmax_output_records = 0").expect_err("zero records");
+        assert!(
+            err.to_string().contains("`limits.max_output_records`"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{MINIMAL}\nlimits = {{ max_log_bytes = 1000000000 }}"
+        ))
+        .expect_err("huge log budget");
+        assert!(
+            err.to_string()
+                .contains("`pipeline[0].limits.max_log_bytes`: must be between 0 and 67108864"),
+            "{err}"
+        );
+        let err =
+            with("[host]\nmax_plugin_memory_bytes = 33554432\n[limits]\nmemory_bytes = 67108864")
+                .expect_err("an instance larger than the budget");
+        assert_eq!(
+            err.to_string(),
+            "invalid config: `limits.memory_bytes`: 67108864 is more than the host's whole \
+             plugin memory budget (host.max_plugin_memory_bytes = 33554432): no instance could start"
+        );
+        let err = with("[host]\nmax_plugin_memory_bytes = 0").expect_err("zero budget");
+        assert!(
+            err.to_string().contains("`host.max_plugin_memory_bytes`"),
+            "{err}"
+        );
+        let ok = with("[host]\nmax_plugin_memory_bytes = 134217728").expect("valid");
+        assert_eq!(ok.host.plugin_memory_budget_bytes(), 128 << 20);
+        assert_eq!(ok.limits, Limits::default());
     }
 
     #[test]

@@ -31,3 +31,11 @@ pub const PLUGIN_INSTANCES_RELEASED: &str = "kwasm_plugin_instances_released_tot
 pub const PLUGIN_LOG_LINES_DROPPED: &str = "kwasm_plugin_log_lines_dropped_total";
 /// Bytes of those dropped lines, by plugin.
 pub const PLUGIN_LOG_BYTES_DROPPED: &str = "kwasm_plugin_log_bytes_dropped_total";
+/// Counter: admin API calls refused before any work, by `reason`
+/// (`unauthorized`: no or a wrong token; `too_large`: a body over its
+/// route's limit). A climbing `unauthorized` is someone guessing tokens.
+pub const ADMIN_REFUSED: &str = "kwasm_admin_refused_total";
+/// Counter: DescribeGroups calls made for `.../members`, by `result`
+/// (`ok`, `error`); at most one per group per 2 s however often the
+/// endpoint is polled.
+pub const ADMIN_GROUP_DESCRIBES: &str = "kwasm_admin_group_describes_total";

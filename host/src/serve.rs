@@ -78,7 +78,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         publisher_stop,
     ));
 
-    let groups = GroupDescriber::for_kafka(&config.kafka)
+    let groups = GroupDescriber::for_control_plane(&config.kafka, &config.registry)
         .map_err(|e| start(&format!("cannot create the admin API's Kafka client: {e}")))?;
     let state = AdminState {
         host_id: config.host.id.clone(),

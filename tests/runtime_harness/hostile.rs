@@ -159,3 +159,13 @@ pub fn null_records(records: u32) -> Vec<u8> {
     .join("\n");
     component(SECOND_WITH_MEMORY, "", &body)
 }
+
+/// A second core module declaring `memories` memories (multi-memory):
+/// with the main module's one, `memories + 1` in the instance.
+pub fn many_memories(memories: usize) -> Vec<u8> {
+    let declared: String = (0..memories).map(|_| "(memory 1) ").collect();
+    let second = format!(
+        "{declared}(func (export \"grow\") (param i32) (result i32) (memory.grow (local.get 0)))"
+    );
+    component(&second, "", &format!("(i32.const {RESULT})"))
+}

@@ -193,8 +193,22 @@ pub fn create_topic(name: &str, partitions: i32) {
 /// Like [`create_topic`], with `replication` replicas per partition (the
 /// 3-node tests use 3).
 pub fn create_topic_replicated(name: &str, partitions: i32, replication: i32) {
+    create_topic_with_config(name, partitions, replication, &[]);
+}
+
+/// Like [`create_topic_replicated`], with topic-level configs
+/// (`cleanup.policy`, `segment.ms`, ...).
+pub fn create_topic_with_config(
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+) {
     let admin = admin_client();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    for (key, value) in configs {
+        topic = topic.set(key, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
     let results = block_on(admin.create_topics([&topic], &options))
         .unwrap_or_else(|e| panic!("CreateTopics request for `{name}` failed: {e}"));
@@ -353,6 +367,55 @@ pub fn produce(topic: &str, records: impl IntoIterator<Item = OutRecord>) -> Vec
         failures.join("; ")
     );
     delivered
+}
+
+/// Writes each of `transactions` to `topic` as one Kafka transaction with a
+/// transactional producer (`transactional.id` unique to this call): the
+/// records, then a commit marker when its flag is true, an abort marker when
+/// false. Returns the partition's end offset afterwards, markers included.
+///
+/// # Panics
+/// If any transactional call fails.
+pub fn produce_transactions(
+    topic: &str,
+    partition: i32,
+    transactions: &[(bool, Vec<String>)],
+) -> i64 {
+    let producer: BaseProducer = producer_config()
+        .set("transactional.id", unique("kwasm-tests-txn"))
+        .create()
+        .unwrap_or_else(|e| panic!("cannot create a transactional producer: {e}"));
+    producer
+        .init_transactions(REQUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("init_transactions: {e}"));
+    for (commit, values) in transactions {
+        producer
+            .begin_transaction()
+            .unwrap_or_else(|e| panic!("begin_transaction: {e}"));
+        for value in values {
+            producer
+                .send(
+                    BaseRecord::<str, str>::to(topic)
+                        .partition(partition)
+                        .key(value)
+                        .payload(value),
+                )
+                .unwrap_or_else(|(e, _)| panic!("cannot send `{value}` in a transaction: {e}"));
+        }
+        if *commit {
+            producer
+                .commit_transaction(REQUEST_TIMEOUT)
+                .unwrap_or_else(|e| panic!("commit_transaction: {e}"));
+        } else {
+            producer
+                .flush(REQUEST_TIMEOUT)
+                .unwrap_or_else(|e| panic!("flushing before abort: {e}"));
+            producer
+                .abort_transaction(REQUEST_TIMEOUT)
+                .unwrap_or_else(|e| panic!("abort_transaction: {e}"));
+        }
+    }
+    end_offsets(topic)[partition as usize]
 }
 
 /// The input partition and sequence number of a value written by

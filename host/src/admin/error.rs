@@ -10,7 +10,7 @@ pub enum AdminError {
     /// The request is malformed or the input invalid (400).
     #[error("{0}")]
     Invalid(String),
-    /// A mutating call without the right bearer token (401).
+    /// A `/v1` call without the right bearer token (401).
     #[error("this call needs `Authorization: Bearer <token>` with the host's admin token")]
     Unauthorized,
     /// Unknown plugin, version, pipeline or path (404).

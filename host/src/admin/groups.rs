@@ -107,13 +107,16 @@ impl GroupDescriber {
     }
 
     /// An admin client with the settings the registry's clients use
-    /// (`kafka.brokers` and `kafka.properties`).
-    pub fn for_kafka(
+    /// (`kafka.brokers`, `kafka.properties`, then `registry.properties`):
+    /// describing groups is a control-plane read, done as the registry's
+    /// principal.
+    pub fn for_control_plane(
         kafka: &crate::config::KafkaConfig,
+        registry: &crate::config::RegistryConfig,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &kafka.brokers);
-        for (key, value) in &kafka.properties {
+        for (key, value) in kafka.properties.iter().chain(&registry.properties) {
             config.set(key, value);
         }
         Self::new(&config)
@@ -131,6 +134,9 @@ impl GroupDescriber {
         let result = tokio::task::spawn_blocking(move || describe_now(&inner.client, &name))
             .await
             .unwrap_or_else(|e| Err(format!("describe task failed: {e}")));
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::metrics_names::ADMIN_GROUP_DESCRIBES, "result" => outcome)
+            .increment(1);
         cache.store(group, Instant::now(), result.clone());
         result
     }

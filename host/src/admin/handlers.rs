@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -13,6 +14,26 @@ use crate::registry::{PipelineSource, PluginVersion, Registry, StoredPipeline, p
 use crate::topics::ControlPlane;
 
 type ApiResult<T> = Result<T, AdminError>;
+
+/// axum's `Path`, with its rejection (a segment that is not UTF-8 once
+/// decoded, a parameter of the wrong type) in the API's error shape
+/// instead of axum's plain text.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(AdminError::Invalid(rejection.body_text())),
+        }
+    }
+}
 
 /// Largest JSON body accepted (`PUT /v1/pipelines/{name}`). A stored
 /// pipeline is this body plus its resolved defaults (well under 1 KiB), so
@@ -35,6 +56,8 @@ async fn read_body(
     limit_name: &str,
 ) -> ApiResult<Bytes> {
     let too_large = || {
+        metrics::counter!(crate::metrics_names::ADMIN_REFUSED, "reason" => "too_large")
+            .increment(1);
         AdminError::TooLarge(format!(
             "the body is larger than this host's limit of {limit} bytes ({limit_name})"
         ))
@@ -160,7 +183,7 @@ pub async fn list_plugins(State(state): State<AdminState>) -> ApiResult<Json<Val
 
 pub async fn get_plugin(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let reg = registry(&state)?.read();
     let versions = reg
@@ -175,7 +198,7 @@ pub async fn get_plugin(
 
 pub async fn upload_plugin(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -210,7 +233,7 @@ pub async fn upload_plugin(
 
 pub async fn delete_plugin_version(
     State(state): State<AdminState>,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let registry = registry(&state)?;
     let version: u32 = version
@@ -267,7 +290,7 @@ fn config_pipeline_view(status: &crate::pipeline::PipelineStatus) -> StoredPipel
 
 pub async fn get_pipeline(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<StoredPipeline>> {
     all_pipelines(&state)?
         .into_iter()
@@ -278,7 +301,7 @@ pub async fn get_pipeline(
 
 pub async fn put_pipeline(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<StoredPipeline>> {
@@ -344,7 +367,7 @@ fn check_record_size(p: &StoredPipeline) -> ApiResult<()> {
 
 pub async fn delete_pipeline(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let registry = registry(&state)?;
     refuse_config_pipeline(&state, &name)?;
@@ -357,14 +380,14 @@ pub async fn delete_pipeline(
 
 pub async fn pause_pipeline(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<StoredPipeline>> {
     set_paused(&state, &name, true).await
 }
 
 pub async fn resume_pipeline(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<StoredPipeline>> {
     set_paused(&state, &name, false).await
 }
@@ -388,7 +411,7 @@ async fn set_paused(
 
 pub async fn members(
     State(state): State<AdminState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<Value>> {
     let pipeline = all_pipelines(&state)?
         .into_iter()

@@ -104,6 +104,8 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if !authorized(given, token) {
+            metrics::counter!(crate::metrics_names::ADMIN_REFUSED, "reason" => "unauthorized")
+                .increment(1);
             return AdminError::Unauthorized.into_response();
         }
     }

@@ -112,5 +112,62 @@ pub async fn create_topics(client: &ClientConfig, topics: &[NewTopic<'_>]) -> Re
             return Err(format!("cannot create topic `{topic}`: {code}"));
         }
     }
+    let names: Vec<String> = topics.iter().map(|t| t.name.to_owned()).collect();
+    let client = client.clone();
+    tokio::task::spawn_blocking(move || wait_for_leaders(&client, &names, TOPIC_READY_TIMEOUT))
+        .await
+        .map_err(|e| format!("waiting for new topics failed: {e}"))?
+}
+
+/// How long [`create_topics`] waits for every partition of its topics to
+/// have a leader.
+const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until the metadata shows every partition of each of `topics` with
+/// a leader. Kafka answers CreateTopics once the controller has the topic,
+/// before every broker knows it: a client that reads a fresh topic at once
+/// (the registry's end offsets) can get `UNKNOWN_TOPIC_OR_PARTITION` or
+/// `NOT_LEADER_OR_FOLLOWER` and fail its startup.
+fn wait_for_leaders(
+    client: &ClientConfig,
+    topics: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = client
+        .create()
+        .map_err(|e| format!("cannot create a metadata client: {e}"))?;
+    let deadline = std::time::Instant::now() + timeout;
+    for topic in topics {
+        loop {
+            let last = match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                Ok(metadata) => match metadata.topics().iter().find(|t| t.name() == topic) {
+                    Some(t)
+                        if t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.error().is_none() && p.leader() >= 0) =>
+                    {
+                        break;
+                    }
+                    Some(t) => format!(
+                        "topic error {:?}, {} partitions",
+                        t.error(),
+                        t.partitions().len()
+                    ),
+                    None => "not in the metadata".to_owned(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "topic `{topic}` has no leader for every partition after {} s: {last}",
+                    timeout.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     Ok(())
 }

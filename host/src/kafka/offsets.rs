@@ -137,8 +137,58 @@ impl TrackerState {
     }
 }
 
+/// What to commit for a partition, given its tracker's
+/// [`committable`](OffsetTracker::committable) offset, the offset of the last
+/// message routed to its worker since it was assigned, and the consumer's
+/// position (the next offset librdkafka would hand the application).
+///
+/// Usually the tracker's offset. The position is further when the records
+/// after the last message are ones librdkafka consumes without handing them
+/// over: transaction markers (control records) and, under `read_committed`,
+/// aborted transactional records. Committing only `last + 1` would leave the
+/// group one record short of the end forever after a transaction's final
+/// marker (a lag the admin API shows, and what Java consumers, which commit
+/// their position, do not do). Taking the position is safe only when every
+/// routed message is done (`committable == last + 1`): the consumer thread
+/// routes each message it consumes before it commits, so nothing between
+/// `last + 1` and the position is data this host still owes. With nothing
+/// routed since assignment the position is not trusted (librdkafka may still
+/// report the previous assignment's), so nothing changes.
+pub fn commit_offset(
+    committable: Option<i64>,
+    last_routed: Option<i64>,
+    position: Option<i64>,
+) -> Option<i64> {
+    match (committable, last_routed, position) {
+        (Some(done), Some(last), Some(next)) if done == last + 1 && next > done => Some(next),
+        _ => committable,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::commit_offset;
+
+    #[test]
+    fn commit_offset_takes_the_position_past_a_trailing_transaction_marker() {
+        // Data 0..=9 done, marker at 10: the position is 11.
+        assert_eq!(commit_offset(Some(10), Some(9), Some(11)), Some(11));
+        // Aborted records and markers after the last message: same.
+        assert_eq!(commit_offset(Some(10), Some(9), Some(23)), Some(23));
+    }
+
+    #[test]
+    fn commit_offset_keeps_the_tracker_while_routed_work_is_not_done() {
+        // Message 9 routed but not done: never past it.
+        assert_eq!(commit_offset(Some(9), Some(9), Some(11)), Some(9));
+        assert_eq!(commit_offset(None, Some(9), Some(11)), None);
+        // Nothing routed since assignment: the position may be stale.
+        assert_eq!(commit_offset(None, None, Some(50)), None);
+        // No position known, or it is not further.
+        assert_eq!(commit_offset(Some(10), Some(9), None), Some(10));
+        assert_eq!(commit_offset(Some(10), Some(9), Some(10)), Some(10));
+    }
+
     use super::*;
 
     #[test]

@@ -29,6 +29,7 @@ use super::PipelineShared;
 use super::worker::{Worker, WorkerContext};
 use crate::kafka::OffsetTracker;
 use crate::kafka::fetch_queue::{Fetched, QueueHandle, forward_partition};
+use crate::kafka::offsets::commit_offset;
 use crate::runtime::InputBatch;
 
 /// Messages queued to a worker beyond the batch it is running. Pausing a
@@ -56,6 +57,11 @@ struct Assigned {
     spare: Receiver<InputBatch>,
     paused: bool,
     committed: Option<i64>,
+    /// Offset of the last message routed to this partition's batches since
+    /// it was assigned: with the consumer's position it tells whether the
+    /// records after it are transaction markers to commit past
+    /// ([`commit_offset`]).
+    last_routed: Option<i64>,
 }
 
 /// The consumer's context: rebalance callbacks and the partition table.
@@ -241,6 +247,7 @@ impl PipelineContext {
                 spare,
                 paused: false,
                 committed: None,
+                last_routed: None,
             },
         );
     }
@@ -282,9 +289,10 @@ impl PipelineContext {
         // Commit even what a periodic commit already sent: an async commit
         // issued during a rebalance can fail (REBALANCE_IN_PROGRESS), and
         // skipping it here would make the next owner redo that work.
+        let positions = positions(consumer);
         let mut tpl = TopicPartitionList::new();
         for (key, a) in &leaving {
-            if let Some(next) = a.tracker.committable()
+            if let Some(next) = a.commit_offset(&positions, key)
                 && let Err(e) = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(next))
             {
                 tracing::error!(error = %e, "cannot build commit list");
@@ -360,6 +368,7 @@ impl PipelineContext {
         };
         a.open
             .push(msg.offset, msg.timestamp_ms, msg.key, msg.value, headers);
+        a.last_routed = Some(msg.offset);
         a.opened_at.get_or_insert_with(Instant::now);
         if a.open.len() >= self.shared.spec.batch.max_messages {
             dispatch(consumer, key, a);
@@ -383,10 +392,11 @@ impl PipelineContext {
 
     /// Commits every partition's done offset (asynchronously).
     pub(crate) fn commit_done(&self, consumer: &BaseConsumer<Self>) {
+        let positions = positions(consumer);
         let mut tpl = TopicPartitionList::new();
         let mut table = self.table();
         for (key, a) in table.map.iter_mut() {
-            if let Some(next) = a.tracker.committable()
+            if let Some(next) = a.commit_offset(&positions, key)
                 && a.committed != Some(next)
                 && tpl
                     .add_partition_offset(&key.0, key.1, Offset::Offset(next))
@@ -408,6 +418,25 @@ impl PipelineContext {
     pub(crate) fn assigned_keys(&self) -> Vec<PartitionKey> {
         self.table().map.keys().cloned().collect()
     }
+}
+
+impl Assigned {
+    /// The offset to commit for this partition: see [`commit_offset`].
+    fn commit_offset(&self, positions: &TopicPartitionList, key: &PartitionKey) -> Option<i64> {
+        let position = positions
+            .find_partition(&key.0, key.1)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(next) => Some(next),
+                _ => None,
+            });
+        commit_offset(self.tracker.committable(), self.last_routed, position)
+    }
+}
+
+/// The consumer's position of every assigned partition (empty if librdkafka
+/// cannot say: then only the trackers' offsets are committed).
+fn positions(consumer: &BaseConsumer<PipelineContext>) -> TopicPartitionList {
+    consumer.position().unwrap_or_default()
 }
 
 /// Hands the held batch, then the open one, to the worker; pauses the

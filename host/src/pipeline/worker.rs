@@ -12,15 +12,16 @@
 //! - The plugin cannot even be instantiated: wait and try again, forever;
 //!   the partition stalls visibly rather than dead-lettering everything.
 //!
-//! Plugin memory: before each batch the worker takes its instance's share
-//! of the host's plugin memory budget (waiting, stop-aware, when it is
-//! full), and while another partition waits it gives that share back after
-//! each batch and when idle, dropping the instance (see `runtime::budget`).
+//! Plugin memory: before a batch the worker takes its instance's share of
+//! the host's plugin memory budget (waiting, stop-aware, when it is full),
+//! and while another partition waits it gives that share back, dropping the
+//! instance, once its queue is empty or its turn (100 ms) is over, and when
+//! idle (see `runtime::budget`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -60,6 +61,11 @@ pub(crate) struct WorkerContext {
 /// How often an idle worker checks whether another partition waits for
 /// plugin memory.
 const IDLE_MEMORY_CHECK: Duration = Duration::from_millis(50);
+
+/// How long a worker keeps plugin memory for queued batches while another
+/// partition waits for it: long enough that a turn is worth its
+/// instantiation, short enough that every partition gets one.
+const MEMORY_TURN: Duration = Duration::from_millis(100);
 
 /// What is left to do for a message after an attempt.
 enum Next {
@@ -161,17 +167,23 @@ impl Worker {
     /// memory budget holds no permit, so the holders of memory always get
     /// one, finish their batch and, while anyone waits, give memory back.
     pub(crate) fn run(mut self, batches: Receiver<InputBatch>) {
-        while let Some(batch) = self.next_batch(&batches) {
+        let mut next = self.next_batch(&batches);
+        // When this worker's current hold on plugin memory began.
+        let mut turn_started = Instant::now();
+        while let Some(batch) = next {
             if self.stopped() {
                 break;
             }
             self.follow_deployment(batch.offsets());
-            let stop = self.ctx.stop.clone();
-            if !self
-                .handler
-                .wait_for_memory(&|| stop.load(Ordering::Acquire))
-            {
-                break;
+            if !self.handler.holds_memory() {
+                let stop = self.ctx.stop.clone();
+                if !self
+                    .handler
+                    .wait_for_memory(&|| stop.load(Ordering::Acquire))
+                {
+                    break;
+                }
+                turn_started = Instant::now();
             }
             let permits = self.ctx.permits.clone();
             let Ok(permit) = self.ctx.runtime.block_on(permits.acquire_owned()) else {
@@ -179,7 +191,6 @@ impl Worker {
             };
             self.process(&batch);
             drop(permit);
-            self.give_back_memory_if_wanted();
             self.metrics
                 .messages_out
                 .increment(std::mem::take(&mut self.produced));
@@ -187,6 +198,21 @@ impl Worker {
             batch.clear();
             // Full or closed: the consumer thread allocates a new one.
             let _ = self.ctx.recycle.try_send(batch);
+            next = match batches.try_recv() {
+                // More work queued: keep the instance for it, unless this
+                // turn on a contended budget is over.
+                Ok(queued) => {
+                    if turn_started.elapsed() >= MEMORY_TURN {
+                        self.give_back_memory_if_wanted();
+                    }
+                    Some(queued)
+                }
+                Err(TryRecvError::Empty) => {
+                    self.give_back_memory_if_wanted();
+                    self.next_batch(&batches)
+                }
+                Err(TryRecvError::Disconnected) => None,
+            };
         }
     }
 
@@ -204,8 +230,9 @@ impl Worker {
     }
 
     /// Drops the instance, giving its memory back, when another partition
-    /// waits for plugin memory: after every batch, and when idle. Partitions
-    /// then take turns; each turn costs an instantiation and `init`.
+    /// waits for plugin memory: when its queue is empty, when idle, and at
+    /// the end of a [`MEMORY_TURN`]. Partitions then take turns; each turn
+    /// costs an instantiation and `init`.
     fn give_back_memory_if_wanted(&mut self) {
         if self.handler.holds_memory() && self.handler.memory_contended() {
             self.handler.release_memory();

@@ -117,11 +117,7 @@ impl Registry {
         consumer.assign(&tpl).map_err(k)?;
         let mut ends = Vec::new();
         for topic in inner.config.topics() {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, 0, Duration::from_secs(10))
-                .map_err(|e| {
-                    RegistryError::Kafka(format!("cannot read the end offset of `{topic}`: {e}"))
-                })?;
+            let high = end_offset(&consumer, topic)?;
             ends.push((inner.config.kind_of(topic), high));
         }
         let follower = inner.clone();
@@ -390,6 +386,39 @@ async fn create_topics(
     crate::kafka::create_topics(client, &topics)
         .await
         .map_err(|e| RegistryError::Kafka(format!("registry: {e}")))
+}
+
+/// The end offset of partition 0 of `topic`. A topic created a moment ago
+/// may not have a leader in the broker's metadata yet (Kafka answers
+/// CreateTopics before every broker has the new partition's state):
+/// `UnknownPartition`, `NotLeaderForPartition` and `LeaderNotAvailable`
+/// are retried for up to 15 s, as a fresh cluster's first host hits them.
+fn end_offset(consumer: &BaseConsumer, topic: &str) -> Result<i64, RegistryError> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+            Ok((_, high)) => return Ok(high),
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        Code::UnknownPartition
+                            | Code::NotLeaderForPartition
+                            | Code::LeaderNotAvailable
+                            | Code::UnknownTopicOrPartition
+                    )
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(RegistryError::Kafka(format!(
+                    "cannot read the end offset of `{topic}`: {e}"
+                )));
+            }
+        }
+    }
 }
 
 fn now_ms() -> i64 {

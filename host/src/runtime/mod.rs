@@ -106,7 +106,64 @@ impl Default for Limits {
     }
 }
 
+/// A limit outside its sane range, naming the field (relative to `limits`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` must be between {min} and {max}, got {value}")]
+pub struct LimitsError {
+    /// The field, e.g. `memory_bytes`.
+    pub field: &'static str,
+    /// The value given.
+    pub value: u64,
+    /// Smallest allowed.
+    pub min: u64,
+    /// Largest allowed.
+    pub max: u64,
+}
+
 impl Limits {
+    /// Checks every field against a range wide enough for any real plugin
+    /// and narrow enough that a typo cannot disable a limit (0 would make
+    /// every call fail; a huge value would make the limit meaningless).
+    pub fn check(&self) -> Result<(), LimitsError> {
+        const MIB: u64 = 1 << 20;
+        let ranges: [(&'static str, u64, u64, u64); 7] = [
+            // A Rust component needs about 1 MiB before it handles anything.
+            ("memory_bytes", self.memory_bytes as u64, MIB, 4096 * MIB),
+            ("batch_timeout_ms", self.batch_timeout_ms, 1, 600_000),
+            (
+                "max_output_bytes",
+                self.max_output_bytes as u64,
+                1,
+                1024 * MIB,
+            ),
+            (
+                "max_record_bytes",
+                self.max_record_bytes as u64,
+                1,
+                1024 * MIB,
+            ),
+            (
+                "max_output_records",
+                self.max_output_records as u64,
+                1,
+                10_000_000,
+            ),
+            ("max_log_lines", self.max_log_lines as u64, 0, 1_000_000),
+            ("max_log_bytes", self.max_log_bytes as u64, 0, 64 * MIB),
+        ];
+        for (field, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(LimitsError {
+                    field,
+                    value,
+                    min,
+                    max,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Epoch ticks for the deadline: at least one full tick past the limit.
     fn deadline_ticks(&self) -> u64 {
         self.batch_timeout_ms
