@@ -13,6 +13,10 @@
 //! - (c) the kwasm pipeline with the `transform` plugin rewriting JSON values
 //!   (every value is a JSON object of the stated size).
 //!
+//! - (d) and (e), on Apache Kafka only: a Kafka Streams application doing
+//!   (b)'s and (c)'s work, at least once (`host/benches/peers/kstreams/`,
+//!   driven by `peers/kstreams.rs`); its JVM's CPU is added to the bench
+//!   process's and shown on its own;
 //! - (a') and (b'): (a) and (b) on an input spread round-robin instead of
 //!   partitioned by key, so that every fetched batch scatters over all output
 //!   partitions.
@@ -36,6 +40,9 @@
 //! asked for, builds the plugins).
 //! Environment:
 //! - `KWASM_PLUGIN_DIR` (required): where `passthrough.wasm` and `transform.wasm` are.
+//! - `KWASM_BENCH_KSTREAMS_CLASSPATH`: the Kafka Streams peer's class path
+//!   (without it (d) and (e) are skipped); `KWASM_BENCH_KSTREAMS_JAVA_OPTS`
+//!   its JVM options (default `-Xms512m -Xmx512m`).
 //! - `KWASM_BENCH_KAFKA_BROKERS`: an Apache Kafka broker (target `kafka`);
 //!   `KWASM_BENCH_KAFKA_BROKER_PID`: its process id, to report its CPU too.
 //! - `KWASM_BENCH_BROKERS`: a nisshi broker (target `nisshi`);
@@ -52,7 +59,7 @@
 //!   added to every case's clients (as `kafka.properties` does for the host).
 //! - `KWASM_BENCH_TARGETS` (`mock,kafka`; also `nisshi`), `KWASM_BENCH_SECTIONS`
 //!   (`throughput,large,sweep,latency`), `KWASM_BENCH_CASES`
-//!   (`direct,native,passthrough,transform,native-spread,passthrough-spread`): subsets, e.g. for
+//!   (`direct,native,passthrough,transform,kstreams,kstreams-transform,native-spread,passthrough-spread`): subsets, e.g. for
 //!   profiling one case. `KWASM_BENCH_DEBUG=1` prints latency over time.
 
 use std::collections::BTreeMap;
@@ -75,6 +82,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+
+#[path = "peers/kstreams.rs"]
+mod kstreams;
 
 /// The header carrying a latency record's send time (µs since [`epoch`]).
 const SENT_HEADER: &str = "bench.sent_us";
@@ -239,7 +249,7 @@ impl Options {
             sections: list("KWASM_BENCH_SECTIONS", "throughput,large,sweep,latency"),
             cases: list(
                 "KWASM_BENCH_CASES",
-                "direct,native,passthrough,transform,native-spread,passthrough-spread",
+                "direct,native,passthrough,transform,kstreams,kstreams-transform,native-spread,passthrough-spread",
             ),
         }
     }
@@ -432,15 +442,7 @@ impl Broker {
 
     /// CPU seconds the external broker process has used so far.
     fn broker_cpu(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid?)).ok()?;
-        // Fields after the `(comm)`: state is field 3; utime, stime are 14, 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split(' ').collect();
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Some(ticks / hz)
+        kstreams::process_cpu_seconds(self.pid?)
     }
 }
 
@@ -474,6 +476,11 @@ enum Processor {
         config: Vec<(String, String)>,
         batch: usize,
     },
+    /// (d), (e): the Kafka Streams peer, a separate JVM process.
+    KStreams {
+        classpath: String,
+        mode: kstreams::Mode,
+    },
 }
 
 impl Processor {
@@ -495,6 +502,8 @@ struct Measured {
     secs: f64,
     cpu_secs: f64,
     broker_cpu_secs: Option<f64>,
+    /// The Kafka Streams peer's JVM (not in `cpu_secs`).
+    peer_cpu_secs: Option<f64>,
     /// Voluntary and involuntary context switches of this process.
     switches: (i64, i64),
 }
@@ -503,8 +512,10 @@ impl Measured {
     fn rate(&self) -> f64 {
         self.messages as f64 / self.secs
     }
+    /// The bench process's CPU plus the peer's, if the case has one: all
+    /// the CPU that did the work (and the harness's watermark probe).
     fn cpu_per_million(&self) -> f64 {
-        self.cpu_secs * 1e6 / self.messages as f64
+        (self.cpu_secs + self.peer_cpu_secs.unwrap_or(0.0)) * 1e6 / self.messages as f64
     }
 }
 
@@ -559,7 +570,7 @@ impl Bench<'_> {
         println!();
         let mut rows: Vec<Row> = Vec::new();
         let mut sweep: Vec<(usize, Res<Measured>)> = Vec::new();
-        let cases = [
+        let mut cases = vec![
             (
                 "(a) native passthrough",
                 "native",
@@ -578,6 +589,38 @@ impl Bench<'_> {
                 Layout::Keyed,
                 Processor::kwasm(&self.plugins.transform, &TRANSFORM_CONFIG, DEFAULT_BATCH),
             ),
+        ];
+        // The peer runs on Apache Kafka only: the mock cluster lives inside
+        // this process, and nisshi is not what Kafka Streams users run.
+        if b.name == "kafka" && (o.case("kstreams") || o.case("kstreams-transform")) {
+            match std::env::var(kstreams::CLASSPATH_VAR) {
+                Ok(classpath) => {
+                    cases.push((
+                        "(d) Kafka Streams passthrough",
+                        "kstreams",
+                        Layout::Keyed,
+                        Processor::KStreams {
+                            classpath: classpath.clone(),
+                            mode: kstreams::Mode::Passthrough,
+                        },
+                    ));
+                    cases.push((
+                        "(e) Kafka Streams transform",
+                        "kstreams-transform",
+                        Layout::Keyed,
+                        Processor::KStreams {
+                            classpath,
+                            mode: kstreams::Mode::Transform,
+                        },
+                    ));
+                }
+                Err(_) => println!(
+                    "(Kafka Streams cases skipped: {} is unset; scripts/bench-pipeline builds the peer and sets it)",
+                    kstreams::CLASSPATH_VAR
+                ),
+            }
+        }
+        cases.extend([
             (
                 "(a') native, input spread round-robin",
                 "native-spread",
@@ -590,7 +633,7 @@ impl Bench<'_> {
                 Layout::Spread,
                 Processor::kwasm(&self.plugins.passthrough, &[], DEFAULT_BATCH),
             ),
-        ];
+        ]);
         let mut sizes = Vec::new();
         if o.section("throughput") || o.section("sweep") {
             sizes.push((100, o.messages));
@@ -903,6 +946,14 @@ impl Bench<'_> {
                     producer,
                 }
             }
+            Processor::KStreams { classpath, mode } => {
+                let config: Vec<(String, String)> = TRANSFORM_CONFIG
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                let args = kstreams::peer_args(&b.bootstrap, input, output, &group, *mode, &config);
+                Running::KStreams(kstreams::PeerRun::start(classpath, &group, args)?)
+            }
         })
     }
 
@@ -917,6 +968,9 @@ impl Bench<'_> {
         let b = self.broker;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !running.started() {
+            if let Some(why) = running.failure() {
+                return Err(why);
+            }
             if Instant::now() > deadline {
                 return Err("nothing fetched within 60 s (group join or fetch stalled)".into());
             }
@@ -927,6 +981,7 @@ impl Bench<'_> {
         let cpu0 = cpu_seconds();
         let sw0 = context_switches();
         let bcpu0 = b.broker_cpu();
+        let pcpu0 = running.peer_cpu();
         // Generous: 5k msg/s at the very least, plus a minute.
         let deadline = t0 + Duration::from_secs(60 + n / 5_000);
         loop {
@@ -939,11 +994,13 @@ impl Bench<'_> {
                 let sw = context_switches();
                 perf_control("disable");
                 let broker_cpu_secs = b.broker_cpu().zip(bcpu0).map(|(a, b)| a - b);
+                let peer_cpu_secs = running.peer_cpu().zip(pcpu0).map(|(a, b)| a - b);
                 return Ok(Measured {
                     messages: n,
                     secs,
                     cpu_secs,
                     broker_cpu_secs,
+                    peer_cpu_secs,
                     switches: (sw.0 - sw0.0, sw.1 - sw0.1),
                 });
             }
@@ -1157,11 +1214,22 @@ fn report_progress(broker: &str, label: &str, value_bytes: usize, r: &Res<Measur
 
 fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &Options) {
     let broker_col = b.pid.is_some();
+    let peer_col = rows
+        .iter()
+        .any(|r| r.result.as_ref().is_ok_and(|m| m.peer_cpu_secs.is_some()));
     let mut out = String::new();
     let _ = write!(
         out,
-        "| case | value | messages | msg/s | MB/s (values) | CPU s / 1M msgs (bench process) |"
+        "| case | value | messages | msg/s | MB/s (values) | CPU s / 1M msgs ({}) |",
+        if peer_col {
+            "bench process + peer JVM"
+        } else {
+            "bench process"
+        }
     );
+    if peer_col {
+        let _ = write!(out, " of which peer JVM |");
+    }
     if broker_col {
         let _ = write!(out, " broker CPU s / 1M |");
     }
@@ -1170,6 +1238,9 @@ fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &O
         " p50 ms | p99 ms | vs (a), best | vs (a), per round (median) |"
     );
     let _ = write!(out, "|---|---:|---:|---:|---:|---:|");
+    if peer_col {
+        let _ = write!(out, "---:|");
+    }
     if broker_col {
         let _ = write!(out, "---:|");
     }
@@ -1191,6 +1262,16 @@ fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &O
                     m.rate() * r.value_bytes as f64 / 1e6,
                     m.cpu_per_million()
                 );
+                if peer_col {
+                    match m.peer_cpu_secs {
+                        Some(c) => {
+                            let _ = write!(out, " {:.2} |", c * 1e6 / m.messages as f64);
+                        }
+                        None => {
+                            let _ = write!(out, " - |");
+                        }
+                    }
+                }
                 if broker_col {
                     match m.broker_cpu_secs {
                         Some(c) => {
@@ -1208,6 +1289,9 @@ fn print_table(b: &Broker, rows: &[Row], sweep: &[(usize, Res<Measured>)], o: &O
                     " {} | | | |",
                     if e == "not run" { "-" } else { "FAILED" }
                 );
+                if peer_col {
+                    let _ = write!(out, " |");
+                }
                 if broker_col {
                     let _ = write!(out, " |");
                 }
@@ -1296,6 +1380,7 @@ enum Running {
         producer: OutputProducer,
         status: Arc<PipelineStatus>,
     },
+    KStreams(kstreams::PeerRun),
 }
 
 impl Running {
@@ -1307,6 +1392,23 @@ impl Running {
             Running::Kwasm { status, .. } => {
                 status.partitions().iter().any(|p| p.position.is_some())
             }
+            Running::KStreams(peer) => peer.started(),
+        }
+    }
+
+    /// Why a case that runs in another process can no longer make progress.
+    fn failure(&self) -> Option<String> {
+        match self {
+            Running::KStreams(peer) => peer.failure(),
+            _ => None,
+        }
+    }
+
+    /// CPU seconds of the case's own process, when it is not this one.
+    fn peer_cpu(&self) -> Option<f64> {
+        match self {
+            Running::KStreams(peer) => peer.cpu_seconds(),
+            _ => None,
         }
     }
 
@@ -1315,6 +1417,14 @@ impl Running {
             Running::Direct => usize::MAX,
             Running::Native(n) => n.shared.assigned.load(Ordering::Acquire),
             Running::Kwasm { status, .. } => status.partitions().len(),
+            // Kafka Streams reports RUNNING once every partition is assigned.
+            Running::KStreams(peer) => {
+                if peer.running() {
+                    usize::MAX
+                } else {
+                    0
+                }
+            }
         }
     }
 
@@ -1328,6 +1438,7 @@ impl Running {
                 pipeline.join();
                 producer.flush(Duration::from_secs(30));
             }
+            Running::KStreams(peer) => peer.stop(),
         }
     }
 }
