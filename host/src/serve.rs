@@ -44,6 +44,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         permits: Arc::new(tokio::sync::Semaphore::new(config.host.workers)),
         runtime: tokio::runtime::Handle::current(),
         control: ControlPlane::new(&config.registry),
+        cancel: Default::default(),
     };
     let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id)
         .await
