@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT drain, commit, leave the groups and exit 0.
 
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::listener::AdminSetup;
 use crate::admin::{AdminState, GroupDescriber, router};
@@ -37,6 +38,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(|e| start(&format!("cannot install the metrics recorder: {e}")))?;
     let producer = OutputProducer::new(&producer_config(&config.kafka, &config.host.id))
         .map_err(|e| start(&format!("cannot create the Kafka producer: {e}")))?;
+    // The cancellation tree: host → pipeline → partition. Cancelling the
+    // host's token (on SIGTERM) stops the manager and every worker; the
+    // member publisher and the admin API have their own, cancelled once the
+    // pipelines have drained and committed.
+    let host_shutdown = CancellationToken::new();
+    let after_drain = CancellationToken::new();
     let deps = PipelineDeps {
         host: config.host.clone(),
         kafka: config.kafka.clone(),
@@ -44,7 +51,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         permits: Arc::new(tokio::sync::Semaphore::new(config.host.workers)),
         runtime: tokio::runtime::Handle::current(),
         control: ControlPlane::new(&config.registry),
-        cancel: Default::default(),
+        cancel: host_shutdown.child_token(),
     };
     let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id)
         .await
@@ -68,15 +75,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     {
         return Err(ServeError::Start(format!("pipeline `{name}`: {error}")));
     }
-    let (stop_manager, manager_stop) = tokio::sync::oneshot::channel();
-    let manager_task = tokio::spawn(manager.run(manager_stop));
+    let manager_task = tokio::spawn(manager.run(host_shutdown.clone()));
 
-    let (stop_publisher, publisher_stop) = tokio::sync::oneshot::channel();
     let publisher = tokio::spawn(publish_members(
         registry.clone(),
         view.clone(),
         config.host.id.clone(),
-        publisher_stop,
+        after_drain.clone(),
     ));
 
     let groups = GroupDescriber::for_control_plane(&config.kafka, &config.registry)
@@ -94,27 +99,25 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(|e| start(&e))?;
     let scheme = if listener.is_tls() { "https" } else { "http" };
     tracing::info!(host = %config.host.id, admin = %local, scheme, "kwasm host running");
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(async move {
-        let stopped = async {
-            let _ = admin_stopped.await;
-        };
-        let served = listener.serve(router(state), stopped, std::time::Duration::from_secs(5));
-        if let Err(e) = served.await {
-            tracing::error!(error = %e, "admin server failed");
+    let admin = tokio::spawn({
+        let stopped = after_drain.clone().cancelled_owned();
+        async move {
+            let served = listener.serve(router(state), stopped, std::time::Duration::from_secs(5));
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "admin server failed");
+            }
         }
     });
 
     wait_for_signal().await;
     tracing::info!(host = %config.host.id, "shutdown requested: draining and committing");
-    let _ = stop_manager.send(());
+    host_shutdown.cancel();
     let _ = manager_task.await;
-    let _ = stop_publisher.send(());
+    after_drain.cancel();
     let _ = publisher.await;
     producer.flush(std::time::Duration::from_millis(
         config.host.shutdown_grace_ms,
     ));
-    let _ = stop_admin.send(());
     let _ = admin.await;
     tracing::info!(host = %config.host.id, "kwasm host stopped");
     Ok(())
@@ -127,7 +130,7 @@ async fn publish_members(
     registry: Registry,
     view: crate::pipeline::manager::ManagerView,
     host: String,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    stop: CancellationToken,
 ) {
     use crate::registry::{MemberRecord, TopicPartition};
     use std::collections::HashMap;
@@ -170,7 +173,7 @@ async fn publish_members(
             }
         }
         tokio::select! {
-            _ = &mut stop => break,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
         }
     }

@@ -110,12 +110,45 @@ impl Host {
         Self::start_full(id, registry, pipeline_text, protocol, 6_000)
     }
 
+    /// Starts `kwasm serve` (classic protocol) with `host_extra` added to
+    /// its `[host]` table (e.g. `workers = 1`) and `pipelines_text` (TOML
+    /// `[[pipeline]]` tables, see [`pipeline_toml`]) as its config-file
+    /// pipelines.
+    pub fn start_custom(id: &str, registry: &str, host_extra: &str, pipelines_text: &str) -> Host {
+        Self::start_text(
+            id,
+            registry,
+            Some(pipelines_text),
+            Protocol::Classic,
+            6_000,
+            host_extra,
+        )
+    }
+
     fn start_full(
         id: &str,
         registry: &str,
         pipeline_text: Option<&str>,
         protocol: Protocol,
         session_timeout_ms: u32,
+    ) -> Host {
+        Self::start_text(
+            id,
+            registry,
+            pipeline_text,
+            protocol,
+            session_timeout_ms,
+            "",
+        )
+    }
+
+    fn start_text(
+        id: &str,
+        registry: &str,
+        pipeline_text: Option<&str>,
+        protocol: Protocol,
+        session_timeout_ms: u32,
+        host_extra: &str,
     ) -> Host {
         let admin_port = free_port();
         let pipeline_text = pipeline_text.unwrap_or_default();
@@ -127,6 +160,7 @@ admin_listen = "127.0.0.1:{admin_port}"
 commit_interval_ms = 200
 shutdown_grace_ms = 10000
 cache_dir = {cache:?}
+{host_extra}
 
 [kafka]
 brokers = {brokers:?}
@@ -193,7 +227,7 @@ members_topic = "{registry}-members"
     }
 }
 
-fn pipeline_toml(pipeline: &PipelineDef<'_>) -> String {
+pub fn pipeline_toml(pipeline: &PipelineDef<'_>) -> String {
     let plugin_config: Vec<String> = pipeline
         .config
         .iter()

@@ -305,17 +305,19 @@ impl PipelineContext {
         keys: &[PartitionKey],
         reason: &str,
     ) {
+        let started = Instant::now();
         let leaving = self.drain(keys);
         if leaving.is_empty() {
             return;
         }
+        let drained = started.elapsed();
         let tpl = self.commit_list(consumer, &leaving);
         if tpl.count() > 0
             && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
         {
             tracing::error!(pipeline = %self.shared.spec.name, error = %e, "commit on revoke failed; the next owner may redo some work")
         }
-        self.released(&leaving, reason);
+        self.released(&leaving, reason, drained);
     }
 
     /// Takes `keys` out of the table, stops their workers and waits (up to
@@ -353,9 +355,6 @@ impl PipelineContext {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        if !leaving.is_empty() {
-            tracing::debug!(pipeline = %s.spec.name, partitions = leaving.len(), took = ?started.elapsed(), "drained");
-        }
         leaving
     }
 
@@ -380,11 +379,14 @@ impl PipelineContext {
         tpl
     }
 
-    fn released(&self, leaving: &[(PartitionKey, Assigned)], reason: &str) {
+    /// Logs and unlists released partitions; `drained` is how long their
+    /// drain took (the part of a rebalance this host is responsible for).
+    fn released(&self, leaving: &[(PartitionKey, Assigned)], reason: &str, drained: Duration) {
         let s = &self.shared;
+        let drain_ms = drained.as_millis() as u64;
         for (key, a) in leaving {
             tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, host = %s.host_id,
-                committed = ?a.tracker.committable(), reason, "partition released");
+                committed = ?a.tracker.committable(), reason, drain_ms, "partition released");
             s.status.released(&key.0, key.1);
         }
     }
@@ -399,7 +401,9 @@ impl PipelineContext {
     pub(crate) fn shutdown(&self, consumer: &BaseConsumer<Self>) {
         self.shutting_down
             .store(true, std::sync::atomic::Ordering::Release);
+        let started = Instant::now();
         let leaving = self.drain(&self.assigned_keys());
+        let drained = started.elapsed();
         let tpl = self.commit_list(consumer, &leaving);
         if tpl.count() > 0 {
             *self.pending_commit() = Some(tpl);
@@ -435,7 +439,7 @@ impl PipelineContext {
                 }
             }
         }
-        self.released(&leaving, "host shutting down");
+        self.released(&leaving, "host shutting down", drained);
     }
 
     /// Offsets drained at shutdown and not yet committed.
