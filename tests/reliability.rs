@@ -377,10 +377,7 @@ fn a_plugin_that_cannot_start_stalls_the_partition_visibly_and_loses_nothing() {
     let rows = assignment_rows(&host, "stall");
     let reason = rows[0]["reason"].as_str().unwrap_or_default().to_owned();
     assert!(reason.contains("cannot instantiate"), "reason: {reason}");
-    assert!(
-        reason.contains("trap"),
-        "reason names the trap: {reason}"
-    );
+    assert!(reason.contains("trap"), "reason names the trap: {reason}");
     let (ready, why) = http_get(host.admin_port, "/readyz").expect("readyz");
     assert_eq!(ready, 503, "{why}");
     assert!(why.contains("stalled"), "{why}");

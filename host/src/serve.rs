@@ -14,30 +14,60 @@ use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::topics::ControlPlane;
 
-/// Why the host could not start.
+/// Why the host could not start. Each variant names the part that failed,
+/// so an operator reading the one line the host exits with knows where to
+/// look.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// Anything else, already phrased for the operator.
-    #[error("{0}")]
-    Start(String),
+    /// The admin listener's settings or socket (token, address, TLS).
+    #[error(transparent)]
+    Admin(#[from] crate::admin::listener::ListenError),
+    /// The plugin runtime (engine, compile cache).
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    /// The metrics recorder could not be installed.
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// A Kafka client of the host (producer, the admin API's client).
+    #[error("cannot create the {client}: {source}")]
+    Kafka {
+        /// Which client.
+        client: &'static str,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The registry could not start (topics, replay).
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// A config-file pipeline cannot start: the deploy is wrong.
+    #[error("pipeline `{pipeline}`: {reason}")]
+    Pipeline {
+        /// The pipeline.
+        pipeline: String,
+        /// Why, as the manager reported it.
+        reason: String,
+    },
+    /// The bound admin socket has no address (should not happen).
+    #[error("cannot read the admin listener's address: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Runs the host until a termination signal, then shuts down gracefully.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let start = |e: &dyn std::fmt::Display| ServeError::Start(e.to_string());
     // First, so a wrong token, an open non-loopback address or a bad
     // certificate fails startup before anything connects or listens.
-    let admin_setup = AdminSetup::new(&config.host).await.map_err(|e| start(&e))?;
+    let admin_setup = AdminSetup::new(&config.host).await?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(config.host.cache_dir.clone()),
         max_plugin_memory_bytes: config.host.plugin_memory_budget_bytes(),
-    })
-    .map_err(|e| start(&e))?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| start(&format!("cannot install the metrics recorder: {e}")))?;
-    let producer = OutputProducer::new(&producer_config(&config.kafka, &config.host.id))
-        .map_err(|e| start(&format!("cannot create the Kafka producer: {e}")))?;
+    })?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let producer = OutputProducer::new(&producer_config(&config.kafka, &config.host.id)).map_err(
+        |source| ServeError::Kafka {
+            client: "Kafka producer",
+            source,
+        },
+    )?;
     // The cancellation tree: host → pipeline → partition. Cancelling the
     // host's token (on SIGTERM) stops the manager and every worker; the
     // member publisher and the admin API have their own, cancelled once the
@@ -53,9 +83,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         control: ControlPlane::new(&config.registry),
         cancel: host_shutdown.child_token(),
     };
-    let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id)
-        .await
-        .map_err(|e| start(&e))?;
+    let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id).await?;
     wait_caught_up(&registry).await;
     let mut manager = PipelineManager::new(
         runtime.clone(),
@@ -73,7 +101,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .into_iter()
         .find(|(n, _)| view.config_names().contains(n))
     {
-        return Err(ServeError::Start(format!("pipeline `{name}`: {error}")));
+        return Err(ServeError::Pipeline {
+            pipeline: name,
+            reason: error,
+        });
     }
     let manager_task = tokio::spawn(manager.run(host_shutdown.clone()));
 
@@ -84,8 +115,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         after_drain.clone(),
     ));
 
-    let groups = GroupDescriber::for_control_plane(&config.kafka, &config.registry)
-        .map_err(|e| start(&format!("cannot create the admin API's Kafka client: {e}")))?;
+    let groups =
+        GroupDescriber::for_control_plane(&config.kafka, &config.registry).map_err(|source| {
+            ServeError::Kafka {
+                client: "admin API's Kafka client",
+                source,
+            }
+        })?;
     let state = AdminState {
         host_id: config.host.id.clone(),
         view,
@@ -95,8 +131,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics: Some(metrics),
         groups: Some(groups),
     };
-    let listener = admin_setup.bind().map_err(|e| start(&e))?;
-    let local = listener.local_addr().map_err(|e| start(&e))?;
+    let listener = admin_setup.bind()?;
+    let local = listener.local_addr()?;
     let scheme = if listener.is_tls() { "https" } else { "http" };
     tracing::info!(host = %config.host.id, admin = %local, scheme, "kwasm host running");
     let admin = tokio::spawn({

@@ -83,12 +83,22 @@ pub struct Pipeline {
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The Kafka consumer could not be created or subscribed.
-    #[error("pipeline `{pipeline}`: {message}")]
+    #[error("pipeline `{pipeline}`: cannot {action}: {source}")]
     Kafka {
         /// Pipeline name.
         pipeline: String,
-        /// What failed.
-        message: String,
+        /// What was being done (`create the consumer`, `subscribe to ...`).
+        action: String,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The consumer thread could not be spawned.
+    #[error("pipeline `{pipeline}`: cannot start its consumer thread: {source}")]
+    Thread {
+        /// Pipeline name.
+        pipeline: String,
+        /// The OS's error.
+        source: std::io::Error,
     },
     /// The spec does not hold (validation should have caught it first).
     #[error("pipeline `{pipeline}`: {source}")]
@@ -108,9 +118,13 @@ impl Pipeline {
         deps: &PipelineDeps,
     ) -> Result<Pipeline, PipelineError> {
         let pipeline = spec.name.clone();
-        let kafka_err = |message: String| PipelineError::Kafka {
-            pipeline: pipeline.clone(),
-            message,
+        let kafka_err = |action: String| {
+            let pipeline = pipeline.clone();
+            move |source| PipelineError::Kafka {
+                pipeline,
+                action,
+                source,
+            }
         };
         let outputs =
             OutputPolicy::new(&spec, &deps.control).map_err(|source| PipelineError::Invalid {
@@ -149,12 +163,12 @@ impl Pipeline {
         config.set("topic.blacklist", deps.control.consumer_blacklist());
         let consumer: BaseConsumer<PipelineContext> = config
             .create_with_context(PipelineContext::new(shared.clone()))
-            .map_err(|e| kafka_err(format!("cannot create consumer: {e}")))?;
+            .map_err(kafka_err("create the consumer".to_owned()))?;
         let topics = shared.spec.subscription();
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topic_refs)
-            .map_err(|e| kafka_err(format!("cannot subscribe to {topics:?}: {e}")))?;
+            .map_err(kafka_err(format!("subscribe to {topics:?}")))?;
         let name = shared.spec.name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("kwasm-consumer-{name}"))
@@ -163,7 +177,10 @@ impl Pipeline {
                 let interval = Duration::from_millis(deps.host.commit_interval_ms);
                 move || run_consumer(consumer, stop, interval)
             })
-            .map_err(|e| kafka_err(format!("cannot start consumer thread: {e}")))?;
+            .map_err(|source| PipelineError::Thread {
+                pipeline: pipeline.clone(),
+                source,
+            })?;
         tracing::info!(pipeline = %name, group = %shared.spec.group_id(), ?topics, "pipeline started");
         Ok(Pipeline {
             name,
