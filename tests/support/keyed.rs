@@ -99,6 +99,15 @@ impl KeyedProducer {
         self.handle.is_finished()
     }
 
+    /// Waits until the producer has written its `limit` and every record is
+    /// delivered; returns how many were written. Without a limit this never
+    /// returns: use [`finish`](KeyedProducer::finish).
+    pub fn wait(self) -> usize {
+        self.handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
     /// Stops producing, waits until every record is delivered and returns
     /// how many were written: records `0..n`.
     ///
