@@ -7,10 +7,10 @@ mod e2e;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use e2e::{Host, PipelineDef, http_get, pipeline_toml, read_output};
+use e2e::{Host, PipelineDef, http_get, pipeline_toml};
 use kwasm_tests::{
-    OutRecord, committed_offsets, create_topic, end_offsets, plugin_path, produce, unique,
-    wait_until,
+    OutRecord, committed_offsets, create_topic, end_offsets, plugin_path, produce, read_to_end,
+    unique, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -105,7 +105,7 @@ fn a_partition_paused_when_revoked_is_fetched_again_when_it_returns() {
         }),
         "the partition came back to host a"
     );
-    let out = read_output(&output, values.len(), Duration::from_secs(120));
+    let out = read_to_end(&output, values.len(), Duration::from_secs(120));
     let seen: BTreeSet<String> = out.iter().map(|r| r.value_str()).collect();
     let missing: Vec<&String> = values.iter().filter(|v| !seen.contains(*v)).collect();
     assert!(
@@ -184,7 +184,7 @@ fn a_rebalance_of_one_pipeline_does_not_wait_for_a_busy_neighbour() {
         &format!("{}{}", pipeline_toml(&busy), pipeline_toml(&quiet)),
     );
     a.wait_ready(Duration::from_secs(60));
-    read_output(&quiet_out, 200, Duration::from_secs(60));
+    read_to_end(&quiet_out, 200, Duration::from_secs(60));
     // Load on the busy pipeline while the quiet one rebalances: a producer
     // thread keeps its input coming.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -270,7 +270,7 @@ fn a_retry_backoff_holds_no_permit() {
         &input,
         (0..100).map(|i| OutRecord::to(1, format!("fine-{i}"))),
     );
-    let out = read_output(&output, 100, Duration::from_secs(60));
+    let out = read_to_end(&output, 100, Duration::from_secs(60));
     let p1_done = started.elapsed();
     let dead_so_far = end_offsets(&dlq).iter().sum::<i64>();
     println!("p1 drained in {p1_done:?} while p0 backed off (dead letters so far: {dead_so_far})");
@@ -279,7 +279,7 @@ fn a_retry_backoff_holds_no_permit() {
         dead_so_far, 0,
         "p1 finished only after p0's retries were exhausted: the backoff held the permit"
     );
-    let dead = read_output(&dlq, 1, Duration::from_secs(60));
+    let dead = read_to_end(&dlq, 1, Duration::from_secs(60));
     assert_eq!(dead.len(), 1);
     assert_eq!(header(&dead[0], "kwasm.error.kind"), "retries-exhausted");
     assert_eq!(header(&dead[0], "kwasm.attempts"), "4");
@@ -396,7 +396,7 @@ fn a_plugin_that_cannot_start_stalls_the_partition_visibly_and_loses_nothing() {
     // A working config, hot-deployed: the partition recovers.
     let (status, body) = host.call("PUT", "/v1/pipelines/stall", spec("tag").as_bytes());
     assert_eq!(status, 200, "{body}");
-    let out = read_output(&output, 20, Duration::from_secs(60));
+    let out = read_to_end(&output, 20, Duration::from_secs(60));
     let values: Vec<String> = out.iter().map(|r| r.value_str()).collect();
     let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
     assert_eq!(
@@ -491,8 +491,8 @@ fn outputs_the_broker_rejects_are_dead_lettered_and_commits_go_on() {
             .unwrap_or_default()
             .to_owned()
     };
-    let dead = read_output(&dlq, rejected.len(), Duration::from_secs(90));
-    let out = read_output(&fine_out, fine.len(), Duration::from_secs(60));
+    let dead = read_to_end(&dlq, rejected.len(), Duration::from_secs(90));
+    let out = read_to_end(&fine_out, fine.len(), Duration::from_secs(60));
     assert_eq!(
         end_offsets(&small).iter().sum::<i64>(),
         0,

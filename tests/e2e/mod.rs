@@ -351,18 +351,3 @@ pub fn account(produced: &[(i32, String)], output: &[kwasm_tests::Record]) -> Ac
         out_of_order,
     }
 }
-
-/// Reads every record of an output topic once at least `expected` have
-/// arrived (and the count stopped growing), so duplicates are counted
-/// rather than cut off at `expected`.
-pub fn read_output(topic: &str, expected: usize, timeout: Duration) -> Vec<kwasm_tests::Record> {
-    let total = || kwasm_tests::end_offsets(topic).iter().sum::<i64>() as usize;
-    let mut last = 0;
-    kwasm_tests::wait_until(timeout, Duration::from_millis(500), || {
-        let now = total();
-        let settled = now >= expected && now == last;
-        last = now;
-        settled
-    });
-    kwasm_tests::consume_all(topic, last.max(expected), Duration::from_secs(60))
-}
