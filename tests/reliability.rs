@@ -151,8 +151,9 @@ fn drain_times_ms(log: &str, pipeline: &str) -> Vec<u64> {
 }
 
 /// Item 6. Two pipelines on one host; the neighbour's records cannot be
-/// delivered (its output topic wants 2 in-sync replicas on a one-broker
-/// cluster, so librdkafka retries them without end). A rebalance of the
+/// delivered for now (its output topic does not exist and the host may not
+/// create it, so librdkafka holds them for `topic.metadata.propagation.max.ms`,
+/// 30 s, as it would for a topic being created). A rebalance of the
 /// other pipeline must not wait for them: before the fix the revoke flushed
 /// the whole shared producer and took the full grace period (10 s).
 #[test]
@@ -166,7 +167,6 @@ fn a_rebalance_of_one_pipeline_does_not_wait_for_a_neighbours_records() {
     for t in [&stuck_in, &quiet_in, &quiet_out] {
         create_topic(t, 4);
     }
-    kwasm_tests::create_topic_with_config(&stuck_out, 1, 1, &[("min.insync.replicas", "2")]);
     let stuck = PipelineDef {
         name: "stuck",
         plugin: "passthrough",
@@ -186,10 +186,10 @@ fn a_rebalance_of_one_pipeline_does_not_wait_for_a_neighbours_records() {
         dead_letter: None,
     };
     produce_numbered(&quiet_in, 4, 50);
-    let a = Host::start_custom(
+    let a = Host::start_with_kafka_properties(
         "stuck-a",
         &stuck_group,
-        "",
+        r#""allow.auto.create.topics" = "false""#,
         &format!("{}{}", pipeline_toml(&stuck), pipeline_toml(&quiet)),
     );
     a.wait_ready(Duration::from_secs(60));
@@ -231,10 +231,10 @@ fn a_rebalance_of_one_pipeline_does_not_wait_for_a_neighbours_records() {
         times.iter().all(|&t| t < 1_000),
         "a rebalance of the quiet pipeline waited for its neighbour's records: {times:?} ms"
     );
-    assert_eq!(
-        end_offsets(&stuck_out),
-        vec![0],
-        "the neighbour's records were really stuck"
+    let log = a.process.log_contents();
+    assert!(
+        !log.contains("output record rejected by the broker") && !log.contains("delivery failed"),
+        "the neighbour's records were still in flight during the rebalance"
     );
 }
 
