@@ -157,7 +157,7 @@ impl Host {
             pipeline_text,
             protocol,
             session_timeout_ms,
-            "",
+            ("", ""),
         )
     }
 
