@@ -42,6 +42,9 @@ const WORKER_QUEUE_MESSAGES: usize = 8192;
 
 type PartitionKey = (String, i32);
 
+/// How often the periodic commit sends unchanged offsets again.
+const RECOMMIT_EVERY: Duration = Duration::from_secs(5);
+
 /// Whether a partition is fetched (the consumer thread's side of
 /// `PartitionState`).
 enum Flow {
@@ -85,6 +88,8 @@ pub(crate) struct PipelineContext {
     shutting_down: std::sync::atomic::AtomicBool,
     /// What [`shutdown`](Self::shutdown) drained and could not commit yet.
     pending_commit: Mutex<Option<TopicPartitionList>>,
+    /// When `commit_done` last sent every partition's offset, changed or not.
+    last_full_commit: Mutex<Instant>,
     /// Where assigned partitions' messages are forwarded (set by the
     /// consumer thread while its [`FetchQueue`] lives).
     ///
@@ -133,13 +138,37 @@ impl ConsumerContext for PipelineContext {
         result: rdkafka::error::KafkaResult<()>,
         offsets: &TopicPartitionList,
     ) {
-        if let Err(e) = result {
-            tracing::warn!(pipeline = %self.shared.spec.name, error = %e, "commit failed; will commit again");
-            let mut table = self.table();
-            for key in keys(offsets) {
-                if let Some(a) = table.map.get_mut(&key) {
-                    a.committed = None;
-                }
+        // librdkafka can report success for the request while refusing
+        // some partitions (each element carries its own error, e.g.
+        // ILLEGAL_GENERATION during a rebalance): those must be sent again
+        // too, or the partition believes a commit landed that never did and
+        // the group's offset stays behind for good.
+        let failed: Vec<PartitionKey> = match &result {
+            Err(_) => keys(offsets),
+            Ok(()) => offsets
+                .elements()
+                .iter()
+                .filter(|e| e.error().is_err())
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect(),
+        };
+        if failed.is_empty() {
+            return;
+        }
+        let error = match &result {
+            Err(e) => e.to_string(),
+            Ok(()) => offsets
+                .elements()
+                .iter()
+                .find_map(|e| e.error().err())
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        };
+        tracing::warn!(pipeline = %self.shared.spec.name, %error, partitions = failed.len(), "commit failed; will commit again");
+        let mut table = self.table();
+        for key in failed {
+            if let Some(a) = table.map.get_mut(&key) {
+                a.committed = None;
             }
         }
     }
@@ -206,6 +235,7 @@ impl PipelineContext {
             partitions: Mutex::new(Table::default()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             pending_commit: Mutex::new(None),
+            last_full_commit: Mutex::new(Instant::now()),
             fetch_queue: Mutex::new(None),
         }
     }
@@ -559,10 +589,24 @@ impl PipelineContext {
         }
     }
 
-    /// Commits every partition's done offset (asynchronously).
+    /// Commits every partition's done offset (asynchronously). An offset
+    /// already sent is sent again every [`RECOMMIT_EVERY`]: a commit refused
+    /// during a rebalance must not leave the group's offset behind for good
+    /// should its failure report never reach `commit_callback`.
     pub(crate) fn commit_done(&self, consumer: &BaseConsumer<Self>) {
         let positions = positions(consumer);
         let mut tpl = TopicPartitionList::new();
+        let resend = {
+            let mut last = self
+                .last_full_commit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = last.elapsed() >= RECOMMIT_EVERY;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
         let mut table = self.table();
         for (key, a) in table.map.iter_mut() {
             // A delivery that failed for good with no dead letter to stand
@@ -580,7 +624,7 @@ impl PipelineContext {
                 );
             }
             if let Some(next) = a.commit_offset(&positions, key)
-                && a.committed != Some(next)
+                && (resend || a.committed != Some(next))
                 && tpl
                     .add_partition_offset(&key.0, key.1, Offset::Offset(next))
                     .is_ok()
