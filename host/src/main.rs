@@ -99,7 +99,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = kwasm_host::config::Config::load(&path)?.with_env();
+    let config = kwasm_host::config::Config::load_with_env(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
