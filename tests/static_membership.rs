@@ -205,14 +205,21 @@ fn a_restarted_static_member_gets_its_partitions_back_without_a_rebalance(protoc
     // Let the group settle (a late rebalance is not the restart's fault).
     std::thread::sleep(Duration::from_secs(3));
     let settled = wait_cover(&[&m0, &m1, &m2], &t.input, Duration::from_secs(30));
-    assert_eq!(before, settled, "{label}: the group moved partitions while settling");
+    assert_eq!(
+        before, settled,
+        "{label}: the group moved partitions while settling"
+    );
     let changes_before = [
         assignment_changes(&m0.host.process.log_contents()).len(),
         assignment_changes(&m2.host.process.log_contents()).len(),
     ];
 
     let Member {
-        id, port, text, host, ..
+        id,
+        port,
+        text,
+        host,
+        ..
     } = m1;
     let mut old = host;
     let stopped_at = Instant::now();
@@ -255,7 +262,10 @@ fn a_restarted_static_member_gets_its_partitions_back_without_a_rebalance(protoc
         settled[1],
         m1.host.partitions(&t.input)
     );
-    assert_eq!(others_changed, None, "{label}: another host's partitions moved during the restart");
+    assert_eq!(
+        others_changed, None,
+        "{label}: another host's partitions moved during the restart"
+    );
     let produced = producer.join().expect("producer thread");
     check_exactly_once(&t, &produced, &label);
     // Nothing was revoked from or assigned to the others: no rebalance
@@ -325,7 +335,10 @@ fn a_static_member_that_does_not_return_loses_its_partitions_after_the_session_t
             p0.is_disjoint(&p2) && p0.union(&p2).copied().collect::<BTreeSet<_>>() == all
         },
     );
-    assert!(taken, "{label}: kwasm-0 and kwasm-2 never took all partitions");
+    assert!(
+        taken,
+        "{label}: kwasm-0 and kwasm-2 never took all partitions"
+    );
     let moved_at = moved_at.expect("partitions moved");
     println!(
         "{label}: kwasm-1's partitions {:?} moved {:.1} s after its SIGTERM (session timeout {} s)",
@@ -381,7 +394,11 @@ fn two_hosts_with_one_instance_id_cannot_both_run(protocol: Protocol) {
     } else {
         (&mut second, &mut first)
     };
-    let status = gone.host.process.wait_exit(Duration::from_secs(30)).expect("exited");
+    let status = gone
+        .host
+        .process
+        .wait_exit(Duration::from_secs(30))
+        .expect("exited");
     let log = gone.host.process.log_contents();
     println!(
         "{label}: the {} host exited {status:?} {:.1} s after the second started",
@@ -393,7 +410,10 @@ fn two_hosts_with_one_instance_id_cannot_both_run(protocol: Protocol) {
         log.contains("fatal") && log.to_lowercase().contains("group.instance.id"),
         "{label}: the fenced host's log does not say why:\n{log}"
     );
-    assert!(survivor.host.process.is_running(), "{label}: both hosts stopped");
+    assert!(
+        survivor.host.process.is_running(),
+        "{label}: both hosts stopped"
+    );
     assert!(
         wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
             survivor.host.partitions(&t.input).as_ref() == Some(&all)
