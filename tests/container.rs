@@ -174,7 +174,7 @@ dead_letter_topic = "{input}-dlq"
     assert_eq!(http_get(port, "/healthz").map(|(s, _)| s), Some(200));
     // The image's own healthcheck command, run in the container.
     podman_ok("healthcheck", &["healthcheck", "run", &name]);
-    let records = e2e::read_output(&output, produced.len(), Duration::from_secs(120));
+    let records = kwasm_tests::read_to_end(&output, produced.len(), Duration::from_secs(120));
     let acc = account(&produced, &records);
     println!(
         "container: {} produced, lost {}, duplicates {}, out of order {}",

@@ -608,7 +608,7 @@ fn run_pod(label: &str, pod: &Pod, secret_token: &str, image: &str) {
         .into_iter()
         .map(|c| c.unwrap_or(0))
         .collect();
-    let records = e2e::read_output(
+    let records = kwasm_tests::read_to_end(
         &output,
         committed.iter().sum::<i64>() as usize,
         Duration::from_secs(60),

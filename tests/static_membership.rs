@@ -134,7 +134,7 @@ fn wait_cover(members: &[&Member], topic: &str, timeout: Duration) -> Vec<BTreeS
 /// duplicates, per-partition order; then that the group committed the end
 /// of every input partition.
 fn check_exactly_once(t: &Topics, produced: &[(i32, String)], label: &str) {
-    let output = e2e::read_output(&t.output, produced.len(), Duration::from_secs(120));
+    let output = kwasm_tests::read_to_end(&t.output, produced.len(), Duration::from_secs(120));
     let acc = account(produced, &output);
     println!(
         "{label}: {} produced, lost {}, duplicates {}, out of order {}",
