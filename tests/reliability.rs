@@ -49,10 +49,12 @@ fn produce_numbered(topic: &str, partitions: i32, per_partition: usize) -> Vec<S
 }
 
 /// Item 5. librdkafka keeps an application's pause across unassign and
-/// assign. A slow plugin fills both partitions' queues (so they are paused);
-/// a second host takes one and leaves again; when it comes back to the first
-/// host it must be fetched. Before the fix it was never resumed: its lag
-/// stayed, and this test timed out with that partition's messages missing.
+/// assign. Each partition starts with a message the plugin spends 8 s on,
+/// so its worker's queue fills behind it and the partition stays paused; a
+/// second host joins then and takes one partition (revoked while paused),
+/// and leaves again; when the partition comes back to the first host it
+/// must be fetched. Before the fix it was never resumed: its messages after
+/// the handoff were never processed and its lag stayed.
 #[test]
 fn a_partition_paused_when_revoked_is_fetched_again_when_it_returns() {
     let input = unique("rel-pause-in");
@@ -63,31 +65,40 @@ fn a_partition_paused_when_revoked_is_fetched_again_when_it_returns() {
     let pipeline = PipelineDef {
         name: "slow",
         plugin: "misbehave",
-        config: &[("mode", "slow"), ("delay_ms", "20")],
+        config: &[
+            ("mode", "slow"),
+            ("delay_ms", "0"),
+            ("poison", "stall"),
+            ("stall_ms", "8000"),
+        ],
         input: &input,
         output: &output,
         group: &group,
         dead_letter: None,
     };
-    // One message per batch: the queue is then 256 messages deep and fills
-    // within the first fetch.
+    // One message per batch (a 256-message queue) and a deadline above the
+    // stall.
     let text = pipeline_toml(&pipeline).replace(
         "[pipeline.retry]",
-        "[pipeline.batch]\nmax_messages = 1\nmax_wait_ms = 1\n[pipeline.retry]",
+        "[pipeline.batch]\nmax_messages = 1\nmax_wait_ms = 1\n[pipeline.limits]\nbatch_timeout_ms = 20000\n[pipeline.retry]",
     );
-    // 20 ms a message: each partition is paused but for an instant every
-    // 20 ms (its queue refills at once), and done in about 12 s.
-    let values = produce_numbered(&input, 2, 600);
+    let mut values = Vec::new();
+    let mut records = Vec::new();
+    for p in 0..2 {
+        records.push(OutRecord::to(p, "stall"));
+        values.push("stall".to_owned());
+        for i in 0..2_000 {
+            let v = format!("{p}:{i}");
+            records.push(OutRecord::to(p, v.clone()).key(format!("k{i}")));
+            values.push(v);
+        }
+    }
+    produce(&input, records);
     let a = Host::start_custom("pause-a", &group, "", &text);
-    let mut seen_paused = BTreeSet::new();
     assert!(
-        wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
-            for r in assignment_rows(&a, "slow") {
-                if r["state"] == "paused" {
-                    seen_paused.insert(r["partition"].as_i64().unwrap_or(-1));
-                }
-            }
-            seen_paused.len() == 2
+        wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+            let rows = assignment_rows(&a, "slow");
+            rows.len() == 2 && rows.iter().all(|r| r["state"] == "paused")
         }),
         "both partitions paused on host a: {:?}",
         assignment_rows(&a, "slow")
@@ -112,9 +123,12 @@ fn a_partition_paused_when_revoked_is_fetched_again_when_it_returns() {
         }),
         "the partition came back to host a"
     );
-    let out = read_to_end(&output, values.len(), Duration::from_secs(120));
-    let seen: BTreeSet<String> = out.iter().map(|r| r.value_str()).collect();
-    let missing: Vec<&String> = values.iter().filter(|v| !seen.contains(*v)).collect();
+    let out = read_to_end(&output, values.len(), Duration::from_secs(90));
+    let seen: BTreeMap<String, usize> = out.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.value_str()).or_default() += 1;
+        m
+    });
+    let missing: Vec<&String> = values.iter().filter(|v| !seen.contains_key(*v)).collect();
     assert!(
         missing.is_empty(),
         "{} of {} messages never processed (first: {:?}); host a: {:?}",
