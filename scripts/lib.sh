@@ -43,6 +43,52 @@ kwasm_kafka_libs() {
     printf '%s\n' "${KWASM_KAFKA_LIBS:-$(kwasm_tools_dir)/kafka-$KWASM_KAFKA_VERSION/libs}"
 }
 
+# The venv of the PyPI tools of the container and Kubernetes checks; its name
+# carries a hash of scripts/k8s/requirements.txt, so a new pin makes a new venv.
+kwasm_k8s_venv() {
+    local hash
+    hash="$(sha256sum "$KWASM_ROOT/scripts/k8s/requirements.txt" | cut -c1-12)"
+    printf '%s/k8s-venv-%s\n' "$(kwasm_tools_dir)" "$hash"
+}
+
+# The Debian bookworm root filesystem (a tar) that scripts/setup makes once
+# with debootstrap; kwasm_container_base imports it as the image's base.
+kwasm_base_rootfs() {
+    printf '%s/debian-bookworm-minbase.tar\n' "$(kwasm_tools_dir)"
+}
+
+# The base image docker/Dockerfile names (BASE_IMAGE's default).
+KWASM_BASE_IMAGE="docker.io/library/debian:bookworm-slim"
+
+# podman with the flags that work on this kind of machine: Debian's runc (crun
+# fails on setrlimit and hybrid cgroups here) and lowered ulimits.
+kwasm_podman() {
+    podman --runtime runc "$@"
+}
+
+# Imports the debootstrap root filesystem as $KWASM_BASE_IMAGE unless podman
+# already has that image (no registry is reachable, so it is never pulled).
+kwasm_container_base() {
+    if kwasm_podman image exists "$KWASM_BASE_IMAGE"; then
+        kwasm_log "container base $KWASM_BASE_IMAGE: present"
+        return 0
+    fi
+    local rootfs
+    rootfs="$(kwasm_base_rootfs)"
+    [[ -f "$rootfs" ]] || kwasm_die "$rootfs not found: run scripts/setup"
+    kwasm_podman import --quiet "$rootfs" "$KWASM_BASE_IMAGE" >/dev/null
+    kwasm_log "container base $KWASM_BASE_IMAGE: imported from $rootfs"
+}
+
+# Builds the host binary the way docker/Dockerfile's build stage does
+# (release, --locked) and exports KWASM_RELEASE_BIN.
+kwasm_build_release_host() {
+    kwasm_log "building the kwasm host binary (release, --locked, as the image's build stage)"
+    (cd "$KWASM_ROOT" && cargo build --release --locked -p kwasm-host --bin kwasm)
+    export KWASM_RELEASE_BIN="$CARGO_TARGET_DIR/release/kwasm"
+    kwasm_log "KWASM_RELEASE_BIN=$KWASM_RELEASE_BIN"
+}
+
 kwasm_nisshi_bin() {
     printf '%s/bin/nisshi\n' "$(kwasm_tools_dir)"
 }

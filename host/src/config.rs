@@ -25,6 +25,12 @@
 //! output = "orders-clean"
 //! config = { fields = "card,email" }
 //! ```
+//!
+//! Every field a pod sets per instance can also come from the environment
+//! (`KWASM_HOST_ID`, `KWASM_BROKERS`, `KWASM_KAFKA_PROPERTY_<NAME>`, ...):
+//! environment over file over defaults; see [`env`] for the list.
+
+pub mod env;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +47,9 @@ pub struct Config {
     /// This host.
     #[serde(default)]
     pub host: HostConfig,
-    /// How to reach Kafka.
+    /// How to reach Kafka. May be left out when `KWASM_BROKERS` gives the
+    /// brokers.
+    #[serde(default)]
     pub kafka: KafkaConfig,
     /// Default limits for every plugin (a pipeline may override them).
     #[serde(default)]
@@ -59,8 +67,14 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostConfig {
-    /// Names this host in the group (librdkafka `client.id`) and in logs.
-    /// Default: `kwasm-<hostname or pid>`.
+    /// Names this host in the group (librdkafka `client.id`), in logs and
+    /// in the registry's member records; with `static_membership` it is
+    /// also the `group.instance.id` (as `<id>-<pipeline>`), so it must be
+    /// unique per host: 1 to 200 characters of `[a-zA-Z0-9._-]` (Kafka's
+    /// rule for instance ids). `KWASM_HOST_ID` overrides it. Default: the
+    /// machine's hostname (the pod name in Kubernetes), or `kwasm-<pid>`
+    /// when there is none usable (see [`default_host_id`]). Several hosts
+    /// on one machine need an id each.
     pub id: String,
     /// Use `id` as `group.instance.id` (KIP-345 static membership), so a
     /// restarted pod keeps its partitions without a rebalance. Default false.
@@ -92,6 +106,10 @@ pub struct HostConfig {
     /// or the environment variable that overrode it.
     #[serde(skip)]
     pub admin_token_origin: TokenOrigin,
+    /// Fields set by the environment (dotted field → variable), so that an
+    /// error about one names the variable the operator set.
+    #[serde(skip)]
+    pub overridden_by_env: BTreeMap<String, String>,
     /// Bytes all plugin instances of this host may hold together: each
     /// instance reserves its `limits.memory_bytes` from it, and a partition
     /// whose instance does not fit waits (idle partitions' instances are
@@ -188,7 +206,7 @@ impl HostConfig {
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
-            id: format!("kwasm-{}", std::process::id()),
+            id: default_host_id(hostname().as_deref(), std::process::id()),
             static_membership: false,
             admin_listen: "127.0.0.1:8080".into(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -199,16 +217,60 @@ impl Default for HostConfig {
             admin_insecure: false,
             admin_tls: None,
             admin_token_origin: TokenOrigin::ConfigFile,
+            overridden_by_env: BTreeMap::new(),
             max_plugin_memory_bytes: None,
         }
     }
+}
+
+/// The default `host.id`: the hostname when it can name this host (in a
+/// Kubernetes StatefulSet it is the pod name, `kwasm-0`, stable across
+/// restarts, which static membership needs), else `kwasm-<pid>`. The old
+/// default, `kwasm-<pid>` alone, is `kwasm-1` in every container: member
+/// records collided and, with static membership, every host would have
+/// claimed one `group.instance.id`. `localhost` names no host in
+/// particular, so it falls back to the pid too.
+pub fn default_host_id(hostname: Option<&str>, pid: u32) -> String {
+    match hostname.map(str::trim) {
+        Some(name)
+            if is_host_id(name)
+                && !name.eq_ignore_ascii_case("localhost")
+                && !name.eq_ignore_ascii_case("localhost.localdomain") =>
+        {
+            name.to_owned()
+        }
+        _ => format!("kwasm-{pid}"),
+    }
+}
+
+/// Whether `id` can be a `host.id`: 1 to 200 characters of
+/// `[a-zA-Z0-9._-]`, not `.` or `..`. Kafka refuses a `group.instance.id`
+/// outside that alphabet or over 249 characters; 200 leaves room for the
+/// `-<pipeline>` suffix of short pipeline names.
+pub fn is_host_id(id: &str) -> bool {
+    id.len() <= 200 && is_topic_name(id)
+}
+
+/// This machine's hostname (uname's nodename), if it is UTF-8.
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname writes
+    // at most that many and the result is read up to the first NUL only.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&buf[..end]).ok().map(str::to_owned)
 }
 
 /// Kafka connection settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// Bootstrap servers, comma-separated.
+    /// Bootstrap servers, comma-separated. Required, here or in
+    /// `KWASM_BROKERS`.
+    #[serde(default)]
     pub brokers: String,
     /// librdkafka properties for every client (consumers, the producer, the
     /// registry's clients), applied after kwasm's defaults (so they win).
@@ -535,37 +597,54 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// An environment override is unusable (see [`env`]).
+    #[error("invalid environment variable `{variable}`: {message}")]
+    Env {
+        /// The variable, e.g. `KWASM_HOST_ID`.
+        variable: String,
+        /// What is wrong (the value itself is never repeated: it may be a
+        /// secret).
+        message: String,
+    },
 }
 
 impl Config {
-    /// Reads, parses and validates `path`.
+    /// Reads, parses and validates `path`, without the environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let config = Config::read(path)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Applies environment overrides documented on the fields. A
-    /// `KWASM_ADMIN_TOKEN` that is set wins even when empty, so that
-    /// [`HostConfig::check_admin_access`] refuses it by name rather than
-    /// the host starting open.
-    pub fn with_env(mut self) -> Self {
-        if let Some(token) = std::env::var_os("KWASM_ADMIN_TOKEN") {
-            self.host.admin_token = Some(token.to_string_lossy().into_owned());
-            self.host.admin_token_origin = TokenOrigin::Environment;
-        }
-        self
+    /// What `kwasm serve` runs with: `path`, then the environment's
+    /// overrides ([`env`]), then validation (naming the variable when an
+    /// overridden value is wrong).
+    pub fn load_with_env(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?.with_env()?;
+        config.validate()?;
+        Ok(config)
     }
 
-    /// Checks values serde cannot: ranges, names, one input form per pipeline.
+    /// Reads and parses `path` (unknown fields are errors), unvalidated.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks values serde cannot: ranges, names, one input form per
+    /// pipeline. An error about a field the environment set names the
+    /// variable instead.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_values().map_err(|e| self.name_env_origin(e))
+    }
+
+    fn validate_values(&self) -> Result<(), ConfigError> {
         let invalid = |field: String, message: &str| {
             Err(ConfigError::Invalid {
                 field,
@@ -573,7 +652,17 @@ impl Config {
             })
         };
         if self.kafka.brokers.trim().is_empty() {
-            return invalid("kafka.brokers".into(), "must name at least one broker");
+            return invalid(
+                "kafka.brokers".into(),
+                "must name at least one broker (here or in KWASM_BROKERS)",
+            );
+        }
+        if !is_host_id(&self.host.id) {
+            return invalid(
+                "host.id".into(),
+                "must be 1 to 200 characters of [a-zA-Z0-9._-] (it is the client.id and, with \
+                 static_membership, the group.instance.id)",
+            );
         }
         self.kafka.validate()?;
         self.host.check_admin_token()?;
@@ -1195,6 +1284,36 @@ mod tests {
         );
         let err = parse(&text.replace("key_path", "keypath")).expect_err("typo");
         assert!(err.to_string().contains("keypath"), "{err}");
+    }
+
+    #[test]
+    fn the_default_host_id_is_the_hostname_else_the_pid() {
+        assert_eq!(default_host_id(Some("kwasm-1"), 7), "kwasm-1");
+        assert_eq!(
+            default_host_id(Some("node-a.example.com\n"), 7),
+            "node-a.example.com"
+        );
+        for unusable in [
+            None,
+            Some(""),
+            Some("localhost"),
+            Some("LOCALHOST.localdomain"),
+            Some("bad name"),
+            Some(".."),
+        ] {
+            assert_eq!(default_host_id(unusable, 7), "kwasm-7", "{unusable:?}");
+        }
+        let long = "h".repeat(201);
+        assert_eq!(default_host_id(Some(&long), 7), "kwasm-7");
+        // What HostConfig::default() picks is always a valid id.
+        assert!(is_host_id(&HostConfig::default().id));
+    }
+
+    #[test]
+    fn a_host_id_kafka_would_refuse_as_an_instance_id_is_named() {
+        let err = parse(&MINIMAL.replace("[kafka]", "[host]\nid = \"a/b\"\n[kafka]"))
+            .expect_err("bad id");
+        assert!(err.to_string().contains("`host.id`"), "{err}");
     }
 
     #[test]

@@ -65,6 +65,9 @@ enum Command {
     /// Show which host holds which partition of every pipeline, and its lag
     /// (through a host's admin API).
     Status(cli::status::StatusArgs),
+    /// Probe a host's `/healthz` (or `/readyz`): exit 0 on 200, else 1. The
+    /// container image's HEALTHCHECK (the image has no shell or curl).
+    Health(cli::health::HealthArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Plugin(args) => cli::plugin::run(args).map_err(Into::into),
         Command::Pipeline(args) => cli::pipeline::run(args).map_err(Into::into),
         Command::Status(args) => cli::status::run(args).map_err(Into::into),
+        Command::Health(args) => cli::health::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,7 +103,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = kwasm_host::config::Config::load(&path)?.with_env();
+    let config = kwasm_host::config::Config::load_with_env(&path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

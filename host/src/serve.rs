@@ -1,7 +1,14 @@
 //! `kwasm serve`: load plugins, start pipelines and the admin API, and on
 //! SIGTERM/SIGINT drain, commit, leave the groups and exit 0.
+//!
+//! A fatal client error ([`report_fatal`]: librdkafka gives up on a
+//! consumer, e.g. a static member fenced by another host with the same
+//! `group.instance.id`) also shuts the host down, but [`serve`] then returns
+//! [`ServeError::Fatal`] and the process exits non-zero, so an orchestrator
+//! restarts it visibly instead of it idling in a group it no longer belongs
+//! to.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::listener::AdminSetup;
@@ -50,6 +57,30 @@ pub enum ServeError {
     /// The bound admin socket has no address (should not happen).
     #[error("cannot read the admin listener's address: {0}")]
     Io(#[from] std::io::Error),
+    /// The host shut down after a fatal error (see [`report_fatal`]).
+    #[error("stopped after a fatal error: {0}")]
+    Fatal(String),
+}
+
+/// The first fatal error reported in this process, and who waits for one.
+static FATAL: Mutex<Option<String>> = Mutex::new(None);
+static FATAL_REPORTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Reports an error after which this host must not go on (called by a
+/// pipeline's consumer when librdkafka raises a fatal error). The first
+/// report wins; [`serve`] then shuts down and fails with it.
+pub fn report_fatal(reason: String) {
+    let mut fatal = FATAL.lock().unwrap_or_else(|p| p.into_inner());
+    if fatal.is_none() {
+        *fatal = Some(reason);
+        // notify_one keeps a permit if serve is not waiting yet.
+        FATAL_REPORTED.notify_one();
+    }
+}
+
+/// The fatal error reported so far, if any.
+pub fn fatal_error() -> Option<String> {
+    FATAL.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Runs the host until a termination signal, then shuts down gracefully.
@@ -145,8 +176,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     });
 
-    wait_for_signal().await;
-    tracing::info!(host = %config.host.id, "shutdown requested: draining and committing");
+    let fatal = tokio::select! {
+        _ = wait_for_signal() => None,
+        _ = FATAL_REPORTED.notified() => fatal_error(),
+    };
+    match &fatal {
+        None => {
+            tracing::info!(host = %config.host.id, "shutdown requested: draining and committing")
+        }
+        Some(reason) => {
+            tracing::error!(host = %config.host.id, %reason, "fatal error: shutting down, exiting non-zero")
+        }
+    }
     host_shutdown.cancel();
     let _ = manager_task.await;
     after_drain.cancel();
@@ -156,7 +197,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     ));
     let _ = admin.await;
     tracing::info!(host = %config.host.id, "kwasm host stopped");
-    Ok(())
+    match fatal {
+        None => Ok(()),
+        Some(reason) => Err(ServeError::Fatal(reason)),
+    }
 }
 
 /// Publishes what this host holds of each pipeline's group to the registry

@@ -6,11 +6,13 @@
 //!   answers into text with pure functions, so rendering is unit-tested
 //!   without a server.
 //! - [`scaffold`]: `kwasm new`, a plugin crate that builds as is.
+//! - [`health`]: `kwasm health`, the container image's HEALTHCHECK.
 //!
 //! Every command returns a [`CliError`]; `main` prints it as `error: ...` and
 //! exits 1.
 
 pub mod client;
+pub mod health;
 mod model;
 pub mod pipeline;
 pub mod plugin;
@@ -87,6 +89,9 @@ pub enum CliError {
     /// Writing the answer failed.
     #[error("cannot write to standard output")]
     Stdout(#[source] std::io::Error),
+    /// `kwasm health`: the probe did not answer 200.
+    #[error("unhealthy: {0}")]
+    Health(String),
 }
 
 /// Reads a file named on the command line.

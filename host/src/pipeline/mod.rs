@@ -170,12 +170,13 @@ impl Pipeline {
             .subscribe(&topic_refs)
             .map_err(kafka_err(format!("subscribe to {topics:?}")))?;
         let name = shared.spec.name.clone();
+        let leave_group = instance_id.is_none();
         let thread = std::thread::Builder::new()
             .name(format!("kwasm-consumer-{name}"))
             .spawn({
                 let stop = stop.clone();
                 let interval = Duration::from_millis(deps.host.commit_interval_ms);
-                move || run_consumer(consumer, stop, interval)
+                move || run_consumer(consumer, stop, interval, leave_group)
             })
             .map_err(|source| PipelineError::Thread {
                 pipeline: pipeline.clone(),
@@ -221,6 +222,27 @@ impl Pipeline {
     }
 }
 
+/// Why librdkafka gave up on `consumer`, with what to do when the cause is
+/// a shared `group.instance.id` (FENCED_INSTANCE_ID under the classic
+/// protocol: the older member; UNRELEASED_INSTANCE_ID under KIP-848: the
+/// newcomer).
+fn fatal_reason(
+    consumer: &BaseConsumer<PipelineContext>,
+    error: &rdkafka::error::KafkaError,
+) -> String {
+    use rdkafka::types::RDKafkaErrorCode::{FencedInstanceId, UnreleasedInstanceId};
+    let shared = consumer.context().shared();
+    match consumer.client().fatal_error() {
+        Some((FencedInstanceId | UnreleasedInstanceId, why)) => format!(
+            "{why}: another host uses this host's group.instance.id `{}-{}` (static membership); \
+             give every host its own host.id (KWASM_HOST_ID)",
+            shared.host_id, shared.spec.name
+        ),
+        Some((_, why)) => why,
+        None => error.to_string(),
+    }
+}
+
 /// Messages taken from the fetch queue per call.
 const FETCH_BATCH: usize = 1024;
 
@@ -234,6 +256,7 @@ fn run_consumer(
     consumer: BaseConsumer<PipelineContext>,
     stop: CancellationToken,
     commit_interval: Duration,
+    leave_group: bool,
 ) {
     let ctx = consumer.context();
     let mut fetched = FetchQueue::new(&consumer, FETCH_BATCH);
@@ -260,6 +283,17 @@ fn run_consumer(
             Some(Ok(msg)) => {
                 ctx.route(&consumer, &msg);
                 routed += 1;
+            }
+            // librdkafka gave up on this consumer (for a static member:
+            // another host joined with its group.instance.id, KIP-345):
+            // the host must exit, visibly (crate::serve::report_fatal).
+            Some(Err(e @ rdkafka::error::KafkaError::MessageConsumptionFatal(_))) => {
+                let reason = fatal_reason(&consumer, &e);
+                tracing::error!(pipeline = %ctx.shared().spec.name, %reason, "fatal consumer error");
+                crate::serve::report_fatal(format!(
+                    "pipeline `{}`: {reason}",
+                    ctx.shared().spec.name
+                ));
             }
             Some(Err(e)) => {
                 tracing::warn!(pipeline = %ctx.shared().spec.name, error = %e, "consume error");
@@ -291,12 +325,20 @@ fn run_consumer(
     let name = ctx.shared().spec.name.clone();
     tracing::info!(pipeline = %name, "stopping: draining in-flight work, committing, leaving the group");
     ctx.shutdown(&consumer);
-    consumer.unsubscribe();
-    // Serve the resulting revoke callback (nothing left to commit) so the
-    // group hears of the leave promptly; `close` on drop sends LeaveGroup.
-    let deadline = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < deadline {
-        let _ = consumer.poll(Duration::from_millis(50));
+    // A static member (KIP-345) must not leave: its partitions then wait
+    // for it for the session timeout instead of moving away and back on a
+    // pod restart. librdkafka sends LeaveGroup on unsubscribe even for a
+    // static member and skips it only on close, so only dynamic members
+    // unsubscribe (tests/static_membership.rs).
+    if leave_group {
+        consumer.unsubscribe();
+        // Serve the resulting revoke callback (nothing left to commit) so
+        // the group hears of the leave promptly; `close` on drop sends
+        // LeaveGroup.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
     }
     // The queue goes before the consumer it belongs to.
     ctx.set_fetch_queue(None);
