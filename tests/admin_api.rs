@@ -1023,6 +1023,7 @@ async fn config_file_pipelines_are_read_only_through_the_api() {
         permits: Arc::new(tokio::sync::Semaphore::new(1)),
         runtime: tokio::runtime::Handle::current(),
         control: ControlPlane::new(registry.config()),
+        cancel: Default::default(),
     };
     let spec = PipelineSpec {
         name: "from-file".into(),

@@ -22,7 +22,7 @@ fn a_30_s_full_cluster_outage_loses_nothing() {
             .iter()
             .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
     );
-    let out = e2e::read_output(&s.output, first.len(), Duration::from_secs(60));
+    let out = kwasm_tests::read_to_end(&s.output, first.len(), Duration::from_secs(60));
     assert_eq!(out.len(), first.len(), "all of the first batch came out");
     let before = s.committed();
     host.wait_ready(Duration::from_secs(30));
@@ -64,7 +64,7 @@ fn a_30_s_full_cluster_outage_loses_nothing() {
     );
     let resumed = s.wait_processing_again(&before, serving, Duration::from_secs(120));
     let all: Vec<(i32, String)> = first.iter().chain(&second).cloned().collect();
-    let output = e2e::read_output(&s.output, all.len(), Duration::from_secs(120));
+    let output = kwasm_tests::read_to_end(&s.output, all.len(), Duration::from_secs(120));
     let acc = account(&all, &output);
     println!(
         "cluster outage: processing again {:.1} s after the cluster served again; produced {}, lost {}, duplicates {}, out of order {}",

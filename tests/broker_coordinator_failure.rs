@@ -48,7 +48,7 @@ fn killing_the_group_coordinator_loses_and_duplicates_nothing() {
     s.cluster.restart(victim);
 
     let produced = producer.join().expect("producer thread");
-    let output = e2e::read_output(&s.output, produced.len(), Duration::from_secs(120));
+    let output = kwasm_tests::read_to_end(&s.output, produced.len(), Duration::from_secs(120));
     let acc = account(&produced, &output);
     println!(
         "coordinator kill: produced {}, lost {}, duplicates {}, out of order {}",

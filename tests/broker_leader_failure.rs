@@ -72,7 +72,7 @@ fn killing_the_leader_of_input_and_output_partitions_loses_and_duplicates_nothin
     );
 
     let produced = producer.join().expect("producer thread");
-    let output = e2e::read_output(&s.output, produced.len(), Duration::from_secs(120));
+    let output = kwasm_tests::read_to_end(&s.output, produced.len(), Duration::from_secs(120));
     let acc = account(&produced, &output);
     println!(
         "leader kill: produced {}, lost {}, duplicates {}, out of order {}",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{Host, PipelineDef, account, http_get};
 use kwasm_tests::{
-    KafkaCluster, OutRecord, consume_all, create_topic, produce, unique, wait_until,
+    KafkaCluster, OutRecord, create_topic, produce, read_to_end, unique, wait_until,
 };
 
 fn sequence(from: usize, count: usize) -> Vec<(i32, String)> {
@@ -48,7 +48,7 @@ fn a_broker_outage_pauses_processing_and_loses_nothing() {
             .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
     );
     assert_eq!(
-        consume_all(&output, first.len(), Duration::from_secs(60)).len(),
+        read_to_end(&output, first.len(), Duration::from_secs(60)).len(),
         first.len()
     );
     host.wait_ready(Duration::from_secs(30));
@@ -82,7 +82,7 @@ fn a_broker_outage_pauses_processing_and_loses_nothing() {
             .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
     );
     let all: Vec<(i32, String)> = first.iter().chain(&second).cloned().collect();
-    let out = consume_all(&output, all.len(), Duration::from_secs(120));
+    let out = read_to_end(&output, all.len(), Duration::from_secs(120));
     let acc = account(&all, &out);
     println!(
         "broker outage: lost {}, duplicates {}",

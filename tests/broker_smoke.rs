@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kwasm_tests::kafka::consumer_config;
 use kwasm_tests::{OutRecord, describe_group, produce, produce_sequence, unique, wait_until};
-use kwasm_tests::{by_partition, committed_offsets, consume_all, create_topic, end_offsets};
+use kwasm_tests::{by_partition, committed_offsets, create_topic, end_offsets, read_to_end};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -18,7 +18,7 @@ fn produced_sequence_is_consumed_in_order_at_the_watermarks() {
     let sent = produce_sequence(&topic, 3, 300);
     assert_eq!(sent.len(), 300);
 
-    let records = consume_all(&topic, 300, Duration::from_secs(30));
+    let records = read_to_end(&topic, 300, Duration::from_secs(30));
     assert_eq!(
         records.len(),
         300,
@@ -69,7 +69,7 @@ fn headers_keys_and_null_values_round_trip() {
     );
     assert_eq!(delivered, vec![(0, 0), (0, 1)]);
 
-    let records = consume_all(&topic, 2, Duration::from_secs(30));
+    let records = read_to_end(&topic, 2, Duration::from_secs(30));
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].key.as_deref(), Some(&b"k0"[..]));
     assert_eq!(records[0].value.as_deref(), Some(&b"v0"[..]));

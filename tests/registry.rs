@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use e2e::Host;
-use kwasm_tests::{OutRecord, consume_all, create_topic, plugin_path, produce, unique, wait_until};
+use kwasm_tests::{OutRecord, create_topic, plugin_path, produce, read_to_end, unique, wait_until};
 use serde_json::{Value, json};
 
 const PARTITIONS: i32 = 6;
@@ -159,7 +159,7 @@ fn a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree() {
         &s.input,
         (0..60).map(|i| OutRecord::to(i % PARTITIONS, format!("m{i}"))),
     );
-    let out = consume_all(&s.output, 60, Duration::from_secs(30));
+    let out = read_to_end(&s.output, 60, Duration::from_secs(30));
     assert_eq!(out.len(), 60);
     assert!(
         out.iter()
@@ -220,7 +220,7 @@ fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
     let produced = producer.join().expect("producer");
     let total = produced.len();
 
-    let output = consume_all(&s.output, total, Duration::from_secs(120));
+    let output = read_to_end(&s.output, total, Duration::from_secs(120));
     println!(
         "hot deploy: {} outputs for {total} inputs; v2 seen {:.2} s after the PUT",
         output.len(),
@@ -276,7 +276,7 @@ fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
         &s.input,
         (0..600).map(|i| OutRecord::to(i % PARTITIONS, format!("after-rollback-{i}")).key("r")),
     );
-    let all = consume_all(&s.output, total + 600, Duration::from_secs(60));
+    let all = read_to_end(&s.output, total + 600, Duration::from_secs(60));
     let rolled: Vec<_> = all
         .iter()
         .filter(|r| r.value_str().starts_with("after-rollback-"))

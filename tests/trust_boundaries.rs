@@ -10,7 +10,7 @@ mod e2e;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{Host, http_get, read_output};
+use e2e::{Host, http_get};
 use kwasm_tests::{OutRecord, create_topic, plugin_path, produce, unique, wait_until};
 use serde_json::{Value, json};
 
@@ -93,9 +93,9 @@ fn a_router_keyed_by_anyone_cannot_reach_the_control_plane() {
     }
     produce(&input, records);
 
-    let dead = read_output(&dlq, hostile.len() * 5, Duration::from_secs(90));
-    let out = read_output(&output, expected[&output], Duration::from_secs(60));
-    let extra_out = read_output(&extra, expected[&extra], Duration::from_secs(60));
+    let dead = kwasm_tests::read_to_end(&dlq, hostile.len() * 5, Duration::from_secs(90));
+    let out = kwasm_tests::read_to_end(&output, expected[&output], Duration::from_secs(60));
+    let extra_out = kwasm_tests::read_to_end(&extra, expected[&extra], Duration::from_secs(60));
     assert_eq!(
         dead.len(),
         hostile.len() * 5,
@@ -276,7 +276,7 @@ fn the_api_refuses_pipelines_that_would_touch_the_control_plane() {
     for t in [&eu, &us, &asia] {
         produce(t, [OutRecord::to(0, t.clone())]);
     }
-    let records = read_output(&out, 2, Duration::from_secs(60));
+    let records = kwasm_tests::read_to_end(&out, 2, Duration::from_secs(60));
     let mut values: Vec<String> = records.iter().map(|r| r.value_str()).collect();
     values.sort();
     assert_eq!(

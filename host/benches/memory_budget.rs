@@ -154,6 +154,7 @@ fn main() {
         producer: producer.clone(),
         runtime: rt.handle().clone(),
         control: ControlPlane::default(),
+        cancel: Default::default(),
     };
     let spec = PipelineSpec {
         name: "p".into(),

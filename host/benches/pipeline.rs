@@ -913,6 +913,7 @@ impl Bench<'_> {
                     producer: producer.clone(),
                     runtime: self.rt.clone(),
                     control: ControlPlane::default(),
+                    cancel: Default::default(),
                 };
                 let name = unique("bench");
                 let spec = PipelineSpec {

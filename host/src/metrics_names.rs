@@ -12,6 +12,14 @@ pub const DEAD_LETTERED: &str = "kwasm_dead_lettered_total";
 pub const BATCH_SECONDS: &str = "kwasm_batch_seconds";
 /// Messages of a partition not yet committed, per partition.
 pub const LAG: &str = "kwasm_partition_lag";
+/// Gauge: partitions of a pipeline on this host that stopped advancing
+/// (the plugin cannot be instantiated, or a delivery failed for good with
+/// no dead letter to stand in). Anything above 0 needs an operator; the
+/// reasons are in `/v1/assignments` and `/readyz`.
+pub const PARTITIONS_STALLED: &str = "kwasm_partitions_stalled";
+/// Counter: dead letters sent for output records the broker rejected
+/// after delivery (`output-rejected`), by pipeline.
+pub const DELIVERY_REJECTED: &str = "kwasm_delivery_rejected_total";
 /// Counter: registry records skipped as malformed or invalid, by `topic`
 /// (`plugins`, `pipelines`, `members`). Anything above 0 means something
 /// other than kwasm's API wrote the registry topics: check their ACLs.

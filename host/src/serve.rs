@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT drain, commit, leave the groups and exit 0.
 
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use crate::admin::listener::AdminSetup;
 use crate::admin::{AdminState, GroupDescriber, router};
@@ -13,30 +14,66 @@ use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::topics::ControlPlane;
 
-/// Why the host could not start.
+/// Why the host could not start. Each variant names the part that failed,
+/// so an operator reading the one line the host exits with knows where to
+/// look.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// Anything else, already phrased for the operator.
-    #[error("{0}")]
-    Start(String),
+    /// The admin listener's settings or socket (token, address, TLS).
+    #[error(transparent)]
+    Admin(#[from] crate::admin::listener::ListenError),
+    /// The plugin runtime (engine, compile cache).
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    /// The metrics recorder could not be installed.
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// A Kafka client of the host (producer, the admin API's client).
+    #[error("cannot create the {client}: {source}")]
+    Kafka {
+        /// Which client.
+        client: &'static str,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The registry could not start (topics, replay).
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// A config-file pipeline cannot start: the deploy is wrong.
+    #[error("pipeline `{pipeline}`: {reason}")]
+    Pipeline {
+        /// The pipeline.
+        pipeline: String,
+        /// Why, as the manager reported it.
+        reason: String,
+    },
+    /// The bound admin socket has no address (should not happen).
+    #[error("cannot read the admin listener's address: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Runs the host until a termination signal, then shuts down gracefully.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
-    let start = |e: &dyn std::fmt::Display| ServeError::Start(e.to_string());
     // First, so a wrong token, an open non-loopback address or a bad
     // certificate fails startup before anything connects or listens.
-    let admin_setup = AdminSetup::new(&config.host).await.map_err(|e| start(&e))?;
+    let admin_setup = AdminSetup::new(&config.host).await?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(config.host.cache_dir.clone()),
         max_plugin_memory_bytes: config.host.plugin_memory_budget_bytes(),
-    })
-    .map_err(|e| start(&e))?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| start(&format!("cannot install the metrics recorder: {e}")))?;
-    let producer = OutputProducer::new(&producer_config(&config.kafka, &config.host.id))
-        .map_err(|e| start(&format!("cannot create the Kafka producer: {e}")))?;
+    })?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let producer = OutputProducer::new(&producer_config(&config.kafka, &config.host.id)).map_err(
+        |source| ServeError::Kafka {
+            client: "Kafka producer",
+            source,
+        },
+    )?;
+    // The cancellation tree: host → pipeline → partition. Cancelling the
+    // host's token (on SIGTERM) stops the manager and every worker; the
+    // member publisher and the admin API have their own, cancelled once the
+    // pipelines have drained and committed.
+    let host_shutdown = CancellationToken::new();
+    let after_drain = CancellationToken::new();
     let deps = PipelineDeps {
         host: config.host.clone(),
         kafka: config.kafka.clone(),
@@ -44,10 +81,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         permits: Arc::new(tokio::sync::Semaphore::new(config.host.workers)),
         runtime: tokio::runtime::Handle::current(),
         control: ControlPlane::new(&config.registry),
+        cancel: host_shutdown.child_token(),
     };
-    let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id)
-        .await
-        .map_err(|e| start(&e))?;
+    let registry = Registry::start(&config.kafka, config.registry.clone(), &config.host.id).await?;
     wait_caught_up(&registry).await;
     let mut manager = PipelineManager::new(
         runtime.clone(),
@@ -65,21 +101,27 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .into_iter()
         .find(|(n, _)| view.config_names().contains(n))
     {
-        return Err(ServeError::Start(format!("pipeline `{name}`: {error}")));
+        return Err(ServeError::Pipeline {
+            pipeline: name,
+            reason: error,
+        });
     }
-    let (stop_manager, manager_stop) = tokio::sync::oneshot::channel();
-    let manager_task = tokio::spawn(manager.run(manager_stop));
+    let manager_task = tokio::spawn(manager.run(host_shutdown.clone()));
 
-    let (stop_publisher, publisher_stop) = tokio::sync::oneshot::channel();
     let publisher = tokio::spawn(publish_members(
         registry.clone(),
         view.clone(),
         config.host.id.clone(),
-        publisher_stop,
+        after_drain.clone(),
     ));
 
-    let groups = GroupDescriber::for_control_plane(&config.kafka, &config.registry)
-        .map_err(|e| start(&format!("cannot create the admin API's Kafka client: {e}")))?;
+    let groups =
+        GroupDescriber::for_control_plane(&config.kafka, &config.registry).map_err(|source| {
+            ServeError::Kafka {
+                client: "admin API's Kafka client",
+                source,
+            }
+        })?;
     let state = AdminState {
         host_id: config.host.id.clone(),
         view,
@@ -89,31 +131,29 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics: Some(metrics),
         groups: Some(groups),
     };
-    let listener = admin_setup.bind().map_err(|e| start(&e))?;
-    let local = listener.local_addr().map_err(|e| start(&e))?;
+    let listener = admin_setup.bind()?;
+    let local = listener.local_addr()?;
     let scheme = if listener.is_tls() { "https" } else { "http" };
     tracing::info!(host = %config.host.id, admin = %local, scheme, "kwasm host running");
-    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(async move {
-        let stopped = async {
-            let _ = admin_stopped.await;
-        };
-        let served = listener.serve(router(state), stopped, std::time::Duration::from_secs(5));
-        if let Err(e) = served.await {
-            tracing::error!(error = %e, "admin server failed");
+    let admin = tokio::spawn({
+        let stopped = after_drain.clone().cancelled_owned();
+        async move {
+            let served = listener.serve(router(state), stopped, std::time::Duration::from_secs(5));
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "admin server failed");
+            }
         }
     });
 
     wait_for_signal().await;
     tracing::info!(host = %config.host.id, "shutdown requested: draining and committing");
-    let _ = stop_manager.send(());
+    host_shutdown.cancel();
     let _ = manager_task.await;
-    let _ = stop_publisher.send(());
+    after_drain.cancel();
     let _ = publisher.await;
     producer.flush(std::time::Duration::from_millis(
         config.host.shutdown_grace_ms,
     ));
-    let _ = stop_admin.send(());
     let _ = admin.await;
     tracing::info!(host = %config.host.id, "kwasm host stopped");
     Ok(())
@@ -128,7 +168,7 @@ async fn publish_members(
     registry: Registry,
     view: crate::pipeline::manager::ManagerView,
     host: String,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    stop: CancellationToken,
 ) {
     use crate::registry::MemberRecord;
     use std::collections::HashMap;
@@ -159,7 +199,7 @@ async fn publish_members(
             }
         }
         tokio::select! {
-            _ = &mut stop => break,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
         }
     }

@@ -117,12 +117,64 @@ impl Host {
         Self::start_full(id, registry, pipeline_text, protocol, 6_000)
     }
 
+    /// Starts `kwasm serve` (classic protocol) with `host_extra` added to
+    /// its `[host]` table (e.g. `workers = 1`) and `pipelines_text` (TOML
+    /// `[[pipeline]]` tables, see [`pipeline_toml`]) as its config-file
+    /// pipelines.
+    pub fn start_custom(id: &str, registry: &str, host_extra: &str, pipelines_text: &str) -> Host {
+        Self::start_text(
+            id,
+            registry,
+            Some(pipelines_text),
+            Protocol::Classic,
+            6_000,
+            (host_extra, ""),
+        )
+    }
+
+    /// [`start_custom`](Self::start_custom) with `kafka_properties` lines
+    /// added to `[kafka.properties]` (e.g.
+    /// `"allow.auto.create.topics" = "false"`).
+    pub fn start_with_kafka_properties(
+        id: &str,
+        registry: &str,
+        kafka_properties: &str,
+        pipelines_text: &str,
+    ) -> Host {
+        Self::start_text(
+            id,
+            registry,
+            Some(pipelines_text),
+            Protocol::Classic,
+            6_000,
+            ("", kafka_properties),
+        )
+    }
+
     fn start_full(
         id: &str,
         registry: &str,
         pipeline_text: Option<&str>,
         protocol: Protocol,
         session_timeout_ms: u32,
+    ) -> Host {
+        Self::start_text(
+            id,
+            registry,
+            pipeline_text,
+            protocol,
+            session_timeout_ms,
+            "",
+        )
+    }
+
+    fn start_text(
+        id: &str,
+        registry: &str,
+        pipeline_text: Option<&str>,
+        protocol: Protocol,
+        session_timeout_ms: u32,
+        (host_extra, kafka_extra): (&str, &str),
     ) -> Host {
         let admin_port = free_port();
         let pipeline_text = pipeline_text.unwrap_or_default();
@@ -134,12 +186,14 @@ admin_listen = "127.0.0.1:{admin_port}"
 commit_interval_ms = 200
 shutdown_grace_ms = 10000
 cache_dir = {cache:?}
+{host_extra}
 
 [kafka]
 brokers = {brokers:?}
 group_protocol = "{protocol}"
 [kafka.properties]
 "topic.metadata.refresh.interval.ms" = "1000"
+{kafka_extra}
 {consumer_properties}
 
 [registry]
@@ -223,7 +277,7 @@ members_topic = "{registry}-members"
     }
 }
 
-fn pipeline_toml(pipeline: &PipelineDef<'_>) -> String {
+pub fn pipeline_toml(pipeline: &PipelineDef<'_>) -> String {
     let plugin_config: Vec<String> = pipeline
         .config
         .iter()
@@ -355,19 +409,4 @@ pub fn account(produced: &[(i32, String)], output: &[kwasm_tests::Record]) -> Ac
         duplicates,
         out_of_order,
     }
-}
-
-/// Reads every record of an output topic once at least `expected` have
-/// arrived (and the count stopped growing), so duplicates are counted
-/// rather than cut off at `expected`.
-pub fn read_output(topic: &str, expected: usize, timeout: Duration) -> Vec<kwasm_tests::Record> {
-    let total = || kwasm_tests::end_offsets(topic).iter().sum::<i64>() as usize;
-    let mut last = 0;
-    kwasm_tests::wait_until(timeout, Duration::from_millis(500), || {
-        let now = total();
-        let settled = now >= expected && now == last;
-        last = now;
-        settled
-    });
-    kwasm_tests::consume_all(topic, last.max(expected), Duration::from_secs(60))
 }

@@ -527,17 +527,17 @@ pub fn partition_count(topic: &str) -> i32 {
     }
 }
 
-/// Reads `topic` from the beginning of every partition, without a consumer
-/// group (`assign`, nothing committed), until `expected_count` records arrived
-/// or `timeout` passed. Returns what arrived, in arrival order (offset order
-/// within each partition), so a test can assert the count and show what was
-/// lost or duplicated. Reading stops at `expected_count`; compare
-/// [`end_offsets`] with the expected count to check for extra records.
-pub fn consume_all(topic: &str, expected_count: usize, timeout: Duration) -> Vec<Record> {
-    let partitions = partition_count(topic);
+/// A consumer reading every partition of `topic` from its beginning, without
+/// a consumer group (`assign`, nothing committed); `eof` turns on librdkafka's
+/// end-of-partition events.
+fn reader(topic: &str, partitions: i32, eof: bool) -> BaseConsumer {
     // librdkafka refuses assign() without a group.id ("Unknown group"); this
     // throwaway group is never joined (no subscribe) and never committed to.
-    let consumer: BaseConsumer = consumer_config(Some(&unique("kwasm-tests-reader")))
+    let mut config = consumer_config(Some(&unique("kwasm-tests-reader")));
+    if eof {
+        config.set("enable.partition.eof", "true");
+    }
+    let consumer: BaseConsumer = config
         .create()
         .unwrap_or_else(|e| panic!("cannot create consumer for {}: {e}", brokers()));
     let mut assignment = TopicPartitionList::new();
@@ -549,7 +549,38 @@ pub fn consume_all(topic: &str, expected_count: usize, timeout: Duration) -> Vec
     consumer
         .assign(&assignment)
         .unwrap_or_else(|e| panic!("cannot assign the partitions of `{topic}`: {e}"));
+    consumer
+}
 
+fn record_of(message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    Record {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers: message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        timestamp_ms: message.timestamp().to_millis(),
+    }
+}
+
+/// Reads `topic` from the beginning of every partition until
+/// `expected_count` records arrived or `timeout` passed, and returns what
+/// arrived in arrival order (offset order within each partition).
+///
+/// Reading **stops at `expected_count`**, so records past it (duplicates
+/// among them) are never seen: use it to wait for the first records of a
+/// topic, never to check an exact count or the absence of duplicates. Those
+/// checks read with [`read_to_end`].
+pub fn consume_all(topic: &str, expected_count: usize, timeout: Duration) -> Vec<Record> {
+    let consumer = reader(topic, partition_count(topic), false);
     let deadline = Instant::now() + timeout;
     let mut records = Vec::with_capacity(expected_count);
     // A record is its (partition, offset): after a broker restart librdkafka
@@ -564,24 +595,97 @@ pub fn consume_all(topic: &str, expected_count: usize, timeout: Duration) -> Vec
         match consumer.poll(remaining.min(Duration::from_millis(100))) {
             None => {}
             Some(Ok(message)) if !seen.insert((message.partition(), message.offset())) => {}
-            Some(Ok(message)) => records.push(Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                value: message.payload().map(<[u8]>::to_vec),
-                headers: message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                timestamp_ms: message.timestamp().to_millis(),
-            }),
+            Some(Ok(message)) => records.push(record_of(&message)),
             // Reaching the end of a partition is reported as an error only with
             // enable.partition.eof, which is off; anything else is real.
+            Some(Err(error)) => panic!("consuming `{topic}` failed: {error}"),
+        }
+    }
+    records
+}
+
+/// How long [`read_to_end`] may take to read a topic once its end is known.
+const READ_TO_END_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Every record of `topic`, read to the end of every partition: the one way
+/// for a test to count records exactly or to check for duplicates.
+///
+/// First it waits (up to `timeout`) until the topic holds at least
+/// `expected` records by its high watermarks and their sum stopped growing
+/// for half a second: the expected work is done. Those watermarks, fetched
+/// after the work, are the ends; then it reads every partition from its
+/// beginning up to its end, so a record written past `expected` (a
+/// duplicate) is read and counted. If `expected` never arrives, it reads
+/// what there is and the caller's assertions show what is missing.
+///
+/// A record is its (partition, offset): after a broker restart librdkafka
+/// may fetch a range again, and a refetched record is not a duplicate in
+/// the topic, so it is returned once. Records come in arrival order, which
+/// is offset order within each partition. (Transaction markers count in the
+/// watermarks but are never returned; reading stops at the partition's end
+/// all the same.)
+///
+/// # Panics
+/// If a partition cannot be read to its end within 120 s, naming it.
+pub fn read_to_end(topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+    let total = || end_offsets(topic).iter().sum::<i64>();
+    let mut last = -1;
+    wait_until(timeout, Duration::from_millis(500), || {
+        let now = total();
+        let settled = now >= expected as i64 && now == last;
+        last = now;
+        settled
+    });
+    let ends = end_offsets(topic);
+    read_partitions_to(topic, &ends)
+}
+
+/// Reads partition `p` of `topic` from its beginning to `ends[p]` (an end
+/// offset fetched beforehand), for every `p`.
+fn read_partitions_to(topic: &str, ends: &[i64]) -> Vec<Record> {
+    let consumer = reader(topic, ends.len() as i32, true);
+    // Partition p is done once a record at ends[p] - 1 or later was read, or
+    // librdkafka reported the end of the partition: its fetch reached the
+    // broker's high watermark at that moment, which (a consumer created after
+    // `ends` was fetched, a watermark that never goes back) is at least
+    // ends[p]. An empty partition reports its end at once.
+    let mut done: Vec<bool> = ends.iter().map(|_| false).collect();
+    let mut next: Vec<i64> = ends.iter().map(|_| 0).collect();
+    let mut records = Vec::with_capacity(ends.iter().sum::<i64>().max(0) as usize);
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + READ_TO_END_TIMEOUT;
+    while done.iter().any(|d| !d) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            let short: Vec<String> = (0..ends.len())
+                .filter(|&p| !done[p])
+                .map(|p| format!("{topic}/{p} read to {} of {}", next[p], ends[p]))
+                .collect();
+            panic!(
+                "could not read `{topic}` to its end within {} s: {}",
+                READ_TO_END_TIMEOUT.as_secs(),
+                short.join(", ")
+            );
+        }
+        match consumer.poll(remaining.min(Duration::from_millis(100))) {
+            None => {}
+            Some(Ok(message)) => {
+                let p = message.partition() as usize;
+                if let Some(n) = next.get_mut(p) {
+                    *n = (*n).max(message.offset() + 1);
+                    if *n >= ends[p] {
+                        done[p] = true;
+                    }
+                }
+                if seen.insert((message.partition(), message.offset())) {
+                    records.push(record_of(&message));
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if let Some(d) = done.get_mut(partition as usize) {
+                    *d = true;
+                }
+            }
             Some(Err(error)) => panic!("consuming `{topic}` failed: {error}"),
         }
     }

@@ -25,12 +25,14 @@
 //! - [`kafka`]: topics, producing, consuming, watermarks, committed offsets and
 //!   group membership, as a user of the broker would observe them.
 //! - [`assignment`]: decoding of the Kafka ConsumerProtocol member assignment.
+//! - [`keyed`]: keyed traffic at a steady rate, and its exactly-once accounting.
 //! - [`process`]: [`HostProcess`], a child process with its output in a log file.
 //! - [`broker`]: [`KafkaCluster`], Kafka nodes a test starts, kills and restarts.
 
 pub mod assignment;
 pub mod broker;
 pub mod kafka;
+pub mod keyed;
 pub mod process;
 
 use std::net::TcpListener;
@@ -44,7 +46,7 @@ pub use kafka::{
     Group, GroupDescription, Member, OutRecord, Record, by_partition, committed_offsets,
     consume_all, create_topic, create_topic_replicated, create_topic_with_config,
     describe_consumer_group, describe_group, end_offsets, group_coordinator, group_members,
-    partition_leaders, produce, produce_sequence, produce_transactions, sequence_of,
+    partition_leaders, produce, produce_sequence, produce_transactions, read_to_end, sequence_of,
 };
 pub use process::HostProcess;
 

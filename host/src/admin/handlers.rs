@@ -104,6 +104,12 @@ pub async fn readyz(State(state): State<AdminState>) -> Response {
         if !p.broker_ok() {
             problems.push(format!("pipeline `{}`: broker unreachable", p.pipeline));
         }
+        for (topic, partition, reason) in p.stalled() {
+            problems.push(format!(
+                "pipeline `{}`: partition {topic}/{partition} stalled: {reason}",
+                p.pipeline
+            ));
+        }
     }
     for (name, e) in state.view.errors() {
         problems.push(format!("pipeline `{name}`: {e}"));

@@ -6,6 +6,7 @@ pub mod fetch_queue;
 pub mod offsets;
 mod producer;
 pub mod regex;
+pub mod reread;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

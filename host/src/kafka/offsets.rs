@@ -6,10 +6,12 @@
 //!
 //! Writers: the partition's worker calls [`OffsetTracker::processed`] in
 //! offset order as it hands a message's records to the producer; the
-//! producer's delivery callback calls [`OffsetTracker::acked`] or
-//! [`OffsetTracker::failed`], in any order. Reader: the consumer thread asks
-//! [`OffsetTracker::committable`] when it commits. A mutex is enough: each
-//! call is a few operations on a short queue.
+//! producer's delivery callback calls [`OffsetTracker::acked`],
+//! [`OffsetTracker::rejected`] or [`OffsetTracker::failed`], in any order.
+//! Readers: the consumer thread asks [`OffsetTracker::committable`] when it
+//! commits; the worker takes [`OffsetTracker::take_rejections`] to send the
+//! dead letters they owe. A mutex is enough: each call is a few operations
+//! on a short queue.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -28,9 +30,16 @@ struct TrackerState {
     /// The offset to commit: one past the newest message that is done with
     /// everything before it done too. `None` until something is done.
     committable: Option<i64>,
-    /// A delivery failed at this offset: nothing at or past it may ever be
-    /// committed by this owner.
-    failed_at: Option<i64>,
+    /// A delivery failed at this offset, and why: nothing at or past it may
+    /// ever be committed by this owner.
+    failed: Option<(i64, String)>,
+    /// Messages one of whose records the broker rejected for good, with the
+    /// reason, in the order reported: each owes one dead letter, whose
+    /// acknowledgement stands in for the rejected records'.
+    rejections: Vec<(i64, String)>,
+    /// Offsets already in `rejections` (or taken from it), so that a second
+    /// rejected record of one message does not owe a second dead letter.
+    owing: Vec<i64>,
 }
 
 impl OffsetTracker {
@@ -81,12 +90,58 @@ impl OffsetTracker {
         }
     }
 
-    /// A record produced for `offset` could not be delivered: the partition
-    /// must not commit past it.
-    pub fn failed(&self, offset: i64) {
+    /// The broker rejected a record produced for `offset` for good (see
+    /// `pipeline::policy`). The message owes one dead letter, and that
+    /// letter's acknowledgement replaces this record's; a further rejected
+    /// record of the same message only stops being awaited. True when this
+    /// rejection made the message owe its dead letter.
+    pub fn rejected(&self, offset: i64, reason: String) -> bool {
         let mut s = self.lock();
-        s.failed_at = Some(s.failed_at.map_or(offset, |f| f.min(offset)));
+        if s.owing.contains(&offset) {
+            if let Some(i) = s.position_of(offset)
+                && let Some(entry) = s.waiting.get_mut(i)
+            {
+                entry.1 = entry.1.saturating_sub(1);
+            }
+            s.pop_done();
+            false
+        } else {
+            s.owing.push(offset);
+            s.rejections.push((offset, reason));
+            true
+        }
+    }
+
+    /// The dead letters owed since the last call, oldest first.
+    pub fn take_rejections(&self) -> Vec<(i64, String)> {
+        std::mem::take(&mut self.lock().rejections)
+    }
+
+    /// Puts back a dead letter taken but not sent (its input could not be
+    /// read yet): it is owed still, and taken again next time.
+    pub fn requeue_rejection(&self, offset: i64, reason: String) {
+        self.lock().rejections.push((offset, reason));
+    }
+
+    /// Whether dead letters are owed and not yet taken (cheap: checked by
+    /// the worker between batches).
+    pub fn has_rejections(&self) -> bool {
+        !self.lock().rejections.is_empty()
+    }
+
+    /// A record produced for `offset` could not be delivered, and no dead
+    /// letter can stand in for it: the partition must not commit past it.
+    pub fn failed(&self, offset: i64, reason: String) {
+        let mut s = self.lock();
+        if s.failed.as_ref().is_none_or(|(f, _)| offset < *f) {
+            s.failed = Some((offset, reason));
+        }
         s.pop_done();
+    }
+
+    /// The offset this partition stopped committing at, and why.
+    pub fn failure(&self) -> Option<(i64, String)> {
+        self.lock().failed.clone()
     }
 
     /// The offset safe to commit now, if any.
@@ -96,7 +151,7 @@ impl OffsetTracker {
 
     /// Whether a delivery failed (the partition has stopped advancing).
     pub fn has_failed(&self) -> bool {
-        self.lock().failed_at.is_some()
+        self.lock().failed.is_some()
     }
 
     /// Messages processed but not yet fully acknowledged.
@@ -122,13 +177,16 @@ impl TrackerState {
     fn pop_done(&mut self) {
         while let Some(&(offset, 0)) = self.waiting.front() {
             self.waiting.pop_front();
+            if !self.owing.is_empty() {
+                self.owing.retain(|&o| o != offset);
+            }
             self.advance_to(offset + 1);
         }
     }
 
     fn advance_to(&mut self, next: i64) {
-        let capped = match self.failed_at {
-            Some(f) => next.min(f),
+        let capped = match &self.failed {
+            Some((f, _)) => next.min(*f),
             None => next,
         };
         if self.committable.is_none_or(|c| capped > c) {
@@ -267,11 +325,45 @@ mod tests {
         t.processed(1, 1);
         t.processed(2, 1);
         t.acked(0);
-        t.failed(1);
+        t.failed(1, "broker said no".into());
         t.acked(2);
         assert_eq!(t.committable(), Some(1));
         t.processed(3, 0);
         assert_eq!(t.committable(), Some(1));
         assert!(t.has_failed());
+        assert_eq!(t.failure(), Some((1, "broker said no".into())));
+    }
+
+    #[test]
+    fn a_rejected_delivery_owes_one_dead_letter_whose_ack_completes_the_message() {
+        let t = OffsetTracker::new();
+        t.processed(0, 2); // two records
+        t.processed(1, 1);
+        t.acked(1);
+        assert!(
+            t.rejected(0, "too large".into()),
+            "first rejection owes a letter"
+        );
+        assert!(!t.rejected(0, "too large".into()), "second one does not");
+        assert_eq!(t.committable(), None, "the letter is not acknowledged yet");
+        assert_eq!(t.take_rejections(), vec![(0, "too large".into())]);
+        assert!(t.take_rejections().is_empty(), "taken once");
+        t.acked(0); // the dead letter
+        assert_eq!(t.committable(), Some(2));
+        assert!(!t.has_failed());
+    }
+
+    #[test]
+    fn a_rejection_then_an_ack_of_the_same_message_waits_for_its_letter() {
+        let t = OffsetTracker::new();
+        t.processed(5, 2);
+        assert!(t.rejected(5, "null key".into()));
+        t.acked(5); // the other record
+        assert_eq!(t.committable(), None);
+        t.acked(5); // the dead letter
+        assert_eq!(t.committable(), Some(6));
+        // A later message at the same offset (a new owner) owes afresh.
+        t.processed(6, 1);
+        assert!(t.rejected(6, "again".into()));
     }
 }

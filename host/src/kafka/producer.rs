@@ -20,11 +20,14 @@ const _: () = assert!(usize::BITS == 64);
 /// that is a pointer to a [`BoxedToken`] (user-space pointers never have
 /// the top bit set).
 const PACKED: usize = 1 << 63;
+/// Set in a packed token of a dead letter: its delivery failing must stall
+/// the partition, never owe another dead letter.
+const DEAD_LETTER: usize = 1 << 62;
 const SLOT_SHIFT: u32 = 47;
 /// Offsets below 2^47 fit beside the slot; larger ones take the boxed path.
 const OFFSET_MASK: usize = (1 << SLOT_SHIFT) - 1;
 /// Routes that can hold a slot at once; further ones take the boxed path.
-const MAX_SLOTS: usize = 1 << (63 - SLOT_SHIFT);
+const MAX_SLOTS: usize = 1 << (62 - SLOT_SHIFT);
 
 /// Which input message a produced record belongs to, in the one word
 /// librdkafka carries per record: usually a route slot and the input offset
@@ -39,13 +42,15 @@ pub struct DeliveryToken(usize);
 struct BoxedToken {
     tracker: Arc<OffsetTracker>,
     offset: i64,
+    dead_letter: bool,
 }
 
 impl DeliveryToken {
-    fn boxed(tracker: &Arc<OffsetTracker>, offset: i64) -> Self {
+    fn boxed(tracker: &Arc<OffsetTracker>, offset: i64, dead_letter: bool) -> Self {
         let ptr = Box::into_raw(Box::new(BoxedToken {
             tracker: tracker.clone(),
             offset,
+            dead_letter,
         })) as usize;
         assert_eq!(ptr & PACKED, 0, "a heap pointer with the top bit set");
         DeliveryToken(ptr)
@@ -55,8 +60,9 @@ impl DeliveryToken {
     fn resolve(word: usize) -> Resolved {
         if word & PACKED != 0 {
             Resolved::Slot {
-                slot: (word & !PACKED) >> SLOT_SHIFT,
+                slot: (word & !(PACKED | DEAD_LETTER)) >> SLOT_SHIFT,
                 offset: (word & OFFSET_MASK) as i64,
+                dead_letter: word & DEAD_LETTER != 0,
             }
         } else {
             // SAFETY: a word without the PACKED bit was made by `boxed` from
@@ -68,7 +74,11 @@ impl DeliveryToken {
 }
 
 enum Resolved {
-    Slot { slot: usize, offset: i64 },
+    Slot {
+        slot: usize,
+        offset: i64,
+        dead_letter: bool,
+    },
     Boxed(Box<BoxedToken>),
 }
 
@@ -141,11 +151,20 @@ impl DeliveryRoute {
 
     /// The token for a record produced for input `offset`.
     pub fn token(&self, offset: i64) -> DeliveryToken {
+        self.make_token(offset, false)
+    }
+
+    /// The token for the dead letter of input `offset`.
+    pub fn dead_letter_token(&self, offset: i64) -> DeliveryToken {
+        self.make_token(offset, true)
+    }
+
+    fn make_token(&self, offset: i64, dead_letter: bool) -> DeliveryToken {
         match (self.slot, usize::try_from(offset)) {
-            (Some(slot), Ok(o)) if o <= OFFSET_MASK => {
-                DeliveryToken(PACKED | (slot << SLOT_SHIFT) | o)
-            }
-            _ => DeliveryToken::boxed(&self.tracker, offset),
+            (Some(slot), Ok(o)) if o <= OFFSET_MASK => DeliveryToken(
+                PACKED | if dead_letter { DEAD_LETTER } else { 0 } | (slot << SLOT_SHIFT) | o,
+            ),
+            _ => DeliveryToken::boxed(&self.tracker, offset, dead_letter),
         }
     }
 }
@@ -168,27 +187,44 @@ impl ClientContext for DeliveryContext {}
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = usize;
 
+    /// A permanent rejection of an output record (see
+    /// `pipeline::policy`) makes its message
+    /// owe a dead letter, which the partition's worker sends; any other
+    /// failure, and any failure of a dead letter, stops the partition's
+    /// commits at that message (it is reported stalled).
     fn delivery(&self, result: &DeliveryResult<'_>, word: usize) {
-        let report = |tracker: &OffsetTracker, offset: i64| match result {
+        let report = |tracker: &OffsetTracker, offset: i64, dead_letter: bool| match result {
             Ok(_) => tracker.acked(offset),
             Err((e, msg)) => {
                 use rdkafka::Message;
-                tracing::error!(
-                    error = %e,
-                    output_topic = msg.topic(),
-                    input_offset = offset,
-                    "delivery failed; the input partition stops committing at this offset"
-                );
-                tracker.failed(offset);
+                let code = e.rdkafka_error_code();
+                let reason = format!("delivery to `{}` failed: {e}", msg.topic());
+                if !dead_letter && code.is_some_and(crate::pipeline::delivery_owes_dead_letter) {
+                    tracing::warn!(error = %e, output_topic = msg.topic(), input_offset = offset,
+                        "output record rejected by the broker; its input message is dead-lettered");
+                    tracker.rejected(offset, reason);
+                } else {
+                    tracing::error!(error = %e, output_topic = msg.topic(), input_offset = offset, dead_letter,
+                        "delivery failed; the input partition stops committing at this offset (stalled)");
+                    tracker.failed(offset, reason);
+                }
             }
         };
         match DeliveryToken::resolve(word) {
-            Resolved::Slot { slot, offset } => {
-                if self.routes.with(slot, |t| report(t, offset)).is_none() {
+            Resolved::Slot {
+                slot,
+                offset,
+                dead_letter,
+            } => {
+                if self
+                    .routes
+                    .with(slot, |t| report(t, offset, dead_letter))
+                    .is_none()
+                {
                     tracing::error!(slot, offset, "delivery report for an unknown route");
                 }
             }
-            Resolved::Boxed(b) => report(&b.tracker, b.offset),
+            Resolved::Boxed(b) => report(&b.tracker, b.offset, b.dead_letter),
         }
     }
 }
@@ -318,23 +354,52 @@ mod tests {
         let table = Arc::new(RouteTable::default());
         let tracker = Arc::new(OffsetTracker::new());
         let r = route(&table, &tracker);
-        for offset in [0, 1, 123_456_789, OFFSET_MASK as i64] {
-            match DeliveryToken::resolve(r.token(offset).0) {
-                Resolved::Slot { slot, offset: o } => {
-                    assert_eq!((Some(slot), o), (r.slot, offset));
+        for dead in [false, true] {
+            for offset in [0, 1, 123_456_789, OFFSET_MASK as i64] {
+                let token = if dead {
+                    r.dead_letter_token(offset)
+                } else {
+                    r.token(offset)
+                };
+                match DeliveryToken::resolve(token.0) {
+                    Resolved::Slot {
+                        slot,
+                        offset: o,
+                        dead_letter,
+                    } => {
+                        assert_eq!((Some(slot), o, dead_letter), (r.slot, offset, dead));
+                    }
+                    Resolved::Boxed(_) => panic!("offset {offset} should pack"),
                 }
-                Resolved::Boxed(_) => panic!("offset {offset} should pack"),
+            }
+            for offset in [OFFSET_MASK as i64 + 1, i64::MAX, -1] {
+                let token = if dead {
+                    r.dead_letter_token(offset)
+                } else {
+                    r.token(offset)
+                };
+                match DeliveryToken::resolve(token.0) {
+                    Resolved::Boxed(b) => {
+                        assert_eq!((b.offset, b.dead_letter), (offset, dead));
+                        assert!(Arc::ptr_eq(&b.tracker, &tracker));
+                    }
+                    Resolved::Slot { .. } => panic!("offset {offset} must not pack"),
+                }
             }
         }
-        for offset in [OFFSET_MASK as i64 + 1, i64::MAX, -1] {
-            match DeliveryToken::resolve(r.token(offset).0) {
-                Resolved::Boxed(b) => {
-                    assert_eq!(b.offset, offset);
-                    assert!(Arc::ptr_eq(&b.tracker, &tracker));
-                }
-                Resolved::Slot { .. } => panic!("offset {offset} must not pack"),
-            }
+        // The highest slot keeps its number beside the dead-letter bit.
+        let last = DeliveryRoute {
+            table: table.clone(),
+            tracker: tracker.clone(),
+            slot: Some(MAX_SLOTS - 1),
+        };
+        match DeliveryToken::resolve(last.dead_letter_token(5).0) {
+            Resolved::Slot {
+                slot, dead_letter, ..
+            } => assert_eq!((slot, dead_letter), (MAX_SLOTS - 1, true)),
+            Resolved::Boxed(_) => panic!("should pack"),
         }
+        std::mem::forget(last); // its slot was never claimed
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //! batch, the producer is flushed, done offsets are committed synchronously,
 //! and only then does librdkafka give the partition away).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -22,11 +21,13 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
+use tokio_util::sync::CancellationToken;
 
-use super::PipelineShared;
 use super::worker::{Worker, WorkerContext};
+use super::{PartitionEvent, PipelineShared};
 use crate::kafka::OffsetTracker;
 use crate::kafka::fetch_queue::{Fetched, QueueHandle, forward_partition};
 use crate::kafka::offsets::commit_offset;
@@ -41,22 +42,33 @@ const WORKER_QUEUE_MESSAGES: usize = 8192;
 
 type PartitionKey = (String, i32);
 
+/// Whether a partition is fetched (the consumer thread's side of
+/// `PartitionState`).
+enum Flow {
+    /// Fetched; batches go to the worker as they fill.
+    Running,
+    /// Not fetched: the worker's queue was full, and this batch waits to be
+    /// sent before anything newer.
+    Paused { held: InputBatch },
+}
+
 /// A partition this host holds, as the consumer thread sees it.
 struct Assigned {
     tx: Option<SyncSender<InputBatch>>,
-    stop: Arc<AtomicBool>,
+    /// The worker's cancellation (a child of the pipeline's).
+    stop: CancellationToken,
     tracker: Arc<OffsetTracker>,
     thread: Option<JoinHandle<()>>,
     /// The batch being filled, and when its first message arrived.
     open: InputBatch,
     opened_at: Option<Instant>,
-    /// A batch the worker had no room for; sent before anything newer.
-    held: Option<InputBatch>,
+    flow: Flow,
     /// Batches the worker is done with, emptied, to fill again: reusing
     /// their buffers spares an allocation (and page faults) per batch.
     spare: Receiver<InputBatch>,
-    paused: bool,
     committed: Option<i64>,
+    /// The delivery failure last reported as a stall, if any.
+    reported_failure: Option<i64>,
     /// Offset of the last message routed to this partition's batches since
     /// it was assigned: with the consumer's position it tells whether the
     /// records after it are transaction markers to commit past
@@ -68,6 +80,11 @@ struct Assigned {
 pub(crate) struct PipelineContext {
     shared: Arc<PipelineShared>,
     partitions: Mutex<Table>,
+    /// Set when the host shuts the pipeline down: partitions assigned by a
+    /// rebalance served during the final commit get no worker.
+    shutting_down: std::sync::atomic::AtomicBool,
+    /// What [`shutdown`](Self::shutdown) drained and could not commit yet.
+    pending_commit: Mutex<Option<TopicPartitionList>>,
     /// Where assigned partitions' messages are forwarded (set by the
     /// consumer thread while its [`FetchQueue`] lives).
     ///
@@ -129,7 +146,10 @@ impl ConsumerContext for PipelineContext {
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Revoke(tpl) => self.revoke(consumer, &keys(tpl), "revoked by rebalance"),
+            Rebalance::Revoke(tpl) => {
+                self.revoke(consumer, &keys(tpl), "revoked by rebalance");
+                self.commit_pending(consumer);
+            }
             // Before librdkafka starts fetching them: their messages then
             // only ever reach the fetch queue.
             Rebalance::Assign(tpl) => {
@@ -147,8 +167,14 @@ impl ConsumerContext for PipelineContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps an application pause across unassign and
+            // assign: a partition paused (full queue) when it was revoked
+            // would otherwise never be fetched again if it came back.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!(pipeline = %self.shared.spec.name, error = %e, "cannot resume newly assigned partitions");
+            }
             for key in keys(tpl) {
                 self.assign(key);
             }
@@ -178,6 +204,8 @@ impl PipelineContext {
         PipelineContext {
             shared,
             partitions: Mutex::new(Table::default()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            pending_commit: Mutex::new(None),
             fetch_queue: Mutex::new(None),
         }
     }
@@ -201,6 +229,14 @@ impl PipelineContext {
     /// Starts a worker for a newly assigned partition.
     fn assign(&self, key: PartitionKey) {
         let s = &self.shared;
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1,
+                "assigned while shutting down; left for the next owner");
+            return;
+        }
         let (deployment, generation) = s.deployment.current();
         // The worker reserves memory and instantiates when its first batch
         // comes (on its own thread: the host's plugin memory budget may make
@@ -211,8 +247,10 @@ impl PipelineContext {
             (WORKER_QUEUE_MESSAGES / s.spec.batch.max_messages.max(1)).clamp(2, 256);
         let (tx, rx) = sync_channel(queue_batches);
         let (recycle, spare) = sync_channel(queue_batches + 2);
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = s.cancel.child_token();
         let tracker = Arc::new(OffsetTracker::new());
+        // Listed before the worker can report a stall against it.
+        s.status.assigned(&key.0, key.1);
         let worker = Worker::new(
             WorkerContext {
                 pipeline: s.spec.name.clone(),
@@ -222,6 +260,10 @@ impl PipelineContext {
                 retry: s.spec.retry.clone(),
                 producer: s.producer.clone(),
                 route: s.producer.route(tracker.clone()),
+                topic: key.0.clone(),
+                partition: key.1,
+                status: s.status.clone(),
+                reader: s.reader.clone(),
                 stop: stop.clone(),
                 permits: s.permits.clone(),
                 runtime: s.runtime.clone(),
@@ -233,7 +275,6 @@ impl PipelineContext {
         );
         let thread = spawn_worker(&s.spec.name, &key, worker, rx);
         tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, host = %s.host_id, "partition assigned");
-        s.status.assigned(&key.0, key.1);
         self.table().map.insert(
             key.clone(),
             Assigned {
@@ -243,10 +284,10 @@ impl PipelineContext {
                 thread,
                 open: InputBatch::new(key.0, key.1),
                 opened_at: None,
-                held: None,
+                flow: Flow::Running,
                 spare,
-                paused: false,
                 committed: None,
+                reported_failure: None,
                 last_routed: None,
             },
         );
@@ -254,12 +295,50 @@ impl PipelineContext {
 
     /// Stops the workers of `keys`, waits for their deliveries, commits what
     /// is done. Runs inside `poll` (a rebalance) or at shutdown.
+    ///
+    /// Waits only for the leaving partitions' records, not the whole shared
+    /// producer: a busy neighbour (or a record stuck on a missing topic)
+    /// must not make every rebalance last the grace period.
     pub(crate) fn revoke(
         &self,
         consumer: &BaseConsumer<Self>,
         keys: &[PartitionKey],
         reason: &str,
     ) {
+        let started = Instant::now();
+        let leaving = self.drain(keys);
+        if leaving.is_empty() {
+            return;
+        }
+        let drained = started.elapsed();
+        let tpl = self.commit_list(consumer, &leaving);
+        if tpl.count() > 0 {
+            // Inside the callback the join cannot progress, so only a
+            // coordinator that is moving or loading (a broker restart) is
+            // worth waiting for; librdkafka finds the new one on its own
+            // thread meanwhile.
+            let deadline = Instant::now() + self.shared.grace;
+            loop {
+                match consumer.commit(&tpl, CommitMode::Sync) {
+                    Ok(()) => break,
+                    Err(e) if coordinator_moving(&e) && Instant::now() < deadline => {
+                        tracing::info!(pipeline = %self.shared.spec.name, error = %e, "commit on revoke: coordinator not ready; trying again");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => {
+                        tracing::error!(pipeline = %self.shared.spec.name, error = %e, "commit on revoke failed; the next owner may redo some work");
+                        break;
+                    }
+                }
+            }
+        }
+        self.released(&leaving, reason, drained);
+    }
+
+    /// Takes `keys` out of the table, stops their workers and waits (up to
+    /// the grace period) for their batches to finish and their records to
+    /// be acknowledged.
+    fn drain(&self, keys: &[PartitionKey]) -> Vec<(PartitionKey, Assigned)> {
         let s = &self.shared;
         let mut leaving: Vec<(PartitionKey, Assigned)> = {
             let mut table = self.table();
@@ -267,14 +346,14 @@ impl PipelineContext {
                 .filter_map(|k| table.map.remove(k).map(|a| (k.clone(), a)))
                 .collect()
         };
-        if leaving.is_empty() {
-            return;
-        }
-        for (_, a) in &mut leaving {
-            a.stop.store(true, Ordering::Release);
+        let started = Instant::now();
+        for (key, a) in &mut leaving {
+            s.status
+                .partition_event(&key.0, key.1, PartitionEvent::Draining);
+            a.stop.cancel();
             a.tx = None; // closes the queue; queued batches are abandoned
         }
-        let deadline = Instant::now() + s.grace;
+        let deadline = started + s.grace;
         for (key, a) in &mut leaving {
             if let Some(t) = a.thread.take()
                 && !join_until(t, deadline)
@@ -282,34 +361,124 @@ impl PipelineContext {
                 tracing::warn!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, "worker still busy at the grace deadline; committing what is done");
             }
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if !s.producer.flush(remaining.max(Duration::from_millis(100))) {
-            tracing::warn!(pipeline = %s.spec.name, "producer not flushed within the grace period; committing only acknowledged work");
+        // At least a moment for deliveries, even past a worker's deadline.
+        let deadline = deadline.max(Instant::now() + Duration::from_millis(100));
+        while leaving.iter().any(|(_, a)| a.tracker.in_flight() > 0) {
+            if Instant::now() >= deadline {
+                tracing::warn!(pipeline = %s.spec.name, "records of leaving partitions not acknowledged within the grace period; committing only acknowledged work");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        // Commit even what a periodic commit already sent: an async commit
-        // issued during a rebalance can fail (REBALANCE_IN_PROGRESS), and
-        // skipping it here would make the next owner redo that work.
+        leaving
+    }
+
+    /// What to commit for drained partitions. Even what a periodic commit
+    /// already sent: an async commit issued during a rebalance can fail
+    /// (REBALANCE_IN_PROGRESS), and skipping it here would make the next
+    /// owner redo that work.
+    fn commit_list(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        leaving: &[(PartitionKey, Assigned)],
+    ) -> TopicPartitionList {
         let positions = positions(consumer);
         let mut tpl = TopicPartitionList::new();
-        for (key, a) in &leaving {
+        for (key, a) in leaving {
             if let Some(next) = a.commit_offset(&positions, key)
                 && let Err(e) = tpl.add_partition_offset(&key.0, key.1, Offset::Offset(next))
             {
                 tracing::error!(error = %e, "cannot build commit list");
             }
         }
+        tpl
+    }
+
+    /// Logs and unlists released partitions; `drained` is how long their
+    /// drain took (the part of a rebalance this host is responsible for).
+    fn released(&self, leaving: &[(PartitionKey, Assigned)], reason: &str, drained: Duration) {
+        let s = &self.shared;
+        let drain_ms = drained.as_millis() as u64;
+        for (key, a) in leaving {
+            tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, host = %s.host_id,
+                committed = ?a.tracker.committable(), reason, drain_ms, "partition released");
+            s.status.released(&key.0, key.1);
+        }
+    }
+
+    /// Shutdown: drains every partition and commits, retrying the commit
+    /// while the group is between generations (a SIGTERM that lands
+    /// mid-rebalance). Between tries `poll` is served, so the member
+    /// completes the join in progress and the next try carries the
+    /// generation the coordinator accepts; should a rebalance revoke the
+    /// drained partitions meanwhile, the revoke callback commits them before
+    /// letting go (see [`revoke`](Self::revoke)), as a graceful handoff must.
+    pub(crate) fn shutdown(&self, consumer: &BaseConsumer<Self>) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        let started = Instant::now();
+        let leaving = self.drain(&self.assigned_keys());
+        let drained = started.elapsed();
+        let tpl = self.commit_list(consumer, &leaving);
         if tpl.count() > 0 {
-            match consumer.commit(&tpl, CommitMode::Sync) {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(pipeline = %s.spec.name, error = %e, "commit on revoke failed; the next owner may redo some work")
+            *self.pending_commit() = Some(tpl);
+            let deadline = Instant::now() + self.shared.grace.max(Duration::from_secs(5));
+            let mut tries = 0u32;
+            loop {
+                let Some(tpl) = self.pending_commit().clone() else {
+                    break; // committed by a revoke callback
+                };
+                tries += 1;
+                match consumer.commit(&tpl, CommitMode::Sync) {
+                    Ok(()) => {
+                        *self.pending_commit() = None;
+                        if tries > 1 {
+                            tracing::info!(pipeline = %self.shared.spec.name, tries, "commit at shutdown landed once the group settled");
+                        }
+                        break;
+                    }
+                    Err(e) if retry_commit(&e) && Instant::now() < deadline => {
+                        tracing::info!(pipeline = %self.shared.spec.name, error = %e,
+                            "commit at shutdown refused while the group rebalances; serving the rebalance and committing again");
+                        let until = Instant::now() + Duration::from_millis(200);
+                        while Instant::now() < until && self.pending_commit().is_some() {
+                            let _ = consumer.poll(Duration::from_millis(20));
+                        }
+                    }
+                    Err(e) => {
+                        *self.pending_commit() = None;
+                        tracing::error!(pipeline = %self.shared.spec.name, error = %e, tries,
+                            "commit at shutdown failed; the next owner may redo some work");
+                        break;
+                    }
                 }
             }
         }
-        for (key, a) in &leaving {
-            tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, host = %s.host_id,
-                committed = ?a.tracker.committable(), reason, "partition released");
-            s.status.released(&key.0, key.1);
+        self.released(&leaving, "host shutting down", drained);
+    }
+
+    /// Offsets drained at shutdown and not yet committed.
+    fn pending_commit(&self) -> MutexGuard<'_, Option<TopicPartitionList>> {
+        self.pending_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Inside a revoke callback during shutdown: the drained partitions'
+    /// offsets, if still uncommitted, must land before librdkafka lets them
+    /// go.
+    fn commit_pending(&self, consumer: &BaseConsumer<Self>) {
+        let mut pending = self.pending_commit();
+        if let Some(tpl) = pending.as_ref() {
+            match consumer.commit(tpl, CommitMode::Sync) {
+                Ok(()) => {
+                    tracing::info!(pipeline = %self.shared.spec.name, "commit at shutdown landed in the revoke callback");
+                    *pending = None;
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.shared.spec.name, error = %e, "commit at shutdown refused in the revoke callback")
+                }
+            }
         }
     }
 
@@ -384,7 +553,7 @@ impl PipelineContext {
             let due = a
                 .opened_at
                 .is_some_and(|t| now.saturating_duration_since(t) >= max_wait);
-            if a.held.is_some() || due {
+            if matches!(a.flow, Flow::Paused { .. }) || due {
                 dispatch(consumer, key, a);
             }
         }
@@ -396,6 +565,20 @@ impl PipelineContext {
         let mut tpl = TopicPartitionList::new();
         let mut table = self.table();
         for (key, a) in table.map.iter_mut() {
+            // A delivery that failed for good with no dead letter to stand
+            // in stops this partition's commits: say so, once.
+            if let Some((offset, reason)) = a.tracker.failure()
+                && a.reported_failure != Some(offset)
+            {
+                a.reported_failure = Some(offset);
+                self.shared.status.partition_event(
+                    &key.0,
+                    key.1,
+                    PartitionEvent::Stalled(format!(
+                        "not committing past offset {offset}: {reason} (a restart of the pipeline re-reads from there)"
+                    )),
+                );
+            }
             if let Some(next) = a.commit_offset(&positions, key)
                 && a.committed != Some(next)
                 && tpl
@@ -444,10 +627,11 @@ fn positions(consumer: &BaseConsumer<PipelineContext>) -> TopicPartitionList {
 /// is sent while a batch is held.
 fn dispatch(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, a: &mut Assigned) {
     let Some(tx) = &a.tx else { return };
+    let was_paused = matches!(a.flow, Flow::Paused { .. });
     loop {
-        let batch = match a.held.take() {
-            Some(b) => b,
-            None if !a.open.is_empty() => {
+        let batch = match std::mem::replace(&mut a.flow, Flow::Running) {
+            Flow::Paused { held } => held,
+            Flow::Running if !a.open.is_empty() => {
                 a.opened_at = None;
                 if let Some((_, last)) = a.open.offsets() {
                     consumer
@@ -462,32 +646,35 @@ fn dispatch(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, a: &mu
                     .unwrap_or_else(|_| InputBatch::new(key.0.clone(), key.1));
                 std::mem::replace(&mut a.open, next)
             }
-            None => break,
+            Flow::Running => break,
         };
         match tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => {
-                a.held = Some(batch);
-                if !a.paused {
+                a.flow = Flow::Paused { held: batch };
+                if !was_paused {
                     set_paused(consumer, key, true);
-                    a.paused = true;
                 }
                 return;
             }
         }
     }
-    if a.paused {
+    if was_paused {
         set_paused(consumer, key, false);
-        a.paused = false;
     }
 }
 
 fn set_paused(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, pause: bool) {
+    let event = if pause {
+        PartitionEvent::QueueFull
+    } else {
+        PartitionEvent::QueueDrained
+    };
     consumer
         .context()
         .shared
         .status
-        .set_paused(&key.0, key.1, pause);
+        .partition_event(&key.0, key.1, event);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(&key.0, key.1);
     let result = if pause {
@@ -522,6 +709,37 @@ fn spawn_worker(
             None
         }
     }
+}
+
+/// Whether a commit refused this way lands if tried again once the group's
+/// join in progress completes (the member's generation is being replaced)
+/// or the coordinator is back.
+fn retry_commit(e: &KafkaError) -> bool {
+    coordinator_moving(e)
+        || matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::RebalanceInProgress
+                    | RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::StaleMemberEpoch
+            )
+        )
+}
+
+/// Whether the group coordinator is moving or loading (a broker restart or
+/// failover): a commit tried again shortly lands.
+fn coordinator_moving(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::WaitingForCoordinator
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+        )
+    )
 }
 
 /// Joins `thread` unless `deadline` passes first (std has no timed join).

@@ -45,40 +45,79 @@ impl Deployment {
     }
 }
 
-/// The current deployment of a pipeline and its generation.
+/// The current deployment of a pipeline and its generation, held as one
+/// value: a worker that read them separately could pair the old code with
+/// the new generation across a concurrent replace, and would then never
+/// switch (the bug this shape removes).
+///
+/// Generic only so the pairing can be tested without a compiled plugin.
 #[derive(Debug)]
-pub struct DeploymentCell {
-    current: RwLock<Arc<Deployment>>,
+pub struct DeploymentCell<D = Deployment> {
+    current: RwLock<(Arc<D>, u64)>,
+    /// A copy of the generation for the per-batch check, which must not
+    /// take the lock; `current` is the truth.
     generation: AtomicU64,
 }
 
-impl DeploymentCell {
+impl<D> DeploymentCell<D> {
     /// A cell at generation 0.
-    pub fn new(deployment: Deployment) -> Self {
+    pub fn new(deployment: D) -> Self {
         DeploymentCell {
-            current: RwLock::new(Arc::new(deployment)),
+            current: RwLock::new((Arc::new(deployment), 0)),
             generation: AtomicU64::new(0),
         }
     }
 
-    /// The deployment in force and its generation.
-    pub fn current(&self) -> (Arc<Deployment>, u64) {
-        let d = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        (d, self.generation.load(Ordering::Acquire))
+    /// The deployment in force and its generation, read together.
+    pub fn current(&self) -> (Arc<D>, u64) {
+        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+        (guard.0.clone(), guard.1)
     }
 
-    /// The generation in force (cheap: checked at every batch).
+    /// The generation in force (cheap: checked at every batch). It may lag
+    /// a replace by an instant; [`current`](Self::current) never does.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
     /// Replaces the deployment; workers switch at their next batch.
-    pub fn replace(&self, deployment: Deployment) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(deployment);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    pub fn replace(&self, deployment: D) {
+        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let generation = guard.1 + 1;
+        *guard = (Arc::new(deployment), generation);
+        self.generation.store(generation, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each value is the generation it is replaced at: a reader must never
+    /// see one paired with another's generation.
+    #[test]
+    fn a_reader_never_pairs_one_deployment_with_another_generation() {
+        let cell = Arc::new(DeploymentCell::new(0u64));
+        let writer = {
+            let cell = cell.clone();
+            std::thread::spawn(move || {
+                for g in 1..=20_000u64 {
+                    cell.replace(g);
+                }
+            })
+        };
+        let mut seen = 0;
+        while !writer.is_finished() || seen == 0 {
+            let (d, g) = cell.current();
+            assert_eq!(*d, g, "deployment {d} paired with generation {g}");
+            assert!(
+                cell.generation() >= g,
+                "the cheap generation lags what was read"
+            );
+            seen += 1;
+        }
+        writer.join().expect("no panic");
+        assert_eq!(cell.current(), (Arc::new(20_000), 20_000));
+        assert_eq!(cell.generation(), 20_000);
     }
 }

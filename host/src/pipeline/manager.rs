@@ -114,8 +114,13 @@ impl PipelineManager {
 
     /// Reconciles now, then after every registry change, until `stop`
     /// resolves; then stops every pipeline gracefully.
-    pub async fn run(mut self, stop: tokio::sync::oneshot::Receiver<()>) {
+    /// Follows the registry until `stop` is cancelled, then stops every
+    /// pipeline (each drains and commits). `stop` is the parent of the
+    /// pipelines' tokens (`PipelineDeps::cancel`), so their workers stop
+    /// taking batches at once.
+    pub async fn run(mut self, stop: tokio_util::sync::CancellationToken) {
         let mut changes = self.registry.as_ref().map(Registry::subscribe);
+        let stop = stop.cancelled_owned();
         tokio::pin!(stop);
         loop {
             if self.registry.as_ref().is_none_or(Registry::caught_up) {

@@ -12,21 +12,24 @@
 mod consumer;
 pub mod deployment;
 pub mod manager;
+mod policy;
 mod status;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio_util::sync::CancellationToken;
 
 pub use deployment::{Deployment, DeploymentCell};
-pub use status::{PartitionStatus, PipelineStatus};
+pub(crate) use policy::delivery_owes_dead_letter;
+pub use status::{PartitionEvent, PartitionState, PartitionStatus, PipelineStatus};
 
 use crate::config::{HostConfig, KafkaConfig, PipelineSpec};
 use crate::kafka::fetch_queue::FetchQueue;
+use crate::kafka::reread::InputReader;
 use crate::kafka::{OutputProducer, consumer_config};
 use crate::topics::{ControlPlane, OutputPolicy, RegexError};
 use consumer::PipelineContext;
@@ -43,6 +46,10 @@ pub(crate) struct PipelineShared {
     grace: Duration,
     host_id: String,
     status: Arc<PipelineStatus>,
+    /// The pipeline's cancellation; every partition worker's is a child.
+    cancel: CancellationToken,
+    /// Reads rejected messages again for their dead letters.
+    reader: Arc<InputReader>,
 }
 
 /// Everything a pipeline needs from the host.
@@ -59,12 +66,15 @@ pub struct PipelineDeps {
     pub runtime: tokio::runtime::Handle,
     /// Topics no pipeline reads or writes (the registry's, Kafka's own).
     pub control: ControlPlane,
+    /// The host's cancellation: each pipeline's is a child, each
+    /// partition's a grandchild, so one `cancel` stops them all.
+    pub cancel: CancellationToken,
 }
 
 /// A running pipeline.
 pub struct Pipeline {
     name: String,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     thread: Option<JoinHandle<()>>,
     status: Arc<PipelineStatus>,
 }
@@ -73,12 +83,22 @@ pub struct Pipeline {
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The Kafka consumer could not be created or subscribed.
-    #[error("pipeline `{pipeline}`: {message}")]
+    #[error("pipeline `{pipeline}`: cannot {action}: {source}")]
     Kafka {
         /// Pipeline name.
         pipeline: String,
-        /// What failed.
-        message: String,
+        /// What was being done (`create the consumer`, `subscribe to ...`).
+        action: String,
+        /// librdkafka's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The consumer thread could not be spawned.
+    #[error("pipeline `{pipeline}`: cannot start its consumer thread: {source}")]
+    Thread {
+        /// Pipeline name.
+        pipeline: String,
+        /// The OS's error.
+        source: std::io::Error,
     },
     /// The spec does not hold (validation should have caught it first).
     #[error("pipeline `{pipeline}`: {source}")]
@@ -98,9 +118,13 @@ impl Pipeline {
         deps: &PipelineDeps,
     ) -> Result<Pipeline, PipelineError> {
         let pipeline = spec.name.clone();
-        let kafka_err = |message: String| PipelineError::Kafka {
-            pipeline: pipeline.clone(),
-            message,
+        let kafka_err = |action: String| {
+            let pipeline = pipeline.clone();
+            move |source| PipelineError::Kafka {
+                pipeline,
+                action,
+                source,
+            }
         };
         let outputs =
             OutputPolicy::new(&spec, &deps.control).map_err(|source| PipelineError::Invalid {
@@ -109,7 +133,21 @@ impl Pipeline {
             })?;
         let deployment = Arc::new(DeploymentCell::new(deployment));
         let status = Arc::new(PipelineStatus::new(&spec, deployment.clone()));
+        let instance_id = deps
+            .host
+            .static_membership
+            .then(|| format!("{}-{}", deps.host.id, spec.name));
+        let mut config = consumer_config(
+            &deps.kafka,
+            &spec.group_id(),
+            &deps.host.id,
+            instance_id.as_deref(),
+        );
+        let reader = Arc::new(InputReader::new(config.clone()));
+        let stop = deps.cancel.child_token();
         let shared = Arc::new(PipelineShared {
+            cancel: stop.clone(),
+            reader,
             outputs: Arc::new(outputs),
             deployment,
             producer: deps.producer.clone(),
@@ -120,28 +158,17 @@ impl Pipeline {
             status: status.clone(),
             spec,
         });
-        let instance_id = deps
-            .host
-            .static_membership
-            .then(|| format!("{}-{}", deps.host.id, shared.spec.name));
-        let mut config = consumer_config(
-            &deps.kafka,
-            &shared.spec.group_id(),
-            &deps.host.id,
-            instance_id.as_deref(),
-        );
         // A regex subscription must never match the control plane, whatever
         // the pattern: librdkafka then treats those topics as absent.
         config.set("topic.blacklist", deps.control.consumer_blacklist());
         let consumer: BaseConsumer<PipelineContext> = config
             .create_with_context(PipelineContext::new(shared.clone()))
-            .map_err(|e| kafka_err(format!("cannot create consumer: {e}")))?;
+            .map_err(kafka_err("create the consumer".to_owned()))?;
         let topics = shared.spec.subscription();
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topic_refs)
-            .map_err(|e| kafka_err(format!("cannot subscribe to {topics:?}: {e}")))?;
-        let stop = Arc::new(AtomicBool::new(false));
+            .map_err(kafka_err(format!("subscribe to {topics:?}")))?;
         let name = shared.spec.name.clone();
         let thread = std::thread::Builder::new()
             .name(format!("kwasm-consumer-{name}"))
@@ -150,7 +177,10 @@ impl Pipeline {
                 let interval = Duration::from_millis(deps.host.commit_interval_ms);
                 move || run_consumer(consumer, stop, interval)
             })
-            .map_err(|e| kafka_err(format!("cannot start consumer thread: {e}")))?;
+            .map_err(|source| PipelineError::Thread {
+                pipeline: pipeline.clone(),
+                source,
+            })?;
         tracing::info!(pipeline = %name, group = %shared.spec.group_id(), ?topics, "pipeline started");
         Ok(Pipeline {
             name,
@@ -179,7 +209,7 @@ impl Pipeline {
 
     /// Asks the consumer thread to drain, commit and leave the group.
     pub fn begin_stop(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.cancel();
     }
 
     /// Waits for the consumer thread to finish.
@@ -202,7 +232,7 @@ const FETCH_BATCH: usize = 1024;
 /// and routes any message that still came through the consumer queue.
 fn run_consumer(
     consumer: BaseConsumer<PipelineContext>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     commit_interval: Duration,
 ) {
     let ctx = consumer.context();
@@ -212,7 +242,7 @@ fn run_consumer(
     let mut last_scan = Instant::now();
     let mut since_scan = 0usize;
     let mut idle = true;
-    while !stop.load(Ordering::Acquire) {
+    while !stop.is_cancelled() {
         // Block on the fetch queue only when the last round found nothing.
         let wait = if idle {
             Duration::from_millis(5)
@@ -260,7 +290,7 @@ fn run_consumer(
     }
     let name = ctx.shared().spec.name.clone();
     tracing::info!(pipeline = %name, "stopping: draining in-flight work, committing, leaving the group");
-    ctx.revoke(&consumer, &ctx.assigned_keys(), "host shutting down");
+    ctx.shutdown(&consumer);
     consumer.unsubscribe();
     // Serve the resulting revoke callback (nothing left to commit) so the
     // group hears of the leave promptly; `close` on drop sends LeaveGroup.

@@ -3,14 +3,23 @@
 //! (or dead letters) in that order, and tells the partition's
 //! [`OffsetTracker`](crate::kafka::OffsetTracker) what it handed to the producer.
 //!
-//! Failure policy, per message:
-//! - `retryable`: run the message alone again, with backoff, up to the
-//!   pipeline's attempts; then dead-letter it.
-//! - `permanent`, a trap or a limit hit: dead-letter it at once. When a whole
-//!   batch traps, its messages are re-run one by one so only the guilty one
-//!   is dead-lettered.
-//! - The plugin cannot even be instantiated: wait and try again, forever;
-//!   the partition stalls visibly rather than dead-lettering everything.
+//! What to do after a failure is decided by `policy::decide` (a pure
+//! function, unit-tested there); the worker carries it out. When a whole
+//! batch fails, its messages are re-run one by one so only the guilty one is
+//! dead-lettered. A plugin that cannot be instantiated stalls the partition
+//! (reported in `/v1/assignments`, `/readyz` and
+//! `kwasm_partitions_stalled`) and is retried with backoff; the message in
+//! hand is never dead-lettered for it.
+//!
+//! Host-wide call permits are held for one plugin call at a time, never
+//! through a backoff or a stall, so retrying or broken partitions cannot
+//! stop the host's other pipelines; after waiting for one the worker checks
+//! again whether its partition was revoked meanwhile.
+//!
+//! A dead letter is also owed when the broker rejects an output record for
+//! good after delivery (the producer's report reaches the tracker): the
+//! worker then reads the input message again from the log (`InputReader`)
+//! and dead-letters it (`output-rejected`).
 //!
 //! Plugin memory: before a batch the worker takes its instance's share of
 //! the host's plugin memory budget (waiting, stop-aware, when it is full),
@@ -19,19 +28,21 @@
 //! idle (see `runtime::budget`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::Message;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use tokio_util::sync::CancellationToken;
 
-use super::DeploymentCell;
+use super::policy::{Action, Fault, decide};
+use super::{DeploymentCell, PartitionEvent, PipelineStatus};
 use crate::config::RetryPolicy;
+use crate::kafka::reread::{InputReader, RereadError};
 use crate::kafka::{DeliveryRoute, OutRecord, OutputProducer};
 use crate::metrics_names as m;
 use crate::runtime::{
-    InputBatch, InputMessage, OutcomeView, OutputRecords, PluginError, PluginErrorKind,
-    PluginHandler,
+    BatchOutput, InputBatch, InputMessage, OutcomeView, OutputRecords, PluginError, PluginHandler,
 };
 use crate::topics::{OutputDenied, OutputPolicy};
 
@@ -47,8 +58,17 @@ pub(crate) struct WorkerContext {
     pub producer: OutputProducer,
     /// The partition's tracker, and how its records name it to the producer.
     pub route: DeliveryRoute,
-    /// Set by the consumer thread on revocation or shutdown.
-    pub stop: Arc<AtomicBool>,
+    /// The partition worked on.
+    pub topic: String,
+    pub partition: i32,
+    /// Cancelled by the consumer thread on revocation, or with the whole
+    /// pipeline (its parent) at shutdown.
+    pub stop: CancellationToken,
+    /// Where a stall (and its end) is reported.
+    pub status: Arc<PipelineStatus>,
+    /// Reads an input message again when the broker rejected one of its
+    /// outputs after delivery.
+    pub reader: Arc<InputReader>,
     /// Bounds plugin calls running at once across the host.
     pub permits: Arc<tokio::sync::Semaphore>,
     pub runtime: tokio::runtime::Handle,
@@ -71,8 +91,15 @@ const MEMORY_TURN: Duration = Duration::from_millis(100);
 enum Next {
     /// Produced or dead-lettered.
     Done,
-    /// Run it again alone, as this attempt, after the backoff.
-    Retry { attempt: u32 },
+    /// Run it again alone, as attempt `attempt`, after `after`.
+    Retry { attempt: u32, after: Duration },
+    /// The instance could not be made: wait `after`, then run it again as
+    /// the same attempt (a stall is not the message's fault).
+    Stall {
+        attempt: u32,
+        after: Duration,
+        reason: String,
+    },
 }
 
 /// Why a message is dead-lettered.
@@ -81,6 +108,10 @@ struct Failure<'a> {
     message: String,
     attempts: u32,
 }
+
+/// How long a worker waits before trying again to switch to a deployment
+/// it could not start.
+const SWITCH_RETRY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Worker {
     ctx: WorkerContext,
@@ -95,6 +126,10 @@ pub(crate) struct Worker {
     /// Verdicts of `ctx.outputs` per topic a plugin named, so a plugin
     /// routing every record by regex costs one lookup per record.
     topic_verdicts: rustc_hash::FxHashMap<Box<str>, Result<(), OutputDenied>>,
+    /// Whether the partition is reported stalled now.
+    stalled: bool,
+    /// A newer deployment failed to start: when to try it again.
+    switch_retry_at: Option<Instant>,
 }
 
 /// Topics whose verdicts a worker remembers. Names come from untrusted
@@ -127,24 +162,30 @@ impl Worker {
             metrics,
             produced: 0,
             topic_verdicts: Default::default(),
+            stalled: false,
+            switch_retry_at: None,
         }
     }
 
     /// Switches to a newer deployment, between batches only. If the new
-    /// one cannot be instantiated the old keeps running (and says so):
-    /// the manager validated it, so this is a rare, loud failure.
+    /// one cannot be instantiated the old keeps running (and says so), and
+    /// the switch is tried again a second later: the generation moves only
+    /// once the new handler runs, so no partition stays on old code.
     fn follow_deployment(&mut self, next_offset: Option<(i64, i64)>) {
-        if self.ctx.deployment.generation() == self.generation {
+        if self.ctx.deployment.generation() == self.generation
+            || self.switch_retry_at.is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
+        // Read as one value: a replace between two reads must not pair the
+        // old code with the new generation.
         let (deployment, generation) = self.ctx.deployment.current();
-        self.generation = generation;
         // The old instance's memory goes back first: waiting for the new
         // one's while holding it could deadlock a full budget.
         self.handler.release_memory();
         let mut handler = deployment.idle_handler();
         let stop = self.ctx.stop.clone();
-        if !handler.wait_for_memory(&|| stop.load(Ordering::Acquire)) {
+        if !handler.wait_for_memory(&|| stop.is_cancelled()) {
             return; // stopping: `run` ends at its next check
         }
         match handler.start() {
@@ -152,11 +193,101 @@ impl Worker {
                 tracing::info!(pipeline = %self.ctx.pipeline, plugin = deployment.plugin.name(), version = ?deployment.version,
                     from_offset = ?next_offset.map(|o| o.0), "partition switched to the new deployment");
                 self.handler = handler;
+                self.generation = generation;
+                self.switch_retry_at = None;
             }
             Err(e) => {
-                tracing::error!(pipeline = %self.ctx.pipeline, error = %e, "cannot start the new deployment; keeping the old one")
+                tracing::error!(pipeline = %self.ctx.pipeline, error = %e,
+                    "cannot start the new deployment; keeping the old one, trying again in a second");
+                self.switch_retry_at = Some(Instant::now() + SWITCH_RETRY);
             }
         }
+    }
+
+    /// Instantiates the handler if it has no instance, stalling (and
+    /// retrying with backoff) for as long as it cannot: the batch in hand is
+    /// not at fault. False when stopped meanwhile.
+    fn ensure_started(&mut self) -> bool {
+        let mut attempt = 1;
+        loop {
+            if self.stopped() {
+                return false;
+            }
+            match self.handler.start() {
+                Ok(()) => {
+                    self.set_stalled(None);
+                    return true;
+                }
+                Err(e) => {
+                    metrics::counter!(m::ERRORS, "pipeline" => self.ctx.pipeline.clone(), "kind" => e.kind.code()).increment(1);
+                    let Action::Stall { after } =
+                        decide(Fault::Instantiate, attempt, &self.ctx.retry)
+                    else {
+                        unreachable!("instantiation faults stall")
+                    };
+                    let reason = format!("cannot instantiate the plugin: {e}");
+                    tracing::error!(pipeline = %self.ctx.pipeline, topic = %self.ctx.topic, partition = self.ctx.partition,
+                        error = %e, retry_in = ?after, "partition stalled: cannot instantiate the plugin");
+                    self.set_stalled(Some(reason));
+                    if !self.sleep(after) {
+                        return false;
+                    }
+                    attempt = attempt.saturating_add(1);
+                    // A hot deploy may have fixed it.
+                    self.follow_deployment(None);
+                }
+            }
+        }
+    }
+
+    /// Reports the partition stalled (with the reason) or no longer so.
+    fn set_stalled(&mut self, reason: Option<String>) {
+        match reason {
+            Some(reason) => {
+                self.stalled = true;
+                self.ctx.status.partition_event(
+                    &self.ctx.topic,
+                    self.ctx.partition,
+                    PartitionEvent::Stalled(reason),
+                );
+            }
+            None if self.stalled => {
+                self.stalled = false;
+                tracing::info!(pipeline = %self.ctx.pipeline, topic = %self.ctx.topic, partition = self.ctx.partition,
+                    "partition no longer stalled");
+                self.ctx.status.partition_event(
+                    &self.ctx.topic,
+                    self.ctx.partition,
+                    PartitionEvent::Recovered,
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// One plugin call under a host-wide permit, held for this call only.
+    /// `None` when the partition was stopped before the call could start
+    /// (also checked after the wait: it may have been revoked meanwhile).
+    fn call(&mut self, batch: &InputBatch) -> Option<Result<BatchOutput, PluginError>> {
+        let permits = self.ctx.permits.clone();
+        let stop = self.ctx.stop.clone();
+        let permit = self.ctx.runtime.block_on(async move {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => None,
+                p = permits.acquire_owned() => p.ok(),
+            }
+        })?;
+        if self.stopped() {
+            return None;
+        }
+        let started = Instant::now();
+        let result = self.handler.handle_batch(batch);
+        drop(permit);
+        self.metrics
+            .batch_seconds
+            .record(started.elapsed().as_secs_f64());
+        Some(result)
     }
 
     /// Processes batches until the channel closes or `stop` is set. A batch
@@ -174,23 +305,19 @@ impl Worker {
             if self.stopped() {
                 break;
             }
+            self.send_owed_dead_letters();
             self.follow_deployment(batch.offsets());
             if !self.handler.holds_memory() {
                 let stop = self.ctx.stop.clone();
-                if !self
-                    .handler
-                    .wait_for_memory(&|| stop.load(Ordering::Acquire))
-                {
+                if !self.handler.wait_for_memory(&|| stop.is_cancelled()) {
                     break;
                 }
                 turn_started = Instant::now();
             }
-            let permits = self.ctx.permits.clone();
-            let Ok(permit) = self.ctx.runtime.block_on(permits.acquire_owned()) else {
+            if !self.ensure_started() {
                 break;
-            };
+            }
             self.process(&batch);
-            drop(permit);
             self.metrics
                 .messages_out
                 .increment(std::mem::take(&mut self.produced));
@@ -223,9 +350,75 @@ impl Worker {
         loop {
             match batches.recv_timeout(IDLE_MEMORY_CHECK) {
                 Ok(batch) => return Some(batch),
-                Err(RecvTimeoutError::Timeout) => self.give_back_memory_if_wanted(),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.give_back_memory_if_wanted();
+                    self.send_owed_dead_letters();
+                }
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
+        }
+    }
+
+    /// Dead-letters the messages whose outputs the broker rejected for good
+    /// after delivery. Each is read again from the log; the tracker already
+    /// awaits its letter. Should the read fail it is tried again later (the
+    /// partition does not commit past the message meanwhile); should the log
+    /// no longer hold the message the letter goes without its key and value.
+    fn send_owed_dead_letters(&mut self) {
+        let tracker = self.ctx.route.tracker();
+        if !tracker.has_rejections() {
+            return;
+        }
+        let owed = tracker.take_rejections();
+        for (i, (offset, reason)) in owed.iter().enumerate() {
+            let mut single = InputBatch::new(self.ctx.topic.clone(), self.ctx.partition);
+            let note = match self
+                .ctx
+                .reader
+                .read(&self.ctx.topic, self.ctx.partition, *offset)
+            {
+                Ok(m) => {
+                    let headers = m.headers();
+                    let header_iter = headers
+                        .into_iter()
+                        .flat_map(|h| h.iter())
+                        .map(|h| (h.key, h.value));
+                    single.push(
+                        *offset,
+                        m.timestamp().to_millis(),
+                        m.key(),
+                        m.payload(),
+                        header_iter,
+                    );
+                    String::new()
+                }
+                Err(e @ RereadError::Gone { .. }) => {
+                    single.push(*offset, None, None, None, std::iter::empty());
+                    format!(" (the input is no longer in the log: {e})")
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %self.ctx.pipeline, error = %e,
+                        "cannot read a rejected message again; trying again shortly");
+                    // Put back what is still owed, this one first.
+                    for (offset, reason) in &owed[i..] {
+                        self.ctx
+                            .route
+                            .tracker()
+                            .requeue_rejection(*offset, reason.clone());
+                    }
+                    return;
+                }
+            };
+            metrics::counter!(m::DELIVERY_REJECTED, "pipeline" => self.ctx.pipeline.clone())
+                .increment(1);
+            self.send_dead_letter(
+                single.message(0),
+                Failure {
+                    kind: "output-rejected",
+                    message: format!("{reason}{note}"),
+                    attempts: 1,
+                },
+            );
         }
     }
 
@@ -241,15 +434,15 @@ impl Worker {
     }
 
     fn stopped(&self) -> bool {
-        self.ctx.stop.load(Ordering::Acquire)
+        self.ctx.stop.is_cancelled()
     }
 
     fn process(&mut self, batch: &InputBatch) {
-        let started = std::time::Instant::now();
-        let result = self.handler.handle_batch(batch);
-        self.metrics
-            .batch_seconds
-            .record(started.elapsed().as_secs_f64());
+        // Stopped before the call started: nothing of the batch was
+        // produced, the next owner reads it all.
+        let Some(result) = self.call(batch) else {
+            return;
+        };
         self.metrics.messages_in.increment(batch.len() as u64);
         match result {
             // A started batch is finished even when `stop` is set, so what
@@ -270,7 +463,14 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(pipeline = %self.ctx.pipeline, error = %e, "batch failed; re-running its messages one by one");
                 for msg in batch.messages() {
-                    let next = self.run_once(msg, 1);
+                    // The failure dropped the instance: a new one must start
+                    // first, or an `init` that traps would dead-letter `msg`.
+                    if !self.ensure_started() {
+                        return;
+                    }
+                    let Some(next) = self.run_once(msg, 1) else {
+                        return;
+                    };
                     if !self.settle_fully(msg, next) {
                         return;
                     }
@@ -281,28 +481,83 @@ impl Worker {
 
     /// Retries `msg` alone until it is settled (a loop, not recursion: a
     /// plugin that cannot be instantiated retries for as long as it takes).
-    /// Returns false when `stop` interrupted a backoff: the message is then
-    /// abandoned, and so must be every later message of the batch, or the
-    /// tracker would commit past it.
+    /// Returns false when `stop` interrupted a backoff or the wait for a
+    /// permit: the message is then abandoned, and so must be every later
+    /// message of the batch, or the tracker would commit past it.
     fn settle_fully(&mut self, msg: InputMessage<'_>, mut next: Next) -> bool {
-        while let Next::Retry { attempt } = next {
-            if !self.backoff(attempt) {
-                tracing::info!(pipeline = %self.ctx.pipeline, offset = msg.offset(),
-                    "stopping during a retry: the message is left for the partition's next owner");
-                return false;
+        loop {
+            let attempt = match next {
+                Next::Done => return true,
+                Next::Retry { attempt, after } => {
+                    if !self.sleep(after) {
+                        break;
+                    }
+                    attempt
+                }
+                Next::Stall {
+                    attempt,
+                    after,
+                    reason,
+                } => {
+                    tracing::error!(pipeline = %self.ctx.pipeline, offset = msg.offset(), retry_in = ?after,
+                        "partition stalled: {reason}");
+                    self.set_stalled(Some(reason));
+                    if !self.sleep(after) {
+                        break;
+                    }
+                    attempt
+                }
+            };
+            if !self.ensure_started() {
+                break;
             }
-            next = self.run_once(msg, attempt);
+            match self.run_once(msg, attempt) {
+                Some(n) => next = n,
+                None => break,
+            }
         }
-        true
+        tracing::info!(pipeline = %self.ctx.pipeline, offset = msg.offset(),
+            "stopping during a retry: the message is left for the partition's next owner");
+        false
     }
 
-    /// Runs one message alone, as attempt `attempt`.
-    fn run_once(&mut self, msg: InputMessage<'_>, attempt: u32) -> Next {
+    /// Runs one message alone, as attempt `attempt`; `None` if stopped
+    /// before the call.
+    fn run_once(&mut self, msg: InputMessage<'_>, attempt: u32) -> Option<Next> {
         let mut single = InputBatch::new(msg.topic(), msg.partition());
         single.push_message(msg);
-        match self.handler.handle_batch(&single) {
+        Some(match self.call(&single)? {
             Ok(output) => self.settle(msg, output.outcome(0), attempt),
             Err(e) => self.settle_error(msg, e, attempt),
+        })
+    }
+
+    /// Carries out the policy's decision for a failed attempt at `msg`.
+    fn act(
+        &mut self,
+        msg: InputMessage<'_>,
+        fault: Fault<'_>,
+        attempt: u32,
+        message: String,
+    ) -> Next {
+        match decide(fault, attempt, &self.ctx.retry) {
+            Action::Retry { attempt, after } => Next::Retry { attempt, after },
+            Action::Stall { after } => Next::Stall {
+                attempt,
+                after,
+                reason: message,
+            },
+            Action::DeadLetter { kind } => {
+                self.dead_letter(
+                    msg,
+                    Failure {
+                        kind,
+                        message,
+                        attempts: attempt,
+                    },
+                );
+                Next::Done
+            }
         }
     }
 
@@ -310,77 +565,38 @@ impl Worker {
     fn settle(&mut self, msg: InputMessage<'_>, outcome: OutcomeView<'_>, attempt: u32) -> Next {
         match outcome {
             OutcomeView::Ok(records) => match self.first_denied_topic(records) {
-                None => self.produce(msg, records),
-                Some(denied) => self.dead_letter(
-                    msg,
-                    Failure {
-                        kind: "output-not-allowed",
-                        message: denied.to_string(),
-                        attempts: attempt,
-                    },
-                ),
+                None => {
+                    self.produce(msg, records);
+                    Next::Done
+                }
+                Some(denied) => self.act(msg, Fault::OutputNotAllowed, attempt, denied.to_string()),
             },
-            OutcomeView::Permanent(reason) => self.dead_letter(
-                msg,
-                Failure {
-                    kind: "permanent",
-                    message: reason.to_owned(),
-                    attempts: attempt,
-                },
-            ),
-            OutcomeView::Retryable(_) if attempt < self.ctx.retry.max_attempts => {
-                return Next::Retry {
-                    attempt: attempt + 1,
-                };
+            OutcomeView::Permanent(reason) => {
+                self.act(msg, Fault::Permanent, attempt, reason.to_owned())
             }
-            OutcomeView::Retryable(reason) => self.dead_letter(
-                msg,
-                Failure {
-                    kind: "retries-exhausted",
-                    message: reason.to_owned(),
-                    attempts: attempt,
-                },
-            ),
+            OutcomeView::Retryable(reason) => {
+                self.act(msg, Fault::Retryable, attempt, reason.to_owned())
+            }
         }
-        Next::Done
     }
 
     fn settle_error(&mut self, msg: InputMessage<'_>, e: PluginError, attempt: u32) -> Next {
         metrics::counter!(m::ERRORS, "pipeline" => self.ctx.pipeline.clone(), "kind" => e.kind.code()).increment(1);
-        match &e.kind {
-            // The instance cannot be made: not this message's fault. The
-            // partition stalls (and says so) until it can be.
-            PluginErrorKind::InitRejected(_) | PluginErrorKind::Instantiate(_) => {
-                tracing::error!(pipeline = %self.ctx.pipeline, error = %e, "cannot instantiate the plugin; partition stalled, retrying");
-                return Next::Retry {
-                    attempt: attempt + 1,
-                };
-            }
-            kind => self.dead_letter(
-                msg,
-                Failure {
-                    kind: kind.code(),
-                    message: e.to_string(),
-                    attempts: attempt,
-                },
-            ),
-        }
-        Next::Done
+        let message = e.to_string();
+        self.act(msg, Fault::Plugin(&e.kind), attempt, message)
     }
 
-    /// Sleeps before attempt `attempt`; false when stopped meanwhile (the
-    /// message is then abandoned uncommitted, for the next owner).
-    fn backoff(&self, attempt: u32) -> bool {
-        let mut left = self.ctx.retry.backoff_ms(attempt);
-        while left > 0 {
-            if self.stopped() {
-                return false;
+    /// Waits `after` (a backoff or a stall), holding no permit; false when
+    /// stopped meanwhile (the message is then abandoned uncommitted, for the
+    /// next owner).
+    fn sleep(&self, after: Duration) -> bool {
+        let stop = self.ctx.stop.clone();
+        self.ctx.runtime.block_on(async move {
+            tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = tokio::time::sleep(after) => true,
             }
-            let step = left.min(20);
-            std::thread::sleep(Duration::from_millis(step));
-            left -= step;
-        }
-        !self.stopped()
+        }) && !self.stopped()
     }
 
     /// Hands a message's records to the producer. The tracker hears of them
@@ -406,8 +622,13 @@ impl Worker {
                     .route
                     .tracker()
                     .replace_unsent(offset, count - sent as u32);
+                let Action::DeadLetter { kind } =
+                    decide(Fault::ProducerRefused, 1, &self.ctx.retry)
+                else {
+                    unreachable!("a refused record dead-letters its message")
+                };
                 let failure = Failure {
-                    kind: "output-rejected",
+                    kind,
                     message: format!("output record {} of {count}: {e}", sent + 1),
                     attempts: 1,
                 };
@@ -481,18 +702,24 @@ impl Worker {
             headers: owned_headers(headers),
             timestamp_ms: msg.timestamp_ms(),
         };
-        if let Err(e) = self.ctx.producer.send(record, self.ctx.route.token(offset)) {
-            self.stall(offset, &e);
+        if let Err(e) = self
+            .ctx
+            .producer
+            .send(record, self.ctx.route.dead_letter_token(offset))
+        {
+            self.stall_at(offset, &e);
         }
     }
 
     /// The producer refused even the dead letter (not a delivery failure):
     /// the partition must not commit past this message. It stops advancing
-    /// and says so; a restart re-reads from the last commit.
-    fn stall(&self, offset: i64, e: &crate::kafka::ProduceError) {
+    /// and says so (stalled); a restart re-reads from the last commit.
+    fn stall_at(&mut self, offset: i64, e: &crate::kafka::ProduceError) {
         tracing::error!(pipeline = %self.ctx.pipeline, offset, error = %e,
             "dead letter rejected by the producer; the partition stops committing at this offset");
-        self.ctx.route.tracker().failed(offset);
+        let reason = format!("the dead letter for offset {offset} was refused: {e}");
+        self.ctx.route.tracker().failed(offset, reason.clone());
+        self.set_stalled(Some(reason));
     }
 }
 
