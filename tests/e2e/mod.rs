@@ -164,7 +164,7 @@ impl Host {
             pipeline_text,
             protocol,
             session_timeout_ms,
-            "",
+            ("", ""),
         )
     }
 

@@ -115,18 +115,19 @@ pub struct PendingLimits {
 }
 
 impl PendingLimits {
-    /// Room for `versions` uploads of `max_plugin_bytes` in flight at once
-    /// (across the cluster), and never below 64 MiB.
+    /// Room for `versions` uploads in flight at once (across the cluster),
+    /// four of them as large as `max_plugin_bytes`; never below 64 MiB.
     pub fn for_uploads(max_plugin_bytes: usize, versions: usize) -> PendingLimits {
         PendingLimits {
-            max_bytes: max_plugin_bytes.saturating_mul(versions).max(64 << 20),
+            max_bytes: max_plugin_bytes.saturating_mul(4).max(64 << 20),
             max_versions: versions,
         }
     }
 }
 
 impl Default for PendingLimits {
-    /// Sixteen uploads of the default 64 MiB `registry.max_plugin_bytes`.
+    /// Sixteen uploads, 256 MiB (four of the default 64 MiB
+    /// `registry.max_plugin_bytes`).
     fn default() -> Self {
         PendingLimits::for_uploads(64 << 20, 16)
     }
