@@ -602,7 +602,7 @@ fn help_lists_every_command() {
     );
     assert_eq!(
         listed_commands(&["plugin", "--help"]),
-        ["deploy", "list", "help"]
+        ["deploy", "list", "delete", "help"]
     );
     assert_eq!(
         listed_commands(&["pipeline", "--help"]),

@@ -24,6 +24,18 @@ pub const DELIVERY_REJECTED: &str = "kwasm_delivery_rejected_total";
 /// (`plugins`, `pipelines`, `members`). Anything above 0 means something
 /// other than kwasm's API wrote the registry topics: check their ACLs.
 pub const REGISTRY_RECORDS_SKIPPED: &str = "kwasm_registry_records_skipped_total";
+/// Gauge: bytes of plugin code the registry holds in memory: live
+/// versions (once per digest) plus chunks waiting for the rest of their
+/// version. Follows the live plugins, not what was ever uploaded.
+pub const REGISTRY_BYTES: &str = "kwasm_registry_bytes";
+/// Counter: incomplete plugin versions whose chunks were dropped because
+/// too many bytes or versions waited for missing chunks or manifests
+/// (more uploads in flight than the bound, or records written by
+/// something other than kwasm).
+pub const REGISTRY_CHUNKS_DROPPED: &str = "kwasm_registry_chunks_dropped_total";
+/// Counter: version claims this host's uploads lost to another upload of
+/// the same name (each is retried with the next number).
+pub const REGISTRY_CLAIMS_LOST: &str = "kwasm_registry_claims_lost_total";
 /// The host-wide plugin memory budget (`host.max_plugin_memory_bytes`).
 pub const PLUGIN_MEMORY_BUDGET_BYTES: &str = "kwasm_plugin_memory_budget_bytes";
 /// Bytes of the budget reserved by live plugin instances.

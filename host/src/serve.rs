@@ -203,51 +203,41 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
 }
 
-/// Publishes what this host holds of each pipeline's group to the registry
-/// (for `GET /v1/pipelines/{name}/members` on any host): on every change,
-/// and every 10 s. At shutdown the records are withdrawn.
+/// Publishes what this host holds of each pipeline's group, and which
+/// plugin version each pipeline runs, to the registry: for
+/// `GET /v1/pipelines/{name}/members` on any host, and so that no host
+/// deletes a version this host runs (config-file pipelines included). On
+/// every change, and every 10 s. At shutdown the records are withdrawn.
 async fn publish_members(
     registry: Registry,
     view: crate::pipeline::manager::ManagerView,
     host: String,
     stop: CancellationToken,
 ) {
-    use crate::registry::{MemberRecord, TopicPartition};
+    use crate::registry::MemberRecord;
     use std::collections::HashMap;
-    let mut last: HashMap<String, (Vec<TopicPartition>, std::time::Instant)> = HashMap::new();
+    let mut last: HashMap<String, (MemberRecord, std::time::Instant)> = HashMap::new();
     let mut published: HashMap<String, MemberRecord> = HashMap::new();
     loop {
-        for status in view.running() {
-            let partitions: Vec<TopicPartition> = status
-                .partitions()
-                .into_iter()
-                .map(|p| TopicPartition {
-                    topic: p.topic,
-                    partition: p.partition,
-                })
-                .collect();
-            let due = last.get(&status.pipeline).is_none_or(|(prev, at)| {
-                *prev != partitions || at.elapsed() >= std::time::Duration::from_secs(10)
+        for record in crate::admin::running_member_records(&view, &host) {
+            // Everything but the timestamp: partitions and what runs.
+            let due = last.get(&record.pipeline).is_none_or(|(prev, at)| {
+                MemberRecord {
+                    updated_ms: record.updated_ms,
+                    ..prev.clone()
+                } != record
+                    || at.elapsed() >= std::time::Duration::from_secs(10)
             });
             if !due {
                 continue;
             }
-            let record = MemberRecord {
-                host: host.clone(),
-                pipeline: status.pipeline.clone(),
-                group_id: status.group_id.clone(),
-                partitions: partitions.clone(),
-                updated_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64),
-            };
             match registry.publish_member(&record, false).await {
                 Ok(()) => {
                     last.insert(
-                        status.pipeline.clone(),
-                        (partitions, std::time::Instant::now()),
+                        record.pipeline.clone(),
+                        (record.clone(), std::time::Instant::now()),
                     );
-                    published.insert(status.pipeline.clone(), record);
+                    published.insert(record.pipeline.clone(), record);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot publish this host's assignment"),
             }

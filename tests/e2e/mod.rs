@@ -76,6 +76,13 @@ impl Host {
         Self::start_with_text_as(id, pipeline.group, Some(&pipeline_toml(pipeline)), protocol)
     }
 
+    /// Starts `kwasm serve` with `pipelines_toml` (`[[pipeline]]` tables
+    /// written by the test, e.g. naming a registry plugin `tagger@2`) on the
+    /// registry topics `<registry>-plugins`, `-pipelines`, `-members`.
+    pub fn start_with_pipelines(id: &str, registry: &str, pipelines_toml: &str) -> Host {
+        Self::start_with_text(id, registry, Some(pipelines_toml))
+    }
+
     fn start_with(id: &str, registry: &str, pipeline: Option<&PipelineDef<'_>>) -> Host {
         Self::start_with_text(id, registry, pipeline.map(pipeline_toml).as_deref())
     }
@@ -233,6 +240,29 @@ members_topic = "{registry}-members"
         )
     }
 
+    /// Like [`Host::call`], waiting up to 3 minutes for the answer: a plugin
+    /// upload compiles the component first, which on a loaded machine with
+    /// a debug build takes longer than `call`'s 30 s.
+    pub fn call_patient(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let (status, text) = http_request_within(
+            self.admin_port,
+            method,
+            path,
+            body,
+            Duration::from_secs(180),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "{method} {path}: host {} does not answer",
+                self.process.name()
+            )
+        });
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// Waits until the admin API answers `/readyz` with 200.
     pub fn wait_ready(&self, timeout: Duration) {
         let ready = kwasm_tests::wait_until(timeout, Duration::from_millis(100), || {
@@ -307,10 +337,19 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// A bare HTTP/1.0 request on 127.0.0.1; `None` when nothing answers.
 pub fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    http_request_within(port, method, path, body, Duration::from_secs(30))
+}
+
+/// [`http_request`] waiting up to `timeout` for the answer.
+pub fn http_request_within(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
     write!(
         stream,
         "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",

@@ -169,3 +169,10 @@ pub fn many_memories(memories: usize) -> Vec<u8> {
     );
     component(&second, "", &format!("(i32.const {RESULT})"))
 }
+
+/// A valid kwasm component that compiles in milliseconds, for tests that
+/// store plugins without running them (its `handle-batch` answers an
+/// empty, invalid result).
+pub fn inert() -> Vec<u8> {
+    component(SECOND_WITH_MEMORY, "", &format!("(i32.const {RESULT})"))
+}

@@ -403,6 +403,7 @@ mod tests {
             group_id: "g".into(),
             partitions: partitions.iter().map(|&p| tp("in", p)).collect(),
             updated_ms: 0,
+            ..MemberRecord::default()
         }
     }
 

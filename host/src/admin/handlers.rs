@@ -10,7 +10,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{AdminError, AdminState};
-use crate::registry::{PipelineSource, PluginVersion, Registry, StoredPipeline, parse_plugin_ref};
+use crate::registry::{
+    MemberRecord, PipelineSource, PluginVersion, Registry, StoredPipeline, TopicPartition,
+    parse_plugin_ref,
+};
 use crate::topics::ControlPlane;
 
 type ApiResult<T> = Result<T, AdminError>;
@@ -237,6 +240,10 @@ pub async fn upload_plugin(
     Ok((status, Json(body)).into_response())
 }
 
+/// Refuses (409) to delete a version anything uses: a registry pipeline
+/// pinned to it or naming the plugin bare while it is the newest, or any
+/// pipeline a host runs on it, config-file ones included (from this host's
+/// own view and the records other hosts publish to the members topic).
 pub async fn delete_plugin_version(
     State(state): State<AdminState>,
     ApiPath((name, version)): ApiPath<(String, String)>,
@@ -250,22 +257,63 @@ pub async fn delete_plugin_version(
         reg.plugin_version(&name, Some(version)).ok_or_else(|| {
             AdminError::NotFound(format!("no version {version} of plugin `{name}`"))
         })?;
-        let users: Vec<String> = reg
-            .pipelines()
-            .filter(|p| {
-                parse_plugin_ref(&p.spec.plugin).is_ok_and(|(n, v)| n == name && v == Some(version))
-            })
-            .map(|p| format!("`{}`", p.spec.name))
-            .collect();
+        let local = running_member_records(&state.view, &state.host_id);
+        let users = reg.users_of(&name, version, &local, now_ms());
         if !users.is_empty() {
+            let users: Vec<String> = users.iter().map(ToString::to_string).collect();
             return Err(AdminError::Conflict(format!(
-                "plugin `{name}` version {version} is used by pipeline {}; point them elsewhere first",
-                users.join(", ")
+                "plugin `{name}` version {version} is in use by {}; point them at another version first",
+                users.join("; ")
             )));
         }
     }
     registry.delete_plugin_version(&name, version).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What this host runs, one record per pipeline, as it publishes it to the
+/// members topic (`serve::publish_members`) and as the delete check reads
+/// its own view.
+pub(crate) fn running_member_records(
+    view: &crate::pipeline::manager::ManagerView,
+    host: &str,
+) -> Vec<MemberRecord> {
+    let config_names = view.config_names();
+    let now = now_ms();
+    view.running()
+        .iter()
+        .map(|status| {
+            let (deployment, _) = status.deployment().current();
+            MemberRecord {
+                host: host.to_owned(),
+                pipeline: status.pipeline.clone(),
+                group_id: status.group_id.clone(),
+                partitions: status
+                    .partitions()
+                    .into_iter()
+                    .map(|p| TopicPartition {
+                        topic: p.topic,
+                        partition: p.partition,
+                    })
+                    .collect(),
+                updated_ms: now,
+                plugin: status.spec().plugin.clone(),
+                plugin_name: deployment.plugin.name().to_owned(),
+                plugin_version: deployment.version,
+                source: if config_names.contains(&status.pipeline) {
+                    PipelineSource::Config
+                } else {
+                    PipelineSource::Api
+                },
+            }
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub async fn list_pipelines(State(state): State<AdminState>) -> ApiResult<Json<Value>> {

@@ -12,6 +12,7 @@
 mod error;
 mod groups;
 mod handlers;
+pub(crate) use handlers::running_member_records;
 pub mod listener;
 mod openapi;
 

@@ -89,7 +89,7 @@ fn spec() -> Value {
             "/v1/assignments": {"get": op("Partitions this host holds, per pipeline", &[("200", "assignments")])},
             "/v1/plugins": {"get": op("List plugins and versions", &[("200", "plugins")])},
             "/v1/plugins/{name}": {"get": with(op("One plugin's versions", &[("200", "plugin"), ("404", "unknown")]), json!([name])), "post": upload},
-            "/v1/plugins/{name}/versions/{version}": {"delete": with(op("Delete a version", &[("204", "deleted"), ("401", "token required"), ("404", "unknown"), ("409", "in use")]), json!([name, version]))},
+            "/v1/plugins/{name}/versions/{version}": {"delete": with(op("Delete a version", &[("204", "deleted"), ("401", "token required"), ("404", "unknown"), ("409", "in use by a pipeline on some host (registry, bare name on the newest version, or a config file); the message names them")]), json!([name, version]))},
             "/v1/pipelines": {"get": op("List pipelines", &[("200", "pipelines")])},
             "/v1/pipelines/{name}": {
                 "get": with(op("One pipeline", &[("200", "pipeline"), ("404", "unknown")]), json!([name])),

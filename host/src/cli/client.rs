@@ -101,6 +101,14 @@ impl ApiRequest {
             .with_body("application/wasm", wasm)
     }
 
+    /// `DELETE /v1/plugins/{name}/versions/{version}`.
+    pub fn delete_plugin_version(name: &str, version: u32) -> Self {
+        Self::new(
+            http::Method::DELETE,
+            format!("/v1/plugins/{}/versions/{version}", segment(name)),
+        )
+    }
+
     /// `GET /v1/plugins`.
     pub fn list_plugins() -> Self {
         Self::new(http::Method::GET, "/v1/plugins".to_owned())
@@ -295,6 +303,13 @@ impl ApiClient {
     /// `DELETE /v1/pipelines/{name}`.
     pub fn delete_pipeline(&self, name: &str) -> Result<(), ClientError> {
         self.send(&ApiRequest::delete_pipeline(name)).map(drop)
+    }
+
+    /// `DELETE /v1/plugins/{name}/versions/{version}`: a 409 names the
+    /// pipelines (and hosts) that still use it.
+    pub fn delete_plugin_version(&self, name: &str, version: u32) -> Result<(), ClientError> {
+        self.send(&ApiRequest::delete_plugin_version(name, version))
+            .map(drop)
     }
 
     /// `GET /v1/pipelines/{name}/members`.

@@ -1,4 +1,4 @@
-//! `kwasm plugin deploy|list`: upload components to the registry shared by
+//! `kwasm plugin deploy|list|delete`: upload components to the registry shared by
 //! every host, and see what it holds.
 
 use std::path::PathBuf;
@@ -31,6 +31,15 @@ enum PluginCommand {
     },
     /// List the stored plugins and their versions (newest first).
     List,
+    /// Delete version VERSION of plugin NAME. Refused while any pipeline on
+    /// any host uses it (pinned to it, or naming NAME bare while it is the
+    /// newest, config-file pipelines included); the answer names them.
+    Delete {
+        /// Plugin name.
+        name: String,
+        /// The version to delete.
+        version: u32,
+    },
 }
 
 /// Runs `kwasm plugin ...`.
@@ -43,6 +52,10 @@ pub fn run(args: PluginArgs) -> Result<(), CliError> {
             render_deployed(&plugin, created)
         }
         PluginCommand::List => render_list(&client.list_plugins()?),
+        PluginCommand::Delete { name, version } => {
+            client.delete_plugin_version(&name, version)?;
+            format!("deleted {name} version {version}\n")
+        }
     };
     emit(&text)
 }

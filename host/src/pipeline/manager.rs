@@ -82,7 +82,6 @@ pub struct PipelineManager {
     config_pipelines: Vec<PipelineSpec>,
     default_limits: Limits,
     running: HashMap<String, Running>,
-    compiled: HashMap<String, Arc<CompiledPlugin>>,
     view: ManagerView,
 }
 
@@ -104,7 +103,6 @@ impl PipelineManager {
             config_pipelines,
             default_limits,
             running: HashMap::new(),
-            compiled: HashMap::new(),
             view,
         }
     }
@@ -299,17 +297,12 @@ impl PipelineManager {
         })
     }
 
+    /// The runtime shares compiled code in memory while a deployment holds
+    /// it, and frees it with the last one (no cache of our own to evict).
     fn compile(&mut self, name: &str, bytes: &[u8]) -> Result<Arc<CompiledPlugin>, String> {
-        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
-        if let Some(p) = self.compiled.get(&digest).filter(|p| p.name() == name) {
-            return Ok(p.clone());
-        }
-        let plugin = self
-            .runtime
+        self.runtime
             .load(name, bytes)
-            .map_err(|e| format!("plugin `{name}`: {e}"))?;
-        self.compiled.insert(digest, plugin.clone());
-        Ok(plugin)
+            .map_err(|e| format!("plugin `{name}`: {e}"))
     }
 }
 

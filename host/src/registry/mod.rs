@@ -7,6 +7,13 @@
 //! first; a host answers a write only once its own follower has applied it
 //! (read-your-writes), so "upload, then PUT a pipeline naming it" works on
 //! one host, and other hosts see it within their poll interval.
+//!
+//! Version numbers are allocated through the log itself: an upload claims
+//! the next number, waits for its own follower to apply the claim, and
+//! learns from the fold whether its claim was the first of that number in
+//! log order (every host agrees, having applied the same records in the
+//! same order). A loser withdraws its claim and claims the next number; a
+//! winner then writes the version's chunks. See [`state`] for the records.
 
 pub mod state;
 
@@ -23,9 +30,10 @@ use sha2::{Digest, Sha256};
 use crate::config::KafkaConfig;
 pub use crate::config::RegistryConfig;
 use crate::topics::ControlPlane;
+use state::keys;
 pub use state::{
-    MemberRecord, PipelineSource, PluginVersion, RegistryState, StoredPipeline, TopicKind,
-    TopicPartition, parse_plugin_ref,
+    MemberRecord, PendingLimits, PipelineSource, PluginVersion, RegistryState, StoredPipeline,
+    TopicKind, TopicPartition, VersionUser, parse_plugin_ref,
 };
 
 /// Chunk size of stored components: under the broker's default 1 MiB
@@ -33,6 +41,13 @@ pub use state::{
 const CHUNK_BYTES: usize = 512 * 1024;
 /// How long a write waits to be replayed by this host's follower.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(15);
+/// Version numbers one upload claims before giving up. Each lost claim
+/// means another upload of the same name took that number, so this only
+/// ends a storm of concurrent uploads of one name.
+const MAX_CLAIM_ATTEMPTS: u32 = 64;
+/// Uploads whose chunks may be in flight at once across the cluster before
+/// the oldest incomplete one is dropped ([`PendingLimits`]).
+const MAX_UPLOADS_IN_FLIGHT: usize = 16;
 
 /// Registry failures, phrased for an API caller.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +58,28 @@ pub enum RegistryError {
     /// The write was stored but this host did not see it back in time.
     #[error("the change was stored but not yet visible on this host; retry the read shortly")]
     NotVisibleYet,
+    /// Every claimed number was taken first by another upload.
+    #[error(
+        "{attempts} version numbers of plugin `{name}` were each claimed first by another upload; retry"
+    )]
+    Contended {
+        /// Plugin.
+        name: String,
+        /// Numbers tried.
+        attempts: u32,
+    },
+    /// The version was claimed and its chunks written, but the fold did
+    /// not assemble it (its chunks were dropped as over the pending bound,
+    /// or did not match the digest).
+    #[error(
+        "plugin `{name}` version {version} was stored but is not whole on this host          (see the host's log); upload it again"
+    )]
+    Incomplete {
+        /// Plugin.
+        name: String,
+        /// The version claimed.
+        version: u32,
+    },
 }
 
 /// A handle to the registry. Cheap to clone.
@@ -89,10 +126,12 @@ impl Registry {
             .create()
             .map_err(k)?;
         let (changes, _) = tokio::sync::watch::channel(0);
+        metrics::gauge!(crate::metrics_names::REGISTRY_BYTES).set(0.0);
         let control = ControlPlane::new(&config);
+        let limits = PendingLimits::for_uploads(config.max_plugin_bytes, MAX_UPLOADS_IN_FLIGHT);
         let inner = Arc::new(Inner {
             config,
-            state: RwLock::new(RegistryState::new(control)),
+            state: RwLock::new(RegistryState::new(control, limits)),
             changes,
             plugins_next: AtomicI64::new(0),
             pipelines_next: AtomicI64::new(0),
@@ -151,76 +190,120 @@ impl Registry {
     }
 
     /// Stores `bytes` (already validated by the caller) as the next version
-    /// of `name`. Bytes already stored under `name` return that version and
+    /// of `name`. Bytes already live under `name` return that version and
     /// `false`.
+    ///
+    /// The number is claimed first (`manifest/<name>/<n>/<digest>`); once
+    /// this host's follower has applied the claim, the fold says whether it
+    /// was the first claim of `n` in log order, as it says on every host. A
+    /// loser withdraws its claim and claims the next number, so the answer
+    /// is the number this upload actually got. Only the winner writes the
+    /// chunks, and the answer waits until the version is whole here.
     pub async fn put_plugin(
         &self,
         name: &str,
         bytes: &[u8],
     ) -> Result<(PluginVersion, bool), RegistryError> {
         let digest = hex::encode(Sha256::digest(bytes));
-        let next_version = {
-            let state = self.read();
-            let versions = state.plugin(name).unwrap_or_default();
-            if let Some(existing) = versions.iter().find(|v| v.digest == digest) {
-                return Ok(((*existing).clone(), false));
-            }
-            state.next_version(name)
-        };
         let topic = &self.inner.config.plugins_topic;
         let chunks: Vec<&[u8]> = bytes.chunks(CHUNK_BYTES).collect();
-        for (i, chunk) in chunks.iter().enumerate() {
-            self.send(topic, &format!("chunk/{digest}/{i}"), Some(chunk))
-                .await?;
+        for attempt in 1..=MAX_CLAIM_ATTEMPTS {
+            let version = {
+                let state = self.read();
+                let versions = state.plugin(name).unwrap_or_default();
+                if let Some(existing) = versions.iter().find(|v| v.digest == digest) {
+                    return Ok(((*existing).clone(), false));
+                }
+                state.next_version(name)
+            };
+            let claim = PluginVersion {
+                name: name.to_owned(),
+                version,
+                digest: digest.clone(),
+                size_bytes: bytes.len(),
+                chunks: chunks.len() as u32,
+                created_ms: now_ms(),
+            };
+            let json =
+                serde_json::to_vec(&claim).map_err(|e| RegistryError::Kafka(e.to_string()))?;
+            let claim_key = keys::claim(name, version, &digest, &keys::new_nonce());
+            let offset = self.send(topic, &claim_key, Some(&json)).await?;
+            self.wait_applied(TopicKind::Plugins, offset).await?;
+            if self.read().claim_owner(name, version) != Some(digest.as_str()) {
+                metrics::counter!(crate::metrics_names::REGISTRY_CLAIMS_LOST).increment(1);
+                tracing::info!(
+                    plugin = name,
+                    version,
+                    attempt,
+                    "another upload claimed this version first; claiming the next"
+                );
+                // Withdrawn at once: should the winner be deleted and
+                // compacted away, a lingering losing claim would otherwise
+                // be the first claim of that number a fresh replay sees.
+                if let Err(e) = self.send(topic, &claim_key, None).await {
+                    tracing::warn!(plugin = name, version, error = %e, "cannot withdraw a losing claim");
+                }
+                continue;
+            }
+            let mut last = offset;
+            for (i, chunk) in chunks.iter().enumerate() {
+                last = self
+                    .send(topic, &keys::chunk(name, version, i as u32), Some(chunk))
+                    .await?;
+            }
+            self.wait_applied(TopicKind::Plugins, last).await?;
+            return match self.read().plugin_version(name, Some(version)) {
+                Some(v) if v.digest == digest => Ok((v.clone(), true)),
+                _ => Err(RegistryError::Incomplete {
+                    name: name.to_owned(),
+                    version,
+                }),
+            };
         }
-        let manifest = PluginVersion {
+        Err(RegistryError::Contended {
             name: name.to_owned(),
-            version: next_version,
-            digest,
-            size_bytes: bytes.len(),
-            chunks: chunks.len() as u32,
-            created_ms: now_ms(),
-        };
-        let json =
-            serde_json::to_vec(&manifest).map_err(|e| RegistryError::Kafka(e.to_string()))?;
-        let offset = self
-            .send(
-                topic,
-                &format!("manifest/{name}/{next_version}"),
-                Some(&json),
-            )
-            .await?;
-        self.wait_applied(TopicKind::Plugins, offset).await?;
-        Ok((manifest, true))
+            attempts: MAX_CLAIM_ATTEMPTS,
+        })
     }
 
-    /// Deletes one version (the caller checked no pipeline uses it). The
-    /// plugin's highest version number is recorded first, in a record that
-    /// compaction keeps, so the number is never handed out again.
+    /// Deletes one version (the caller checked nothing uses it): its claims
+    /// (the owner's and any loser's still in the log) and its chunks are
+    /// tombstoned, so compaction frees them. The plugin's highest version
+    /// number is recorded first, in a record that compaction keeps, so the
+    /// number is never handed out again.
     pub async fn delete_plugin_version(
         &self,
         name: &str,
         version: u32,
     ) -> Result<(), RegistryError> {
-        let highest = self
-            .read()
-            .next_version(name)
-            .saturating_sub(1)
-            .max(version);
-        self.send(
-            &self.inner.config.plugins_topic,
-            &format!("highest/{name}"),
-            Some(highest.to_string().as_bytes()),
-        )
-        .await?;
-        let offset = self
+        let (highest_deleted, claims, chunks) = {
+            let state = self.read();
+            let chunks = state
+                .plugin_version(name, Some(version))
+                .map_or(0, |v| v.chunks);
+            (
+                state.highest_deleted(name).max(version),
+                state.claim_keys(name, version),
+                chunks,
+            )
+        };
+        let topic = &self.inner.config.plugins_topic;
+        let mut last = self
             .send(
-                &self.inner.config.plugins_topic,
-                &format!("manifest/{name}/{version}"),
-                None,
+                topic,
+                &keys::highest(name),
+                Some(highest_deleted.to_string().as_bytes()),
             )
             .await?;
-        self.wait_applied(TopicKind::Plugins, offset).await
+        for key in &claims {
+            last = self.send(topic, key, None).await?;
+        }
+        for i in 0..chunks {
+            last = self
+                .send(topic, &keys::chunk(name, version, i), None)
+                .await?;
+        }
+        self.wait_applied(TopicKind::Plugins, last).await
     }
 
     /// Stores a pipeline (replacing one of the same name).
@@ -339,11 +422,14 @@ fn follow(consumer: BaseConsumer, inner: Arc<Inner>, ends: Vec<(TopicKind, i64)>
             Some(Ok(msg)) => {
                 let kind = inner.config.kind_of(msg.topic());
                 let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
-                inner
-                    .state
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .apply(kind, &key, msg.payload());
+                {
+                    let mut state = inner.state.write().unwrap_or_else(|p| p.into_inner());
+                    state.apply(kind, &key, msg.payload());
+                    if kind == TopicKind::Plugins {
+                        metrics::gauge!(crate::metrics_names::REGISTRY_BYTES)
+                            .set(state.bytes() as f64);
+                    }
+                }
                 inner
                     .next_offset(kind)
                     .store(msg.offset() + 1, Ordering::Release);

@@ -202,6 +202,13 @@ struct RuntimeInner {
     linker: Linker<HostState>,
     cache: cache::CompileCache,
     budget: Arc<MemoryBudget>,
+    /// Plugins loaded and still held by someone (a deployment, a handler),
+    /// by (digest, name): a second load of the same bytes shares the
+    /// compiled code. Weak, so a plugin no pipeline uses any more is freed
+    /// with its last holder, not kept for the life of the host.
+    in_memory: std::sync::Mutex<
+        std::collections::HashMap<(String, String), std::sync::Weak<CompiledPlugin>>,
+    >,
 }
 
 /// A plugin compiled and linked, ready to instantiate. Cheap to share.
@@ -232,6 +239,7 @@ impl Runtime {
                 engine,
                 linker,
                 budget: MemoryBudget::new(config.max_plugin_memory_bytes),
+                in_memory: std::sync::Mutex::default(),
             }),
         })
     }
@@ -243,10 +251,55 @@ impl Runtime {
 
     /// Validates and compiles `bytes` as plugin `name`. Rejects anything that
     /// is not a component of the kwasm world with an error saying what is
-    /// missing. Compiled code is cached on disk by digest.
+    /// missing. Compiled code is cached on disk by digest, and shared in
+    /// memory while anyone holds it (see [`Runtime::plugins_in_memory`]).
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<CompiledPlugin>, ValidationError> {
         check_header(bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
+        let key = (digest.clone(), name.to_owned());
+        if let Some(plugin) = self
+            .in_memory()
+            .get(&key)
+            .and_then(std::sync::Weak::upgrade)
+        {
+            return Ok(plugin);
+        }
+        let plugin = self.compile(name, digest, bytes)?;
+        let mut in_memory = self.in_memory();
+        // Entries of plugins nobody holds any more go now: the map never
+        // outgrows what the host runs.
+        in_memory.retain(|_, p| p.strong_count() > 0);
+        in_memory.insert(key, Arc::downgrade(&plugin));
+        Ok(plugin)
+    }
+
+    /// Compiled plugins in memory now: exactly those some deployment or
+    /// handler still holds.
+    pub fn plugins_in_memory(&self) -> usize {
+        self.in_memory()
+            .values()
+            .filter(|p| p.strong_count() > 0)
+            .count()
+    }
+
+    fn in_memory(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<(String, String), std::sync::Weak<CompiledPlugin>>,
+    > {
+        self.inner
+            .in_memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn compile(
+        &self,
+        name: &str,
+        digest: String,
+        bytes: &[u8],
+    ) -> Result<Arc<CompiledPlugin>, ValidationError> {
         let (component, compiled) =
             self.inner
                 .cache
