@@ -310,6 +310,16 @@ fn main() {
         "group committed the whole input: {drained} ({:.1} s after the start)",
         started.elapsed().as_secs_f64()
     );
+    if !drained {
+        let behind: Vec<String> = committed_offsets(&group, &input, PARTITIONS)
+            .iter()
+            .zip(&input_ends)
+            .enumerate()
+            .filter(|(_, (c, e))| **c != Some(**e))
+            .map(|(p, (c, e))| format!("{p}: committed {c:?} of {e}"))
+            .collect();
+        println!("  partitions behind: {}", behind.join(", "));
+    }
     let inputs_read = read_to_end(&input, produced, Duration::from_secs(30));
     let outputs = read_to_end(&output, produced, Duration::from_secs(30));
     let dead_letters = read_to_end(&dlq, 0, Duration::from_secs(2)).len();
