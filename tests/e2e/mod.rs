@@ -121,7 +121,26 @@ impl Host {
             Some(pipelines_text),
             Protocol::Classic,
             6_000,
-            host_extra,
+            (host_extra, ""),
+        )
+    }
+
+    /// [`start_custom`](Self::start_custom) with `kafka_properties` lines
+    /// added to `[kafka.properties]` (e.g.
+    /// `"allow.auto.create.topics" = "false"`).
+    pub fn start_with_kafka_properties(
+        id: &str,
+        registry: &str,
+        kafka_properties: &str,
+        pipelines_text: &str,
+    ) -> Host {
+        Self::start_text(
+            id,
+            registry,
+            Some(pipelines_text),
+            Protocol::Classic,
+            6_000,
+            ("", kafka_properties),
         )
     }
 
@@ -138,7 +157,7 @@ impl Host {
             pipeline_text,
             protocol,
             session_timeout_ms,
-            "",
+            ("", ""),
         )
     }
 
@@ -148,7 +167,7 @@ impl Host {
         pipeline_text: Option<&str>,
         protocol: Protocol,
         session_timeout_ms: u32,
-        host_extra: &str,
+        (host_extra, kafka_extra): (&str, &str),
     ) -> Host {
         let admin_port = free_port();
         let pipeline_text = pipeline_text.unwrap_or_default();
@@ -167,6 +186,7 @@ brokers = {brokers:?}
 group_protocol = "{protocol}"
 [kafka.properties]
 "topic.metadata.refresh.interval.ms" = "1000"
+{kafka_extra}
 {consumer_properties}
 
 [registry]

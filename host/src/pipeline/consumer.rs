@@ -312,10 +312,25 @@ impl PipelineContext {
         }
         let drained = started.elapsed();
         let tpl = self.commit_list(consumer, &leaving);
-        if tpl.count() > 0
-            && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
-        {
-            tracing::error!(pipeline = %self.shared.spec.name, error = %e, "commit on revoke failed; the next owner may redo some work")
+        if tpl.count() > 0 {
+            // Inside the callback the join cannot progress, so only a
+            // coordinator that is moving or loading (a broker restart) is
+            // worth waiting for; librdkafka finds the new one on its own
+            // thread meanwhile.
+            let deadline = Instant::now() + self.shared.grace;
+            loop {
+                match consumer.commit(&tpl, CommitMode::Sync) {
+                    Ok(()) => break,
+                    Err(e) if coordinator_moving(&e) && Instant::now() < deadline => {
+                        tracing::info!(pipeline = %self.shared.spec.name, error = %e, "commit on revoke: coordinator not ready; trying again");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => {
+                        tracing::error!(pipeline = %self.shared.spec.name, error = %e, "commit on revoke failed; the next owner may redo some work");
+                        break;
+                    }
+                }
+            }
         }
         self.released(&leaving, reason, drained);
     }
@@ -697,17 +712,32 @@ fn spawn_worker(
 }
 
 /// Whether a commit refused this way lands if tried again once the group's
-/// join in progress completes: the member's generation is being replaced.
+/// join in progress completes (the member's generation is being replaced)
+/// or the coordinator is back.
 fn retry_commit(e: &KafkaError) -> bool {
+    coordinator_moving(e)
+        || matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::RebalanceInProgress
+                    | RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::StaleMemberEpoch
+            )
+        )
+}
+
+/// Whether the group coordinator is moving or loading (a broker restart or
+/// failover): a commit tried again shortly lands.
+fn coordinator_moving(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(
-            RDKafkaErrorCode::RebalanceInProgress
-                | RDKafkaErrorCode::IllegalGeneration
-                | RDKafkaErrorCode::StaleMemberEpoch
-                | RDKafkaErrorCode::NotCoordinator
+            RDKafkaErrorCode::NotCoordinator
                 | RDKafkaErrorCode::CoordinatorLoadInProgress
                 | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::WaitingForCoordinator
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
         )
     )
 }
