@@ -239,13 +239,17 @@ fn main() {
         }
         if broker_restart_due && started.elapsed() >= duration / 2 {
             broker_restart_due = false;
-            let at_ms = now_ms();
+            let stopped_ms = now_ms();
             kafka.stop(1);
             kafka.restart(1);
+            // Recovery counts from the moment the broker serves again: a
+            // controlled shutdown keeps serving for a while after SIGTERM,
+            // so the stop is no fixed point to measure from.
+            let at_ms = now_ms();
             events.push(Event {
                 at_ms,
                 what: "broker restart".into(),
-                host: format!("(down {:.1} s)", (now_ms() - at_ms) as f64 / 1_000.0),
+                host: format!("(down {:.1} s)", (at_ms - stopped_ms) as f64 / 1_000.0),
             });
             log(&events);
             continue;
@@ -310,6 +314,16 @@ fn main() {
         "group committed the whole input: {drained} ({:.1} s after the start)",
         started.elapsed().as_secs_f64()
     );
+    if !drained {
+        let behind: Vec<String> = committed_offsets(&group, &input, PARTITIONS)
+            .iter()
+            .zip(&input_ends)
+            .enumerate()
+            .filter(|(_, (c, e))| **c != Some(**e))
+            .map(|(p, (c, e))| format!("{p}: committed {c:?} of {e}"))
+            .collect();
+        println!("  partitions behind: {}", behind.join(", "));
+    }
     let inputs_read = read_to_end(&input, produced, Duration::from_secs(30));
     let outputs = read_to_end(&output, produced, Duration::from_secs(30));
     let dead_letters = read_to_end(&dlq, 0, Duration::from_secs(2)).len();
