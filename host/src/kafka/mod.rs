@@ -52,7 +52,13 @@ pub fn consumer_config(
         // Prefetch per consumer is bounded; backpressure pauses partitions.
         .set("queued.max.messages.kbytes", "16384")
         // Per-partition high watermarks for the lag shown by the admin API.
-        .set("statistics.interval.ms", "1000");
+        .set("statistics.interval.ms", "1000")
+        // After a broker restart the coordinator gives each member one
+        // session timeout to heartbeat again; librdkafka's default backoff
+        // (up to 10 s between reconnects) let members miss it, lose their
+        // assignment and leave work uncommitted for the next owner to redo
+        // (measured in scripts/chaos). Reconnect within a second instead.
+        .set("reconnect.backoff.max.ms", "1000");
     if let Some(id) = instance_id {
         c.set("group.instance.id", id);
     }
