@@ -52,7 +52,7 @@ enum Flow {
     Running,
     /// Not fetched: the worker's queue was full, and this batch waits to be
     /// sent before anything newer.
-    Paused { held: InputBatch },
+    Paused { held: Box<InputBatch> },
 }
 
 /// A partition this host holds, as the consumer thread sees it.
@@ -674,7 +674,7 @@ fn dispatch(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, a: &mu
     let was_paused = matches!(a.flow, Flow::Paused { .. });
     loop {
         let batch = match std::mem::replace(&mut a.flow, Flow::Running) {
-            Flow::Paused { held } => held,
+            Flow::Paused { held } => *held,
             Flow::Running if !a.open.is_empty() => {
                 a.opened_at = None;
                 if let Some((_, last)) = a.open.offsets() {
@@ -695,7 +695,9 @@ fn dispatch(consumer: &BaseConsumer<PipelineContext>, key: &PartitionKey, a: &mu
         match tx.try_send(batch) {
             Ok(()) => {}
             Err(TrySendError::Full(batch)) | Err(TrySendError::Disconnected(batch)) => {
-                a.flow = Flow::Paused { held: batch };
+                a.flow = Flow::Paused {
+                    held: Box::new(batch),
+                };
                 if !was_paused {
                     set_paused(consumer, key, true);
                 }

@@ -89,8 +89,8 @@ pub enum PipelineError {
         pipeline: String,
         /// What was being done (`create the consumer`, `subscribe to ...`).
         action: String,
-        /// librdkafka's error.
-        source: rdkafka::error::KafkaError,
+        /// librdkafka's error (boxed: it is large, and this is a cold path).
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// The consumer thread could not be spawned.
     #[error("pipeline `{pipeline}`: cannot start its consumer thread: {source}")]
@@ -123,7 +123,7 @@ impl Pipeline {
             move |source| PipelineError::Kafka {
                 pipeline,
                 action,
-                source,
+                source: Box::new(source),
             }
         };
         let outputs =
