@@ -78,6 +78,13 @@ struct Options {
     /// Skip the broker restart (by default at half the duration).
     #[arg(long)]
     no_broker_restart: bool,
+    /// The hosts' consumer session timeout (classic protocol), in ms. Above
+    /// the broker restart's downtime (8 to 15 s here), as in production
+    /// (Kafka's default is 45 s): a session that expires while the broker
+    /// is down fences every member, like a crash, and the work they had not
+    /// committed is redone. A SIGKILLed host is noticed after this long.
+    #[arg(long, default_value_t = 25_000)]
+    session_timeout_ms: u32,
     /// Directory for the hosts' logs and the broker's (kept after the run).
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -106,6 +113,7 @@ struct Fleet<'a> {
     group: &'a str,
     dlq: &'a str,
     protocol: Protocol,
+    session_timeout_ms: u32,
     next_id: usize,
     running: Vec<Host>,
     /// SIGTERMed or SIGKILLed hosts, kept for their exit status and logs.
@@ -126,8 +134,12 @@ impl Fleet<'_> {
             group: self.group,
             dead_letter: Some(self.dlq),
         };
-        self.running
-            .push(Host::start_as(&name, &pipeline, self.protocol));
+        self.running.push(Host::start_as_with_session_timeout(
+            &name,
+            &pipeline,
+            self.protocol,
+            self.session_timeout_ms,
+        ));
         name
     }
 
@@ -154,11 +166,12 @@ fn main() {
     let duration = Duration::from_secs(options.duration_s);
     let rate = (options.messages as f64 / duration.as_secs_f64()).ceil() as u32;
     println!(
-        "kwasm chaos: seed {}, {} hosts ({min_hosts} to {max_hosts}), {} protocol, {} keyed \
+        "kwasm chaos: seed {}, {} hosts ({min_hosts} to {max_hosts}), {} protocol (session {} ms), {} keyed \
          messages ({} keys) over {} s ({rate}/s), an event every ~{} s, broker restart: {}",
         options.seed,
         options.hosts,
         protocol.name(),
+        options.session_timeout_ms,
         options.messages,
         options.keys,
         options.duration_s,
@@ -196,6 +209,7 @@ fn main() {
         group: &group,
         dlq: &dlq,
         protocol,
+        session_timeout_ms: options.session_timeout_ms,
         next_id: 0,
         running: Vec::new(),
         gone: Vec::new(),

@@ -117,6 +117,24 @@ impl Host {
         Self::start_full(id, registry, pipeline_text, protocol, 6_000)
     }
 
+    /// [`start_as`](Self::start_as) with a consumer session timeout of
+    /// `session_timeout_ms` (classic protocol; under KIP-848 the broker
+    /// sets it).
+    pub fn start_as_with_session_timeout(
+        id: &str,
+        pipeline: &PipelineDef<'_>,
+        protocol: Protocol,
+        session_timeout_ms: u32,
+    ) -> Host {
+        Self::start_full(
+            id,
+            pipeline.group,
+            Some(&pipeline_toml(pipeline)),
+            protocol,
+            session_timeout_ms,
+        )
+    }
+
     /// Starts `kwasm serve` (classic protocol) with `host_extra` added to
     /// its `[host]` table (e.g. `workers = 1`) and `pipelines_text` (TOML
     /// `[[pipeline]]` tables, see [`pipeline_toml`]) as its config-file
