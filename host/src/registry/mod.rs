@@ -53,8 +53,22 @@ const MAX_UPLOADS_IN_FLIGHT: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// Kafka refused or did not answer.
-    #[error("registry storage (Kafka) failed: {0}")]
-    Kafka(String),
+    #[error("registry storage (Kafka) failed: {action}: {source}")]
+    Kafka {
+        /// What was being done.
+        action: String,
+        /// librdkafka's error (boxed: large, and a cold path).
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    /// The registry's topics could not be created.
+    #[error("registry storage (Kafka) failed: cannot create the registry topics: {0}")]
+    CreateTopics(String),
+    /// A record could not be encoded (a bug: every stored type serializes).
+    #[error("cannot encode a registry record: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The follower thread could not be spawned.
+    #[error("cannot start the registry follower: {0}")]
+    Thread(#[source] std::io::Error),
     /// The write was stored but this host did not see it back in time.
     #[error("the change was stored but not yet visible on this host; retry the read shortly")]
     NotVisibleYet,
@@ -108,7 +122,10 @@ impl Registry {
         config: RegistryConfig,
         host_id: &str,
     ) -> Result<Registry, RegistryError> {
-        let k = |e: rdkafka::error::KafkaError| RegistryError::Kafka(e.to_string());
+        let k = |e: rdkafka::error::KafkaError| RegistryError::Kafka {
+            action: "starting".to_owned(),
+            source: Box::new(e),
+        };
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &kafka.brokers);
         // The control plane's own client settings win over every client's:
@@ -163,9 +180,7 @@ impl Registry {
         std::thread::Builder::new()
             .name("kwasm-registry".into())
             .spawn(move || follow(consumer, follower, ends))
-            .map_err(|e| {
-                RegistryError::Kafka(format!("cannot start the registry follower: {e}"))
-            })?;
+            .map_err(RegistryError::Thread)?;
         Ok(Registry { inner })
     }
 
@@ -224,8 +239,7 @@ impl Registry {
                 chunks: chunks.len() as u32,
                 created_ms: now_ms(),
             };
-            let json =
-                serde_json::to_vec(&claim).map_err(|e| RegistryError::Kafka(e.to_string()))?;
+            let json = serde_json::to_vec(&claim)?;
             let claim_key = keys::claim(name, version, &digest, &keys::new_nonce());
             let offset = self.send(topic, &claim_key, Some(&json)).await?;
             self.wait_applied(TopicKind::Plugins, offset).await?;
@@ -308,7 +322,7 @@ impl Registry {
 
     /// Stores a pipeline (replacing one of the same name).
     pub async fn put_pipeline(&self, pipeline: &StoredPipeline) -> Result<(), RegistryError> {
-        let json = serde_json::to_vec(pipeline).map_err(|e| RegistryError::Kafka(e.to_string()))?;
+        let json = serde_json::to_vec(pipeline)?;
         let offset = self
             .send(
                 &self.inner.config.pipelines_topic,
@@ -327,7 +341,7 @@ impl Registry {
         withdraw: bool,
     ) -> Result<(), RegistryError> {
         let key = format!("{}/{}", record.group_id, record.host);
-        let json = serde_json::to_vec(record).map_err(|e| RegistryError::Kafka(e.to_string()))?;
+        let json = serde_json::to_vec(record)?;
         let value = (!withdraw).then_some(json.as_slice());
         self.send(&self.inner.config.members_topic, &key, value)
             .await
@@ -366,9 +380,10 @@ impl Registry {
             .await
         {
             Ok(delivery) => Ok(delivery.offset),
-            Err((e, _)) => Err(RegistryError::Kafka(format!(
-                "writing `{key}` to `{topic}`: {e}"
-            ))),
+            Err((e, _)) => Err(RegistryError::Kafka {
+                action: format!("writing `{key}` to `{topic}`"),
+                source: Box::new(e),
+            }),
         }
     }
 
@@ -471,7 +486,7 @@ async fn create_topics(
         .collect();
     crate::kafka::create_topics(client, &topics)
         .await
-        .map_err(|e| RegistryError::Kafka(format!("registry: {e}")))
+        .map_err(RegistryError::CreateTopics)
 }
 
 /// The end offset of partition 0 of `topic`. A topic created a moment ago
@@ -499,9 +514,10 @@ fn end_offset(consumer: &BaseConsumer, topic: &str) -> Result<i64, RegistryError
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(e) => {
-                return Err(RegistryError::Kafka(format!(
-                    "cannot read the end offset of `{topic}`: {e}"
-                )));
+                return Err(RegistryError::Kafka {
+                    action: format!("reading the end offset of `{topic}`"),
+                    source: Box::new(e),
+                });
             }
         }
     }
