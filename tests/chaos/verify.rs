@@ -33,12 +33,19 @@ pub struct Kill {
     pub host: String,
     /// Indexed by input partition; `None` where nothing was committed.
     pub committed: Vec<Option<i64>>,
+    /// Where the window ends, per input partition (exclusive), when it is
+    /// not a crash: a broker outage longer than the session timeout fences
+    /// every member as a crash would (librdkafka declares the assignment
+    /// lost; the commit on revoke answers UNKNOWN_MEMBER_ID), but the host
+    /// goes on afterwards, so only input up to the group's committed offset
+    /// once it recovered is explained. `None`: no end (a SIGKILL).
+    pub until: Option<Vec<Option<i64>>>,
 }
 
 /// Duplicates split by cause.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DuplicateSplit {
-    /// Extra copies explained by a SIGKILL window.
+    /// Extra copies explained by a SIGKILL window (or a session expiry window).
     pub in_kill_windows: usize,
     /// Extra copies nothing explains: a target miss.
     pub other: usize,
@@ -61,7 +68,11 @@ pub fn split_duplicates(
     copies: &[OutputCopy],
     kills: &[Kill],
 ) -> DuplicateSplit {
-    let kills: HashMap<&str, &Kill> = kills.iter().map(|k| (k.host.as_str(), k)).collect();
+    let mut by_host: HashMap<&str, Vec<&Kill>> = HashMap::new();
+    for k in kills {
+        by_host.entry(k.host.as_str()).or_default().push(k);
+    }
+    let kills = by_host;
     let mut by_input: HashMap<usize, Vec<&OutputCopy>> = HashMap::new();
     for copy in copies {
         by_input.entry(copy.input).or_default().push(copy);
@@ -100,15 +111,28 @@ pub fn split_duplicates(
     split
 }
 
-fn in_kill_window(kills: &HashMap<&str, &Kill>, copy: &OutputCopy, input: InputRecord) -> bool {
-    kills.get(copy.host.as_str()).is_some_and(|kill| {
-        let committed = kill
-            .committed
-            .get(input.partition as usize)
-            .copied()
-            .flatten()
-            .unwrap_or(0);
-        input.offset >= committed
+fn in_kill_window(
+    kills: &HashMap<&str, Vec<&Kill>>,
+    copy: &OutputCopy,
+    input: InputRecord,
+) -> bool {
+    kills.get(copy.host.as_str()).is_some_and(|windows| {
+        windows.iter().any(|kill| {
+            let committed = kill
+                .committed
+                .get(input.partition as usize)
+                .copied()
+                .flatten()
+                .unwrap_or(0);
+            let before_end = kill.until.as_ref().is_none_or(|until| {
+                until
+                    .get(input.partition as usize)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|end| input.offset < end)
+            });
+            input.offset >= committed && before_end
+        })
     })
 }
 
@@ -204,6 +228,7 @@ mod tests {
         let kills = [Kill {
             host: "h1".into(),
             committed: vec![Some(0), Some(12)],
+            until: None,
         }];
         let copies = vec![
             copy(1, "h1"), // offset 11: below the commit, h2's copy unexplained
@@ -238,6 +263,7 @@ mod tests {
         let kills = [Kill {
             host: "h1".into(),
             committed: vec![None],
+            until: None,
         }];
         let split = split_duplicates(&inputs, &copies, &kills);
         assert_eq!((split.in_kill_windows, split.other), (1, 0));
@@ -275,5 +301,43 @@ mod tests {
         assert_eq!(median(&mut []), None);
         assert_eq!(median(&mut [5, 1, 3]), Some(3));
         assert_eq!(median(&mut [4, 1, 3, 2]), Some(2));
+    }
+
+    #[test]
+    fn a_session_expiry_window_explains_copies_only_up_to_its_end() {
+        let inputs: Vec<Option<InputRecord>> = (0..3)
+            .map(|o| {
+                Some(InputRecord {
+                    partition: 0,
+                    offset: 10 + o,
+                    created_ms: 0,
+                })
+            })
+            .collect();
+        let copy = |input: usize, host: &str, appended_ms: i64| OutputCopy {
+            input,
+            partition: 0,
+            offset: appended_ms,
+            appended_ms,
+            host: host.into(),
+        };
+        // Inputs 0 (offset 10) and 2 (offset 12) were each written twice,
+        // first by h1; h1's session expired with offset 10 committed and
+        // the group was at 12 once it recovered.
+        let copies = vec![
+            copy(0, "h1", 1),
+            copy(0, "h2", 2),
+            copy(1, "h2", 3),
+            copy(2, "h1", 4),
+            copy(2, "h2", 5),
+        ];
+        let kills = [Kill {
+            host: "h1".into(),
+            committed: vec![Some(10)],
+            until: Some(vec![Some(12)]),
+        }];
+        let split = split_duplicates(&inputs, &copies, &kills);
+        assert_eq!((split.in_kill_windows, split.other), (1, 1), "{split:?}");
+        assert_eq!(split.other_examples, vec![2]);
     }
 }
