@@ -7,7 +7,7 @@ mod e2e;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use e2e::{Host, PipelineDef, http_get, pipeline_toml};
+use e2e::{Host, PipelineDef, Protocol, http_get, pipeline_toml};
 use kwasm_tests::{
     OutRecord, committed_offsets, create_topic, end_offsets, plugin_path, produce, read_to_end,
     unique, wait_until,
@@ -55,8 +55,19 @@ fn produce_numbered(topic: &str, partitions: i32, per_partition: usize) -> Vec<S
 /// and leaves again; when the partition comes back to the first host it
 /// must be fetched. Before the fix it was never resumed: its messages after
 /// the handoff were never processed and its lag stayed.
-#[test]
-fn a_partition_paused_when_revoked_is_fetched_again_when_it_returns() {
+mod a_partition_paused_when_revoked_is_fetched_again_when_it_returns {
+    #[test]
+    fn classic() {
+        super::paused_partition_returns(super::Protocol::Classic);
+    }
+
+    #[test]
+    fn consumer() {
+        super::paused_partition_returns(super::Protocol::Consumer);
+    }
+}
+
+fn paused_partition_returns(protocol: Protocol) {
     let input = unique("rel-pause-in");
     let output = unique("rel-pause-out");
     let group = unique("rel-pause-g");
@@ -94,7 +105,7 @@ fn a_partition_paused_when_revoked_is_fetched_again_when_it_returns() {
         }
     }
     produce(&input, records);
-    let a = Host::start_custom("pause-a", &group, "", &text);
+    let a = Host::start_pipelines_as("pause-a", &group, &text, protocol);
     assert!(
         wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
             let rows = assignment_rows(&a, "slow");
@@ -103,7 +114,7 @@ fn a_partition_paused_when_revoked_is_fetched_again_when_it_returns() {
         "both partitions paused on host a: {:?}",
         assignment_rows(&a, "slow")
     );
-    let mut b = Host::start_custom("pause-b", &group, "", &text);
+    let mut b = Host::start_pipelines_as("pause-b", &group, &text, protocol);
     assert!(
         wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
             b.partitions(&input).is_some_and(|p| p.len() == 1)

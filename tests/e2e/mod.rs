@@ -150,6 +150,24 @@ impl Host {
         )
     }
 
+    /// [`start_custom`](Self::start_custom) with config-file pipelines only,
+    /// under `protocol`.
+    pub fn start_pipelines_as(
+        id: &str,
+        registry: &str,
+        pipelines_text: &str,
+        protocol: Protocol,
+    ) -> Host {
+        Self::start_text(
+            id,
+            registry,
+            Some(pipelines_text),
+            protocol,
+            6_000,
+            ("", ""),
+        )
+    }
+
     /// [`start_custom`](Self::start_custom) with `kafka_properties` lines
     /// added to `[kafka.properties]` (e.g.
     /// `"allow.auto.create.topics" = "false"`).
