@@ -597,7 +597,7 @@ fn help_lists_every_command() {
     assert_eq!(
         listed_commands(&["--help"]),
         [
-            "serve", "dev", "test", "new", "plugin", "pipeline", "status", "help"
+            "serve", "dev", "test", "new", "plugin", "pipeline", "status", "health", "help"
         ]
     );
     assert_eq!(
