@@ -115,6 +115,17 @@ impl HostProcess {
         self.signal(libc::SIGKILL, "SIGKILL");
     }
 
+    /// Sends SIGSTOP: the process freezes (a zombie-to-be: a long GC
+    /// pause, a stalled VM) with its connections open.
+    pub fn sigstop(&mut self) {
+        self.signal(libc::SIGSTOP, "SIGSTOP");
+    }
+
+    /// Sends SIGCONT: a frozen process goes on where it stopped.
+    pub fn sigcont(&mut self) {
+        self.signal(libc::SIGCONT, "SIGCONT");
+    }
+
     /// Waits up to `timeout` for the child to exit; `None` if still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         wait_until(timeout, Duration::from_millis(20), || {
