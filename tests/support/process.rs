@@ -45,6 +45,9 @@ impl HostProcess {
     ) -> HostProcess {
         let dir = tempfile::Builder::new()
             .prefix(&format!("kwasm-{name}-"))
+            // KWASM_TEST_KEEP_LOGS=1 keeps every process's log for a look
+            // after the test (the failure message names the file).
+            .disable_cleanup(std::env::var_os("KWASM_TEST_KEEP_LOGS").is_some())
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for `{name}`'s log: {e}"));
         let log_path = dir.path().join(format!("{name}.log"));

@@ -544,7 +544,7 @@ impl PipelineContext {
                 .init_transactions(eos.timeout().min(Duration::from_secs(30)))
             {
                 Ok(()) => break,
-                Err(e) if recovery_for(&e) == TxnRecovery::Fatal || fenced(&e) => {
+                Err(e) if recovery_for(&e) == TxnRecovery::Fatal => {
                     self.fatal_transaction(&format!("cannot initialise transactions: {e}"));
                     return false;
                 }
@@ -619,6 +619,15 @@ impl PipelineContext {
         if abort.is_none() && !s.producer.flush(eos.timeout() / 2) {
             abort = Some("the producer did not deliver within half the transaction timeout".into());
         }
+        // librdkafka's flush returns once the delivery reports are taken
+        // off its queue, which may be before the producer's thread has run
+        // their callbacks: wait until every tracker heard of its records
+        // (or of their failure), or the offsets would lag the outputs.
+        if abort.is_none() && !self.deliveries_reported(leaving, Duration::from_secs(5)) {
+            abort = Some(
+                "delivery reports did not reach the partitions within 5 s of the flush".into(),
+            );
+        }
         let positions = positions(consumer);
         let mut tpl = TopicPartitionList::new();
         let mut commits: Vec<(PartitionKey, i64)> = Vec::new();
@@ -686,8 +695,13 @@ impl PipelineContext {
             Err((_, why)) => {
                 tracing::warn!(pipeline = %s.spec.name, reason = %why,
                     "transaction aborted; its outputs stay invisible to read_committed readers, and every partition held is rewound to its last committed offset");
-                if let Err(e) = self.abort_transaction(eos.timeout()) {
-                    self.fatal_transaction(&format!("cannot abort the transaction: {e}"));
+                if let Err(e) = self.abort_transaction() {
+                    if s.cancel.is_cancelled() {
+                        tracing::warn!(pipeline = %s.spec.name, error = %e,
+                            "stopping with the transaction not aborted; the broker aborts it at its timeout");
+                    } else {
+                        self.fatal_transaction(&format!("cannot abort the transaction: {e}"));
+                    }
                     return;
                 }
                 eos.metrics.aborted.increment(1);
@@ -699,6 +713,28 @@ impl PipelineContext {
             return;
         }
         eos.gate.open(s.deployment.generation());
+    }
+
+    /// Whether every partition held (and `leaving`) has had every record
+    /// it produced acknowledged, failed or rejected, waiting up to `within`.
+    fn deliveries_reported(&self, leaving: &[(PartitionKey, Assigned)], within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let settled = |a: &Assigned| {
+                a.tracker.in_flight() == 0
+                    || a.tracker.failure().is_some()
+                    || a.tracker.has_rejections()
+            };
+            let done =
+                self.table().map.values().all(settled) && leaving.iter().all(|(_, a)| settled(a));
+            if done {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Sends `offsets` and commits, retrying what librdkafka says may be
@@ -713,9 +749,6 @@ impl PipelineContext {
         let deadline = Instant::now() + timeout / 2;
         let retry = |e: &KafkaError| {
             let r = recovery_for(e);
-            if fenced(e) {
-                return TxnRecovery::Fatal;
-            }
             if r == TxnRecovery::Retry && Instant::now() >= deadline {
                 TxnRecovery::Abort
             } else {
@@ -742,7 +775,7 @@ impl PipelineContext {
                         r => {
                             return Err((
                                 r,
-                                format!("cannot add the offsets to the transaction: {e}"),
+                                describe(&e, "cannot add the offsets to the transaction"),
                             ));
                         }
                     },
@@ -754,20 +787,34 @@ impl PipelineContext {
                 Ok(()) => return Ok(()),
                 Err(e) => match retry(&e) {
                     TxnRecovery::Retry => std::thread::sleep(Duration::from_millis(50)),
-                    r => return Err((r, format!("cannot commit the transaction: {e}"))),
+                    r => return Err((r, describe(&e, "cannot commit the transaction"))),
                 },
             }
         }
     }
 
     /// Aborts the open transaction, retrying while librdkafka says so.
-    fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + timeout;
+    ///
+    /// For as long as it takes: during a broker outage the abort cannot
+    /// reach the coordinator, and giving up would stop the host for an
+    /// outage that pauses work and loses nothing (the broker aborts the
+    /// transaction itself once its timeout passes; the abort then completes
+    /// with the bumped epoch). Only a pipeline being stopped gives up, and
+    /// then the broker's timeout or this host's next incarnation aborts it.
+    fn abort_transaction(&self) -> Result<(), KafkaError> {
+        let s = &self.shared;
+        let started = Instant::now();
+        let mut next_log = Duration::from_secs(10);
         loop {
-            match self.shared.producer.abort_transaction(timeout / 4) {
+            match s.producer.abort_transaction(Duration::from_secs(5)) {
                 Ok(()) => return Ok(()),
-                Err(e) if recovery_for(&e) == TxnRecovery::Retry && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
+                Err(e) if recovery_for(&e) == TxnRecovery::Retry && !s.cancel.is_cancelled() => {
+                    if started.elapsed() >= next_log {
+                        next_log += Duration::from_secs(10);
+                        tracing::warn!(pipeline = %s.spec.name, error = %e, waited = ?started.elapsed(),
+                            "cannot abort the transaction yet (broker unreachable?); trying again");
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(e) => return Err(e),
             }
@@ -1090,6 +1137,16 @@ fn spawn_worker(
             tracing::error!(pipeline, topic = %key.0, partition = key.1, error = %e, "cannot start worker thread");
             None
         }
+    }
+}
+
+/// `what` failed with `e`, saying "fenced" when that is what happened (the
+/// word an operator searches the log for).
+fn describe(e: &KafkaError, what: &str) -> String {
+    if fenced(e) {
+        format!("{what}: fenced: {e}")
+    } else {
+        format!("{what}: {e}")
     }
 }
 
