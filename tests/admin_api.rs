@@ -238,6 +238,8 @@ fn stored(name: &str, plugin: &str, paused: bool) -> Value {
         "retry": {"max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 5000},
         "batch": {"max_messages": 512, "max_wait_ms": 20},
         "extra_outputs": [], "outputs_regex": null, "allow_loop": false, "limits": null,
+        "delivery": "at-least-once",
+        "transaction": {"commit_interval_ms": 100, "timeout_ms": 60000},
         "paused": paused, "source": "api",
     })
 }

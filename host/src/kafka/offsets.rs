@@ -24,6 +24,11 @@ pub struct OffsetTracker {
 
 #[derive(Debug, Default)]
 struct TrackerState {
+    /// One past the newest message handed to the producer (records or a
+    /// dead letter), acknowledged or not: what an exactly-once transaction
+    /// commits, since its commit succeeds only if every record it holds was
+    /// delivered.
+    processed_through: Option<i64>,
     /// Processed messages whose records are not all acknowledged, in
     /// offset order, with how many acknowledgements each still awaits.
     waiting: VecDeque<(i64, u32)>,
@@ -58,6 +63,7 @@ impl OffsetTracker {
     /// to the producer. Calls come in increasing offset order.
     pub fn processed(&self, offset: i64, records: u32) {
         let mut s = self.lock();
+        s.processed_through = Some(offset + 1);
         if records == 0 && s.waiting.is_empty() {
             s.advance_to(offset + 1);
         } else {
@@ -152,6 +158,18 @@ impl OffsetTracker {
     /// Whether a delivery failed (the partition has stopped advancing).
     pub fn has_failed(&self) -> bool {
         self.lock().failed.is_some()
+    }
+
+    /// One past the newest message handed to the producer, delivered or
+    /// not (exactly-once: see `processed_through`).
+    pub fn processed_through(&self) -> Option<i64> {
+        self.lock().processed_through
+    }
+
+    /// The oldest message still awaiting acknowledgements, and how many
+    /// (for diagnostics).
+    pub fn oldest_waiting(&self) -> Option<(i64, u32)> {
+        self.lock().waiting.iter().find(|(_, n)| *n > 0).copied()
     }
 
     /// Messages processed but not yet fully acknowledged.
