@@ -103,6 +103,7 @@ impl Api {
                 GroupDescriber::for_control_plane(&kafka(), &RegistryConfig::default())
                     .unwrap_or_else(|e| panic!("cannot create the admin client: {e}")),
             ),
+            logs: None,
         };
         Api {
             router: router(state),

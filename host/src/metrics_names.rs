@@ -51,6 +51,10 @@ pub const PLUGIN_INSTANCES_RELEASED: &str = "kwasm_plugin_instances_released_tot
 pub const PLUGIN_LOG_LINES_DROPPED: &str = "kwasm_plugin_log_lines_dropped_total";
 /// Bytes of those dropped lines, by plugin.
 pub const PLUGIN_LOG_BYTES_DROPPED: &str = "kwasm_plugin_log_bytes_dropped_total";
+/// Counter: plugin log lines not written to the logs topic (the shipper's
+/// channel or the producer's queue was full). Only with
+/// `registry.plugin_logs`; the host's own log still has every line.
+pub const PLUGIN_LOG_LINES_UNSHIPPED: &str = "kwasm_plugin_log_lines_unshipped_total";
 /// Counter: admin API calls refused before any work, by `reason`
 /// (`unauthorized`: no or a wrong token; `too_large`: a body over its
 /// route's limit). A climbing `unauthorized` is someone guessing tokens.

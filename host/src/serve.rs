@@ -54,6 +54,9 @@ pub enum ServeError {
         /// Why, as the manager reported it.
         reason: String,
     },
+    /// The plugin logs topic could not be set up.
+    #[error(transparent)]
+    Logs(#[from] crate::logs::topic::LogsError),
     /// The bound admin socket has no address (should not happen).
     #[error("cannot read the admin listener's address: {0}")]
     Io(#[from] std::io::Error),
@@ -153,6 +156,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 source,
             }
         })?;
+    // Plugin logs to the logs topic (off by default), and every host's
+    // lines read back for the API.
+    let logs = if config.registry.plugin_logs {
+        Some(
+            crate::logs::topic::start(&config.kafka, &config.registry, &config.host.id, view.clone())
+                .await?,
+        )
+    } else {
+        None
+    };
     let state = AdminState {
         host_id: config.host.id.clone(),
         view,
@@ -161,6 +174,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         token: config.host.admin_token.clone(),
         metrics: Some(metrics),
         groups: Some(groups),
+        logs,
     };
     let listener = admin_setup.bind()?;
     let local = listener.local_addr()?;

@@ -149,6 +149,14 @@ impl ApiRequest {
     pub fn assignments() -> Self {
         Self::new(http::Method::GET, "/v1/assignments".to_owned())
     }
+
+    /// `GET /v1/pipelines/{name}/logs?after=C&limit=N`.
+    pub fn pipeline_logs(name: &str, after: u64, limit: usize) -> Self {
+        Self::new(
+            http::Method::GET,
+            pipeline_path(name, &format!("/logs?after={after}&limit={limit}")),
+        )
+    }
 }
 
 fn pipeline_path(name: &str, suffix: &str) -> String {
@@ -320,6 +328,18 @@ impl ApiClient {
     /// `GET /v1/assignments`.
     pub fn assignments(&self) -> Result<Assignments, ClientError> {
         self.send(&ApiRequest::assignments())?.json()
+    }
+
+    /// `GET /v1/pipelines/{name}/logs`: lines after `after`, and the next
+    /// cursor.
+    pub fn pipeline_logs(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<super::model::LogPage, ClientError> {
+        self.send(&ApiRequest::pipeline_logs(name, after, limit))?
+            .json()
     }
 }
 
