@@ -6,11 +6,12 @@ mod local_test;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// kwasm: WebAssembly plugins over Kafka consumer groups.
 #[derive(Parser)]
 #[command(
+    name = "kwasm",
     version,
     about,
     after_help = "The client commands (plugin, pipeline, status) talk to a host's admin API: \
@@ -68,6 +69,14 @@ enum Command {
     /// Print a pipeline's plugin log lines from every host (`-f` follows);
     /// needs `registry.plugin_logs = true` on the hosts.
     Logs(cli::logs::LogsArgs),
+    /// Print a shell completion script: `kwasm completions bash >
+    /// /etc/bash_completion.d/kwasm` (or zsh, fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `kwasm man > kwasm.1; man ./kwasm.1`.
+    Man,
     /// Probe a host's `/healthz` (or `/readyz`): exit 0 on 200, else 1. The
     /// container image's HEALTHCHECK (the image has no shell or curl).
     Health(cli::health::HealthArgs),
@@ -96,6 +105,10 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::status::run(args).map_err(Into::into),
         Command::Health(args) => cli::health::run(args).map_err(Into::into),
         Command::Logs(args) => cli::logs::run(args).map_err(Into::into),
+        Command::Completions { shell } => {
+            cli::generate::completions(shell, Cli::command()).map_err(Into::into)
+        }
+        Command::Man => cli::generate::man(Cli::command()).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

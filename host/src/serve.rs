@@ -95,7 +95,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         cache_dir: Some(config.host.cache_dir.clone()),
         max_plugin_memory_bytes: config.host.plugin_memory_budget_bytes(),
     })?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let metrics = crate::metrics_names::prometheus_builder().install_recorder()?;
     let producer = OutputProducer::new(&producer_config(&config.kafka, &config.host.id)).map_err(
         |source| ServeError::Kafka {
             client: "Kafka producer",
@@ -160,8 +160,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // lines read back for the API.
     let logs = if config.registry.plugin_logs {
         Some(
-            crate::logs::topic::start(&config.kafka, &config.registry, &config.host.id, view.clone())
-                .await?,
+            crate::logs::topic::start(
+                &config.kafka,
+                &config.registry,
+                &config.host.id,
+                view.clone(),
+            )
+            .await?,
         )
     } else {
         None

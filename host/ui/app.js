@@ -155,13 +155,17 @@ const actions = {
     }
     await poll();
   },
-  async upload(name, file, progressBar) {
+  async upload(name, file) {
     if (!name || !file) {
       store.flash = "choose a name and a .wasm file";
       return render();
     }
     try {
-      const v = await upload(`plugins/${encode(name)}`, file, (f) => (progressBar.value = f));
+      store.flash = `uploading ${file.name}…`;
+      const v = await upload(`plugins/${encode(name)}`, file, (f) => {
+        const bar = document.getElementById("upload-progress");
+        if (bar) bar.value = f;
+      });
       store.flash = `uploaded ${v.name} version ${v.version} (${v.size_bytes} bytes)`;
       dirty.delete("upload-name");
     } catch (e) {

@@ -25,9 +25,11 @@ const rate = (n) => (n === null || n === undefined ? "-" : n < 10 ? n.toFixed(1)
 /** A stable colour per host name. */
 export function hostColour(host) {
   if (!host) return "var(--unassigned)";
-  let hash = 0;
-  for (const ch of host) hash = (hash * 31 + ch.charCodeAt(0)) >>> 0;
-  return `hsl(${hash % 360} 55% 45%)`;
+  // FNV-1a, then the golden angle: names a character apart (host-a,
+  // host-b) land far apart on the colour wheel.
+  let hash = 2166136261;
+  for (const ch of host) hash = Math.imul(hash ^ ch.charCodeAt(0), 16777619) >>> 0;
+  return `hsl(${Math.round((hash * 137.508) % 360)} 60% 42%)`;
 }
 
 /** `name@version` → [name, version or null]. */
@@ -106,7 +108,7 @@ export function overviewPage(store) {
       h("td", {}, hostLegend(hosts)),
       h("td", {}, partitionGrid(progress)),
       h("td", { class: "num total-lag" }, progress ? fmt(progress.total_lag) : "-"),
-      h("td", { class: "num" }, rate(r.in)),
+      h("td", { class: "num rate-in", "data-rate": r.in === null ? "" : r.in.toFixed(3) }, rate(r.in)),
       h("td", { class: "num" }, rate(r.out)),
       h("td", { class: "num" }, rate(r.dlq)),
       h("td", {}, stateBadge(st)),
@@ -188,7 +190,7 @@ export function pipelinePage(store, name, actions) {
       h("td", { class: "num" }, fmt(v.size_bytes)), h("td", {}, new Date(v.created_ms).toISOString().slice(0, 19).replace("T", " ")),
       h("td", {}, h("button", {
         class: "deploy", "data-version": v.version, disabled: readOnly,
-        onclick: () => actions.deploy(p, `${pluginName}@${v.version}`, configText.value),
+        onclick: () => actions.deploy(p, `${pluginName}@${v.version}`, document.getElementById("deploy-config").value),
       }, current ? "redeploy with config" : label)),
     );
   });
@@ -252,7 +254,13 @@ export function pluginsPage(store, actions) {
       h("thead", {}, h("tr", {}, ["plugin", "version", "digest", "bytes", "uploaded (UTC)", "used by"].map((c) => h("th", {}, c)))),
       h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No plugins yet.")))),
     h("h3", {}, "Upload a version"),
-    h("form", { id: "upload", onsubmit: (e) => { e.preventDefault(); actions.upload(nameInput.value, fileInput.files[0], progress); } },
+    // By id, not these elements: app.js carries the chosen file's input
+    // over from the previous redraw.
+    h("form", { id: "upload", onsubmit: (e) => {
+      e.preventDefault();
+      const byId = (id) => document.getElementById(id);
+      actions.upload(byId("upload-name").value, byId("upload-file").files[0]);
+    } },
       nameInput, " ", fileInput, " ", h("button", { type: "submit", id: "upload-button" }, "Upload"), " ", progress),
     h("p", { id: "upload-status", class: "muted" }, store.flash || ""),
   );

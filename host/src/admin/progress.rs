@@ -119,7 +119,8 @@ struct ReaderInner {
     /// The group-less consumer that reads dead letters; one call at a time.
     reader: Mutex<Option<BaseConsumer>>,
     progress_cache: tokio::sync::Mutex<HashMap<String, (Instant, Result<Progress, String>)>>,
-    dead_letter_cache: tokio::sync::Mutex<HashMap<String, (Instant, Result<Vec<DeadLetter>, String>)>>,
+    dead_letter_cache:
+        tokio::sync::Mutex<HashMap<String, (Instant, Result<Vec<DeadLetter>, String>)>>,
 }
 
 impl BrokerReader {
@@ -212,7 +213,12 @@ impl ReaderInner {
         } else {
             consumer
                 .committed_offsets(tpl, BROKER_TIMEOUT)
-                .map_err(|e| format!("cannot read the committed offsets of `{}`: {e}", query.group_id))?
+                .map_err(|e| {
+                    format!(
+                        "cannot read the committed offsets of `{}`: {e}",
+                        query.group_id
+                    )
+                })?
                 .elements()
                 .iter()
                 .map(|e| {
@@ -372,7 +378,10 @@ fn dead_letter_view<M: Message>(m: &M) -> DeadLetter {
     let mut headers = BTreeMap::new();
     if let Some(h) = m.headers() {
         for header in h.iter() {
-            headers.insert(header.key.to_owned(), header.value.map(shown).unwrap_or_default());
+            headers.insert(
+                header.key.to_owned(),
+                header.value.map(shown).unwrap_or_default(),
+            );
         }
     }
     DeadLetter {
@@ -549,7 +558,10 @@ mod tests {
             .collect();
         // 100 - 60; 50 - 40 (start, nothing committed); a commit read after
         // an older end offset is 0, not -2.
-        assert_eq!(lags, vec![(0, 40, Some("host-a")), (1, 10, None), (2, 0, None)]);
+        assert_eq!(
+            lags,
+            vec![(0, 40, Some("host-a")), (1, 10, None), (2, 0, None)]
+        );
     }
 
     #[test]

@@ -17,12 +17,36 @@ use super::{AdminError, AdminState};
 
 /// The files of the dashboard: (name under `/ui/`, content type, body).
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("index.html", "text/html; charset=utf-8", include_str!("../../ui/index.html")),
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../../ui/app.js")),
-    ("api.js", "text/javascript; charset=utf-8", include_str!("../../ui/api.js")),
-    ("chart.js", "text/javascript; charset=utf-8", include_str!("../../ui/chart.js")),
-    ("pages.js", "text/javascript; charset=utf-8", include_str!("../../ui/pages.js")),
-    ("style.css", "text/css; charset=utf-8", include_str!("../../ui/style.css")),
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../../ui/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/app.js"),
+    ),
+    (
+        "api.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/api.js"),
+    ),
+    (
+        "chart.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/chart.js"),
+    ),
+    (
+        "pages.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../ui/pages.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../ui/style.css"),
+    ),
 ];
 
 /// The dashboard's routes, merged into the API's router.
@@ -70,7 +94,9 @@ mod tests {
     fn every_asset_uses_only_relative_urls() {
         // Behind a path prefix an absolute `/v1` or `/ui` would miss the host.
         for (name, _, body) in ASSETS {
-            for absolute in ["\"/v1", "'/v1", "`/v1", "\"/ui", "'/ui", "href=\"/", "src=\"/"] {
+            for absolute in [
+                "\"/v1", "'/v1", "`/v1", "\"/ui", "'/ui", "href=\"/", "src=\"/",
+            ] {
                 assert!(!body.contains(absolute), "{name} contains {absolute}");
             }
         }

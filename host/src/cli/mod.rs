@@ -13,6 +13,7 @@
 //! exits 1.
 
 pub mod client;
+pub mod generate;
 pub mod health;
 pub mod logs;
 mod model;

@@ -48,7 +48,11 @@ impl Summary {
     /// The summary as logged.
     pub fn message(&self) -> String {
         let total: u64 = self.by_kind.values().sum();
-        let kinds: Vec<String> = self.by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let kinds: Vec<String> = self
+            .by_kind
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
         format!(
             "{total} more dead-lettered messages in the last {} s ({}); the first was logged in full",
             self.interval.as_secs(),
@@ -196,7 +200,10 @@ mod tests {
         assert_eq!(a.observe("demo", "bad-output", at(30)), Decision::Suppress);
         // Another pipeline has its own first line.
         assert_eq!(a.observe("other", "trap", at(40)), Decision::Show);
-        assert!(a.flush(at(9_999)).is_empty(), "nothing before the interval ends");
+        assert!(
+            a.flush(at(9_999)).is_empty(),
+            "nothing before the interval ends"
+        );
         let summaries = a.flush(at(10_000));
         assert_eq!(
             summaries,
@@ -214,7 +221,10 @@ mod tests {
         );
         // The next interval starts with a full line again.
         assert_eq!(a.observe("demo", "bad-output", at(10_001)), Decision::Show);
-        assert!(a.flush(at(10_040)).is_empty(), "`other` closed without a summary");
+        assert!(
+            a.flush(at(10_040)).is_empty(),
+            "`other` closed without a summary"
+        );
     }
 
     #[test]

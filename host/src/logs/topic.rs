@@ -122,12 +122,10 @@ pub async fn start(
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
         .set("client.id", format!("{host}-logs-tail"));
-    let consumer: BaseConsumer = tail_config
-        .create()
-        .map_err(|source| LogsError::Client {
-            client: "tail consumer",
-            source,
-        })?;
+    let consumer: BaseConsumer = tail_config.create().map_err(|source| LogsError::Client {
+        client: "tail consumer",
+        source,
+    })?;
     let tail = LogTail::default();
     let state = tail.clone();
     let t = topic.clone();
@@ -352,8 +350,12 @@ fn start_positions(consumer: &BaseConsumer, topic: &str) -> Result<TopicPartitio
         let (low, high) = consumer
             .fetch_watermarks(topic, p.id(), timeout)
             .map_err(|e| e.to_string())?;
-        tpl.add_partition_offset(topic, p.id(), Offset::Offset((high - TAIL_START_BACK).max(low)))
-            .map_err(|e| e.to_string())?;
+        tpl.add_partition_offset(
+            topic,
+            p.id(),
+            Offset::Offset((high - TAIL_START_BACK).max(low)),
+        )
+        .map_err(|e| e.to_string())?;
     }
     Ok(tpl)
 }
@@ -378,7 +380,9 @@ mod tests {
             running("b", "tagger", &[("in", 1), ("other", 0)]),
             running("c", "redact", &[("in", 2)]),
         ];
-        let name = |plugin, topic, partition| resolve(&r, plugin, topic, partition).map(|r| r.pipeline.as_str());
+        let name = |plugin, topic, partition| {
+            resolve(&r, plugin, topic, partition).map(|r| r.pipeline.as_str())
+        };
         assert_eq!(name("tagger", "in", Some(1)), Some("b"));
         assert_eq!(name("tagger", "other", Some(0)), Some("b"));
         assert_eq!(name("tagger", "in", Some(0)), Some("a"));
@@ -418,7 +422,10 @@ mod tests {
         assert!(tail.lines("a", cursor, 10).0.is_empty());
         tail.push(line("a", "4"));
         let (lines, cursor) = tail.lines("a", cursor, 10);
-        assert_eq!((lines.len(), lines[0].line.message.as_str(), cursor), (1, "4", 5));
+        assert_eq!(
+            (lines.len(), lines[0].line.message.as_str(), cursor),
+            (1, "4", 5)
+        );
         for i in 0..TAIL_LINES_PER_PIPELINE + 5 {
             tail.push(line("c", &i.to_string()));
         }
