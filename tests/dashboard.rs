@@ -153,6 +153,89 @@ impl Drop for Browser {
     }
 }
 
+/// A reverse proxy serving the host under a path prefix, as a Kubernetes
+/// ingress does (`/kwasm/ui/` → the host's `/ui/`): one request per
+/// connection (`Connection: close` upstream), for GETs only. Stops with
+/// the test (its threads end when their sockets close; the listener when
+/// the flag is set).
+struct PrefixProxy {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PrefixProxy {
+    fn start(prefix: &'static str, upstream: u16) -> PrefixProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("proxy address").port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        std::thread::spawn(move || Self::forward(client, prefix, upstream));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        PrefixProxy { port, stop }
+    }
+
+    fn forward(mut client: std::net::TcpStream, prefix: &str, upstream: u16) {
+        use std::io::Read;
+        let _ = client.set_nonblocking(false);
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match client.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = head.split("\r\n");
+        let first = lines.next().unwrap_or_default();
+        let mut parts = first.splitn(3, ' ');
+        let (method, path, version) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let Some(rest) = path.strip_prefix(prefix) else {
+            let _ = client.write_all(
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+            return;
+        };
+        let mut request = format!("{method} {rest} {version}\r\n");
+        for line in lines.filter(|l| !l.is_empty()) {
+            if !line.to_ascii_lowercase().starts_with("connection:") {
+                request.push_str(line);
+                request.push_str("\r\n");
+            }
+        }
+        request.push_str("connection: close\r\n\r\n");
+        let Ok(mut host) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+            return;
+        };
+        if host.write_all(request.as_bytes()).is_err() {
+            return;
+        }
+        let mut answer = Vec::new();
+        let _ = host.read_to_end(&mut answer);
+        let _ = client.write_all(&answer);
+    }
+}
+
+impl Drop for PrefixProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The misbehave fixture's bytes with a custom section appended: a valid
 /// component with a new digest, i.e. a new version.
 fn new_version_of(bytes: &[u8], marker: &str) -> Vec<u8> {
@@ -466,6 +549,32 @@ fn the_dashboard_shows_the_group_pauses_drains_and_deploys_from_the_page() {
     );
     let (_, versions_here) = a.call("GET", "/v1/assignments", b"");
     assert_eq!(versions_here["pipelines"][0]["plugin_version"], 2);
+
+    // 6. Behind a path prefix (an ingress serving the host at /kwasm/):
+    //    the redirect, the modules and the API calls all stay under it.
+    let proxy = PrefixProxy::start("/kwasm", b.admin_port);
+    let url = browser.goto(&format!("http://127.0.0.1:{}/kwasm/ui", proxy.port));
+    assert_eq!(
+        url,
+        json!(format!("http://127.0.0.1:{}/kwasm/ui/", proxy.port))
+    );
+    let (row, ok) = browser.wait_for(&row_js, Duration::from_secs(30), |row| {
+        row["state"] == "running"
+            && cells_by_host(row)
+                .values()
+                .map(BTreeSet::len)
+                .sum::<usize>()
+                == PARTITIONS as usize
+    });
+    assert!(ok, "the overview through the prefix: {row}");
+    let host_shown = browser.eval("document.getElementById('status').textContent");
+    assert!(
+        host_shown
+            .as_str()
+            .is_some_and(|t| t.starts_with("host host-b")),
+        "served by host B through the proxy: {host_shown}"
+    );
+    drop(proxy);
     println!(
         "dashboard test done in {:.1} s",
         started.elapsed().as_secs_f64()

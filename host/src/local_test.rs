@@ -158,7 +158,7 @@ impl Progress {
 
     /// `done` messages handled so far.
     fn message_done(&self, done: u64) {
-        if done % 256 == 0 {
+        if done.is_multiple_of(256) {
             let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
             self.bar.set_message(format!(
                 "{done} messages, {:.0} msg/s",

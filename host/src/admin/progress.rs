@@ -118,10 +118,13 @@ struct ReaderInner {
     group_consumers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     /// The group-less consumer that reads dead letters; one call at a time.
     reader: Mutex<Option<BaseConsumer>>,
-    progress_cache: tokio::sync::Mutex<HashMap<String, (Instant, Result<Progress, String>)>>,
-    dead_letter_cache:
-        tokio::sync::Mutex<HashMap<String, (Instant, Result<Vec<DeadLetter>, String>)>>,
+    progress_cache: AnswerCache<Progress>,
+    dead_letter_cache: AnswerCache<Vec<DeadLetter>>,
 }
+
+/// Answers (or why the broker could not give one) by key, with when each
+/// was taken; held across a computation, so concurrent callers wait for one.
+type AnswerCache<T> = tokio::sync::Mutex<HashMap<String, (Instant, Result<T, String>)>>;
 
 impl BrokerReader {
     /// A reader with the control plane's client settings; clients are
@@ -203,7 +206,9 @@ impl ReaderInner {
         let mut watermarks = BTreeMap::new();
         let mut tpl = TopicPartitionList::new();
         for topic in &query.inputs {
-            for (partition, low, high) in topic_watermarks(consumer.as_ref(), topic)? {
+            for (partition, low, high) in
+                topic_watermarks(consumer.as_ref(), topic)?.unwrap_or_default()
+            {
                 watermarks.insert((topic.clone(), partition), (low, high));
                 tpl.add_partition(topic, partition);
             }
@@ -233,14 +238,11 @@ impl ReaderInner {
         let partitions = partition_progress(&watermarks, &committed, &query.owners);
         let mut output_end_offsets = BTreeMap::new();
         for topic in &query.outputs {
-            let end = topic_watermarks(consumer.as_ref(), topic)
-                .map(|w| w.iter().map(|(_, _, high)| high).sum::<i64>())
-                .unwrap_or(0);
+            let end = topic_watermarks(consumer.as_ref(), topic)?
+                .map_or(0, |w| w.iter().map(|(_, _, high)| high).sum::<i64>());
             output_end_offsets.insert(topic.clone(), end);
         }
-        let dead_letter_end_offset = topic_watermarks(consumer.as_ref(), &query.dead_letter_topic)
-            .ok()
-            .filter(|w| !w.is_empty())
+        let dead_letter_end_offset = topic_watermarks(consumer.as_ref(), &query.dead_letter_topic)?
             .map(|w| w.iter().map(|(_, _, high)| high).sum());
         Ok(Progress {
             taken_ms,
@@ -271,10 +273,9 @@ impl ReaderInner {
         let Some(reader) = slot.as_ref() else {
             return Ok(Vec::new());
         };
-        let watermarks = match topic_watermarks(reader, topic) {
-            Ok(w) => w,
-            // No dead-letter topic yet: nothing was dead-lettered.
-            Err(_) => return Ok(Vec::new()),
+        // No dead-letter topic yet: nothing was dead-lettered.
+        let Some(watermarks) = topic_watermarks(reader, topic)? else {
+            return Ok(Vec::new());
         };
         let mut tpl = TopicPartitionList::new();
         let mut open = 0usize;
@@ -314,18 +315,23 @@ impl ReaderInner {
     }
 }
 
-/// The partitions of `topic` with their (low, high) watermarks; an error
-/// when the topic does not exist.
-fn topic_watermarks(client: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, String> {
+/// The partitions of `topic` with their (low, high) watermarks; `None`
+/// when the topic does not exist (yet: a pipeline may name topics nobody
+/// has created).
+fn topic_watermarks(
+    client: &BaseConsumer,
+    topic: &str,
+) -> Result<Option<Vec<(i32, i64, i64)>>, String> {
     let metadata = client
         .fetch_metadata(Some(topic), BROKER_TIMEOUT)
         .map_err(|e| format!("cannot read the metadata of `{topic}`: {e}"))?;
-    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        return Err(format!("no topic `{topic}`"));
+    let Some(t) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    else {
+        return Ok(None);
     };
-    if t.error().is_some() {
-        return Err(format!("no topic `{topic}`"));
-    }
     let mut out = Vec::new();
     for p in t.partitions() {
         let (low, high) = client
@@ -334,7 +340,7 @@ fn topic_watermarks(client: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64,
         out.push((p.id(), low, high));
     }
     out.sort_unstable();
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Joins end offsets, committed offsets and holders into rows, sorted by
@@ -365,7 +371,7 @@ pub fn partition_progress(
 /// The newest `limit` dead letters, newest first (by timestamp, then
 /// offset).
 fn newest_first(mut letters: Vec<DeadLetter>, limit: usize) -> Vec<DeadLetter> {
-    letters.sort_by(|a, b| (b.timestamp_ms, b.offset).cmp(&(a.timestamp_ms, a.offset)));
+    letters.sort_by_key(|d| std::cmp::Reverse((d.timestamp_ms, d.offset)));
     letters.truncate(limit);
     letters
 }
@@ -496,12 +502,12 @@ pub async fn logs_handler(
             "limit must be between 1 and 1000, not {limit}"
         )));
     }
+    find_pipeline(&state, &name)?;
     let tail = state.logs.as_ref().ok_or_else(|| {
         super::AdminError::NotFound(
             "plugin logs are off on this host (set registry.plugin_logs = true)".into(),
         )
     })?;
-    find_pipeline(&state, &name)?;
     let (lines, cursor) = tail.lines(&name, query.after.unwrap_or(0), limit);
     Ok(axum::Json(serde_json::json!({
         "pipeline": name, "lines": lines, "cursor": cursor,

@@ -33,14 +33,16 @@ pub fn run(args: LogsArgs) -> Result<(), CliError> {
     let first = args.lines.clamp(1, 1000);
     let page = client.pipeline_logs(&args.pipeline, 0, first)?;
     emit(&render(&page))?;
+    if !args.follow {
+        return Ok(());
+    }
     let mut cursor = page.cursor;
-    while args.follow {
+    loop {
         std::thread::sleep(FOLLOW_POLL);
         let page = client.pipeline_logs(&args.pipeline, cursor, 1000)?;
         emit(&render(&page))?;
         cursor = page.cursor;
     }
-    Ok(())
 }
 
 fn render(page: &super::model::LogPage) -> String {

@@ -309,11 +309,19 @@ impl LogTail {
 
 /// Reads the logs topic from near its end, forever.
 fn follow(consumer: BaseConsumer, topic: &str, tail: LogTail) {
+    let mut warned = false;
     let start = loop {
         match start_positions(&consumer, topic) {
             Ok(tpl) => break tpl,
             Err(e) => {
-                tracing::warn!(topic, error = %e, "plugin logs tail: cannot read the topic yet; retrying");
+                // Once at WARN (a missing topic with create_topics off),
+                // then quietly: the retry goes on every second.
+                if warned {
+                    tracing::debug!(topic, error = %e, "plugin logs tail: cannot read the topic yet; retrying");
+                } else {
+                    tracing::warn!(topic, error = %e, "plugin logs tail: cannot read the topic yet; retrying every second");
+                    warned = true;
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
