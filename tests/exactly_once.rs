@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{Accounting, Host, PipelineDef, account, pipeline_toml};
 use kwasm_tests::{
-    OutRecord, committed_offsets, create_topic, end_offsets, produce, produce_sequence,
-    read_to_end, unique, wait_until,
+    OutRecord, create_topic, produce, produce_sequence, read_to_end, unique, wait_until,
 };
 
 const PARTITIONS: i32 = 6;
@@ -69,13 +68,7 @@ fn start(id: &str, t: &Topics, pipeline: &PipelineDef<'_>, delivery: &str) -> Ho
 /// Waits until the group's committed offsets on the input equal its end
 /// offsets: everything was processed and its transaction committed.
 fn wait_committed_to_end(t: &Topics, timeout: Duration) -> (Vec<i64>, Vec<Option<i64>>) {
-    let ends = end_offsets(&t.input);
-    let mut committed = Vec::new();
-    wait_until(timeout, Duration::from_millis(200), || {
-        committed = committed_offsets(&t.group, &t.input, PARTITIONS);
-        committed.iter().zip(&ends).all(|(c, e)| *c == Some(*e))
-    });
-    (ends, committed)
+    kwasm_tests::wait_committed_to_end(&t.group, &t.input, timeout)
 }
 
 fn print_accounting(what: &str, acc: &Accounting, output: usize) {

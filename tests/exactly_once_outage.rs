@@ -10,10 +10,13 @@
 
 mod e2e;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use e2e::{Host, PipelineDef, account, pipeline_toml};
-use kwasm_tests::{KafkaCluster, OutRecord, create_topic, produce, read_to_end, unique};
+use kwasm_tests::{
+    KafkaCluster, OutRecord, create_topic, end_offsets, produce, read_to_end, unique, wait_until,
+};
 
 const PARTITIONS: i32 = 3;
 
@@ -48,7 +51,11 @@ fn an_outage_longer_than_the_transaction_timeout_aborts_rewinds_and_loses_nothin
         "delivery = \"exactly-once\"\n[pipeline.transaction]\ntimeout_ms = 4000\ncommit_interval_ms = 100\n[pipeline.retry]",
     );
     let host = Host::start_with_pipelines("host-a", &group, &toml);
-    host.wait_ready(Duration::from_secs(60));
+    let all: BTreeSet<i32> = (0..PARTITIONS).collect();
+    let holds_all = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        host.partitions(&input).is_some_and(|p| p == all)
+    });
+    assert!(holds_all, "the host never held every partition");
 
     let mut produced = sequence(0, 3000);
     produce(
@@ -57,15 +64,21 @@ fn an_outage_longer_than_the_transaction_timeout_aborts_rewinds_and_loses_nothin
             .iter()
             .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
     );
-    // Processing is under way: kill the broker under the open transaction.
-    std::thread::sleep(Duration::from_millis(700));
+    // Once outputs reach the broker (the high watermark counts records of
+    // open transactions too), a transaction is open: kill the broker under
+    // it. The slow plugin keeps the partitions busy for about 2 s more.
+    let writing = wait_until(Duration::from_secs(60), Duration::from_millis(20), || {
+        end_offsets(&output).iter().sum::<i64>() > 0
+    });
+    assert!(writing, "the host never wrote an output");
     kafka.kill(1);
     let down = Instant::now();
     std::thread::sleep(Duration::from_secs(12));
     kafka.restart(1);
+    let outage = down.elapsed();
     println!(
         "broker down {:.1} s (the transaction timeout is 4 s)",
-        down.elapsed().as_secs_f64()
+        outage.as_secs_f64()
     );
     let more = sequence(3000, 3000);
     produce(
@@ -80,7 +93,8 @@ fn an_outage_longer_than_the_transaction_timeout_aborts_rewinds_and_loses_nothin
     let log = host.process.log_contents();
     let aborted = log.matches("transaction aborted").count();
     println!(
-        "exactly-once through a 12 s outage: {} outputs read to the end, lost {}, duplicates {}, out of order {}; {aborted} transaction(s) aborted",
+        "exactly-once through a {:.0} s outage: {} outputs read to the end, lost {}, duplicates {}, out of order {}; {aborted} transaction(s) aborted",
+        outage.as_secs_f64(),
         out.len(),
         acc.lost,
         acc.duplicates,

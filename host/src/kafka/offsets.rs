@@ -39,7 +39,7 @@ struct TrackerState {
     rejections: Vec<(i64, String)>,
     /// Offsets already in `rejections` (or taken from it), so that a second
     /// rejected record of one message does not owe a second dead letter.
-    owing: Vec<i64>,
+    owing: std::collections::BTreeSet<i64>,
 }
 
 impl OffsetTracker {
@@ -106,7 +106,7 @@ impl OffsetTracker {
             s.pop_done();
             false
         } else {
-            s.owing.push(offset);
+            s.owing.insert(offset);
             s.rejections.push((offset, reason));
             true
         }
@@ -178,7 +178,7 @@ impl TrackerState {
         while let Some(&(offset, 0)) = self.waiting.front() {
             self.waiting.pop_front();
             if !self.owing.is_empty() {
-                self.owing.retain(|&o| o != offset);
+                self.owing.remove(&offset);
             }
             self.advance_to(offset + 1);
         }
