@@ -65,6 +65,8 @@ impl Summary {
 #[derive(Debug, Default)]
 pub struct Aggregator {
     open: BTreeMap<String, Window>,
+    /// Summaries of intervals that a new line closed before `flush` did.
+    closed: Vec<Summary>,
 }
 
 #[derive(Debug)]
@@ -81,15 +83,22 @@ impl Aggregator {
                 *w.suppressed.entry(kind.to_owned()).or_default() += 1;
                 Decision::Suppress
             }
-            // No window, or one that `flush` has not closed yet: a new one.
+            // No window, or one that ended but `flush` has not closed yet:
+            // keep its counts for the next flush, and open a new one.
             _ => {
-                self.open.insert(
-                    pipeline.to_owned(),
-                    Window {
-                        started: now,
-                        suppressed: BTreeMap::new(),
-                    },
-                );
+                let new = Window {
+                    started: now,
+                    suppressed: BTreeMap::new(),
+                };
+                if let Some(old) = self.open.insert(pipeline.to_owned(), new)
+                    && !old.suppressed.is_empty()
+                {
+                    self.closed.push(Summary {
+                        pipeline: pipeline.to_owned(),
+                        by_kind: old.suppressed,
+                        interval: INTERVAL,
+                    });
+                }
                 Decision::Show
             }
         }
@@ -98,7 +107,7 @@ impl Aggregator {
     /// Closes the intervals that ended by `now`; a summary for each that
     /// left something out.
     pub fn flush(&mut self, now: Instant) -> Vec<Summary> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.closed);
         self.open.retain(|pipeline, w| {
             if now.saturating_duration_since(w.started) < INTERVAL {
                 return true;
@@ -227,11 +236,28 @@ mod tests {
         );
     }
 
+    /// Regression: at 10 dead letters a second, a line always arrived
+    /// between the end of an interval and the next flush; it opened a new
+    /// window and the old one's counts were lost, so no summary was ever
+    /// logged (seen in `kwasm dev --rate 500`).
     #[test]
-    fn a_line_after_an_unflushed_interval_opens_a_new_one() {
+    fn a_line_after_an_unflushed_interval_keeps_that_intervals_counts() {
         let t0 = Instant::now();
         let mut a = Aggregator::default();
         assert_eq!(a.observe("p", "k", t0), Decision::Show);
+        assert_eq!(
+            a.observe("p", "k", t0 + Duration::from_secs(1)),
+            Decision::Suppress
+        );
         assert_eq!(a.observe("p", "k", t0 + INTERVAL), Decision::Show);
+        let summaries = a.flush(t0 + INTERVAL + Duration::from_millis(500));
+        assert_eq!(
+            summaries,
+            vec![Summary {
+                pipeline: "p".into(),
+                by_kind: BTreeMap::from([("k".into(), 1)]),
+                interval: INTERVAL,
+            }]
+        );
     }
 }

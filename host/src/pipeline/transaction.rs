@@ -332,7 +332,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!closer.is_finished(), "close returned with a worker inside");
         drop(guard);
-        assert!(closer.join().expect("closer thread"), "a worker entered this transaction");
+        assert!(
+            closer.join().expect("closer thread"),
+            "a worker entered this transaction"
+        );
         // Closed: a worker waits, and leaves when its partition stops.
         let waiter = {
             let gate = gate.clone();
