@@ -109,11 +109,11 @@ fn kwasm_logs_follows_a_line_from_a_plugin_on_another_host_within_2_s() {
         format!("host-b misbehave {input}/{b_partition}@{offset} INFO: saw offset {offset}");
     let mut got = None;
     while sent.elapsed() < WITHIN + Duration::from_secs(8) {
-        if let Ok((at, line)) = rx.recv_timeout(Duration::from_millis(50)) {
-            if line.ends_with(&wanted) {
-                got = Some((at.duration_since(sent), line));
-                break;
-            }
+        if let Ok((at, line)) = rx.recv_timeout(Duration::from_millis(50))
+            && line.ends_with(&wanted)
+        {
+            got = Some((at.duration_since(sent), line));
+            break;
         }
     }
     let _ = follower.kill();

@@ -315,13 +315,12 @@ impl ReaderInner {
     }
 }
 
-/// The partitions of `topic` with their (low, high) watermarks; `None`
-/// when the topic does not exist (yet: a pipeline may name topics nobody
-/// has created).
-fn topic_watermarks(
-    client: &BaseConsumer,
-    topic: &str,
-) -> Result<Option<Vec<(i32, i64, i64)>>, String> {
+/// (partition, low watermark, high watermark), sorted by partition.
+type Watermarks = Vec<(i32, i64, i64)>;
+
+/// The partitions of `topic` with their watermarks; `None` when the topic
+/// does not exist (yet: a pipeline may name topics nobody has created).
+fn topic_watermarks(client: &BaseConsumer, topic: &str) -> Result<Option<Watermarks>, String> {
     let metadata = client
         .fetch_metadata(Some(topic), BROKER_TIMEOUT)
         .map_err(|e| format!("cannot read the metadata of `{topic}`: {e}"))?;
