@@ -49,7 +49,14 @@ impl Browser {
             )
         });
         let chromium = std::env::var("KWASM_CHROMIUM")
-            .unwrap_or_else(|_| panic!("KWASM_CHROMIUM is not set: scripts/test sets it"));
+            .ok()
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| {
+                panic!(
+                    "KWASM_CHROMIUM is not set or empty: scripts/test sets it to Debian's \
+                     chromium, which scripts/setup installs (apt-get install chromium)"
+                )
+            });
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dashboard/driver.py");
         let mut child = Command::new(&python)
             .arg(&script)
