@@ -8,7 +8,9 @@
 //! shows paused and its lag is exactly what was produced meanwhile, the
 //! lag falls as the messages drain, an upload and a deploy from the pages
 //! hot-deploy (outputs after it carry the new tag, none before it, each
-//! input exactly once). Screenshots of the three pages go to `docs/` (shown in the
+//! input exactly once), the pages work under a path prefix (through a
+//! proxy, as behind an ingress), and a host with a token is asked for it
+//! once per tab session. Screenshots of the three pages go to `docs/` (shown in the
 //! README). Needs `KWASM_BROWSER_PYTHON` (the venv's python with
 //! playwright) and `KWASM_CHROMIUM`, which `scripts/test` sets.
 
@@ -582,6 +584,46 @@ fn the_dashboard_shows_the_group_pauses_drains_and_deploys_from_the_page() {
         "served by host B through the proxy: {host_shown}"
     );
     drop(proxy);
+
+    // 7. A host with an admin token: the page asks for it once, keeps it
+    //    for the tab's session (a reload does not ask again).
+    let token = "dashboard-test-token";
+    let c = Host::start_custom(
+        "host-c",
+        &format!("{group}-c"),
+        &format!("admin_token = {token:?}"),
+        "",
+    );
+    c.wait_ready(Duration::from_secs(60));
+    let page = format!("http://127.0.0.1:{}/ui/", c.admin_port);
+    browser.goto(&page);
+    let (asked, ok) = browser.wait_for(
+        "document.getElementById('token-dialog').open",
+        Duration::from_secs(10),
+        |open| open == true,
+    );
+    assert!(ok, "the page asks for the token: {asked}");
+    browser.run(json!({"op": "fill", "selector": "#token-input", "value": token}));
+    browser.click("#token-form button[type=submit]");
+    let status_js = "document.getElementById('status').textContent";
+    let (status, ok) = browser.wait_for(status_js, Duration::from_secs(10), |t| {
+        t.as_str().is_some_and(|t| t.starts_with("host host-c"))
+    });
+    assert!(ok, "with the token the page reads host C: {status}");
+    assert_eq!(
+        browser.eval("sessionStorage.getItem('kwasm.token')"),
+        json!(token)
+    );
+    browser.goto(&page);
+    let (status, ok) = browser.wait_for(status_js, Duration::from_secs(10), |t| {
+        t.as_str().is_some_and(|t| t.starts_with("host host-c"))
+    });
+    assert!(ok, "after a reload the kept token still works: {status}");
+    assert_eq!(
+        browser.eval("document.getElementById('token-dialog').open"),
+        json!(false),
+        "and the page did not ask again"
+    );
     println!(
         "dashboard test done in {:.1} s",
         started.elapsed().as_secs_f64()
