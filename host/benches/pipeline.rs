@@ -938,6 +938,7 @@ impl Bench<'_> {
                     version: None,
                     config: config.clone(),
                     limits: Limits::default(),
+                    outputs: vec![],
                 };
                 let pipeline =
                     Pipeline::start(spec, deployment, &deps).map_err(|e| e.to_string())?;
