@@ -59,3 +59,12 @@ pub const ADMIN_REFUSED: &str = "kwasm_admin_refused_total";
 /// (`ok`, `error`); at most one per group per 2 s however often the
 /// endpoint is polled.
 pub const ADMIN_GROUP_DESCRIBES: &str = "kwasm_admin_group_describes_total";
+/// Counter: transactions an exactly-once pipeline committed, by pipeline.
+pub const TRANSACTIONS_COMMITTED: &str = "kwasm_transactions_committed_total";
+/// Counter: transactions aborted (and their partitions rewound and redone),
+/// by pipeline. A steady climb means the same work keeps failing: the
+/// host's log says why.
+pub const TRANSACTIONS_ABORTED: &str = "kwasm_transactions_aborted_total";
+/// Seconds from closing a transaction (no batch starts) to the next one
+/// opening: flush, offsets, commit.
+pub const TRANSACTION_COMMIT_SECONDS: &str = "kwasm_transaction_commit_seconds";

@@ -534,6 +534,9 @@ fn reader(topic: &str, partitions: i32, eof: bool) -> BaseConsumer {
     // librdkafka refuses assign() without a group.id ("Unknown group"); this
     // throwaway group is never joined (no subscribe) and never committed to.
     let mut config = consumer_config(Some(&unique("kwasm-tests-reader")));
+    // librdkafka's default, said out loud: an exactly-once check must not
+    // count the records of aborted transactions.
+    config.set("isolation.level", "read_committed");
     if eof {
         config.set("enable.partition.eof", "true");
     }

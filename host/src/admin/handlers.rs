@@ -141,6 +141,7 @@ pub async fn assignments(State(state): State<AdminState>) -> Json<Value> {
                 "plugin": d.plugin.name(),
                 "plugin_version": d.version,
                 "plugin_digest": d.plugin.digest(),
+                "delivery": p.spec().delivery.as_str(),
                 "partitions": p.partitions(),
             })
         })
