@@ -407,3 +407,27 @@ fn a_component_importing_wasi_http_is_refused_at_load_naming_the_import() {
         "{message}"
     );
 }
+
+#[test]
+fn a_transform_whose_start_returns_cannot_be_instantiated() {
+    let text = r#"
+(module
+  (import "redpanda_transform" "check_abi_version_1" (func $check))
+  (memory (export "memory") 1)
+  (func (export "_start") (call $check)))
+"#;
+    let plugin = runtime()
+        .load("returns", &wat::parse_str(text).expect("assembles"))
+        .expect("loads: its imports are fine");
+    let err = match plugin.idle_handler(vec![], Limits::default()).start() {
+        Ok(()) => panic!("a transform must not return from _start"),
+        Err(e) => e,
+    };
+    let PluginErrorKind::Instantiate(message) = &err.kind else {
+        panic!("expected an instantiation error, got {err}");
+    };
+    assert!(
+        message.starts_with("the transform's _start returned"),
+        "{message}"
+    );
+}

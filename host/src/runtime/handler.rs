@@ -294,24 +294,13 @@ impl PluginHandler {
                 report_dropped_output(&t.output, &self.plugin.name, input_topic, -1, &self.limits);
                 Ok(t)
             }
-            Err(stopped) => {
-                let output = match &stopped {
-                    Stopped::Failed(_, store) => Some(store.data().output.clone()),
-                    _ => None,
-                };
-                let kind = match output {
-                    Some(o) => self.stopped_kind(stopped, &o, PluginErrorKind::Instantiate),
-                    None => self.stopped_kind(
-                        stopped,
-                        &GuestOutput::new(
-                            Arc::from(""),
-                            "output",
-                            super::guest_output::LogBudget::new(0, 0),
-                        ),
-                        PluginErrorKind::Instantiate,
-                    ),
-                };
-                Err(fail(kind))
+            Err((stopped, output)) => {
+                report_dropped_output(&output, &self.plugin.name, input_topic, -1, &self.limits);
+                Err(fail(self.stopped_kind(
+                    stopped,
+                    &output,
+                    PluginErrorKind::Instantiate,
+                )))
             }
         }
     }
@@ -327,11 +316,12 @@ impl PluginHandler {
             Stopped::Failed(e, store) => {
                 classify_parts(&e, &store.data().limiter, output, &self.limits, other)
             }
-            Stopped::Returned => other(
+            Stopped::Returned => other(with_printed(
                 "the transform's _start returned: a Redpanda transform loops over \
                  read_batch_header forever (call on_record_written at the end of main)"
                     .into(),
-            ),
+                output,
+            )),
             Stopped::Lost => {
                 other("the transform was suspended outside read_batch_header (a host bug)".into())
             }
@@ -464,18 +454,20 @@ fn classify_parts(
                 Storage::Table => "a table",
             },
         },
-        _ => {
-            let printed = output.recent();
-            let mut reason = format!("{e:#}");
-            if !printed.is_empty() {
-                reason = format!(
-                    "{reason}; the plugin printed: {}",
-                    last_chars(&printed, 1000)
-                );
-            }
-            other(reason)
-        }
+        _ => other(with_printed(format!("{e:#}"), output)),
     }
+}
+
+/// `reason`, followed by the last of what the guest printed, if anything.
+fn with_printed(reason: String, output: &GuestOutput) -> String {
+    let printed = output.recent();
+    if printed.is_empty() {
+        return reason;
+    }
+    format!(
+        "{reason}; the plugin printed: {}",
+        last_chars(&printed, 1000)
+    )
 }
 
 /// Logs one summary line for the call if it logged beyond its limits, and

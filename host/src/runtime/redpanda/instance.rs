@@ -240,12 +240,13 @@ pub(crate) struct Start<'a> {
 
 impl RpInstance {
     /// Instantiates and runs `_start` until the guest first asks for a
-    /// batch.
+    /// batch. On failure, also what the guest printed (a Rust panic in
+    /// `main` says why there).
     pub(crate) fn start(
         engine: &wasmtime::Engine,
         pre: &InstancePre<RpState>,
         s: Start<'_>,
-    ) -> Result<Self, Stopped> {
+    ) -> Result<Self, (Stopped, GuestOutput)> {
         let exchange = Arc::new(Mutex::new(Exchange {
             batch: EncodedBatch::default(),
             offered: false,
@@ -293,8 +294,10 @@ impl RpInstance {
             output,
             input_topic: s.input_topic.to_owned(),
         };
-        instance.step()?;
-        Ok(instance)
+        match instance.step() {
+            Ok(()) => Ok(instance),
+            Err(stopped) => Err((stopped, instance.output)),
+        }
     }
 
     /// Runs `batch` through the guest: the records it wrote, per input
@@ -306,15 +309,12 @@ impl RpInstance {
             ex.offered = true;
         }
         self.step()?;
-        let mut ex = lock(&self.exchange);
-        let inputs = ex.batch.records.len();
-        let result = std::mem::replace(&mut ex.out.result, empty_result());
-        // Keep the buffers' capacity for the next batch.
-        ex.out.result = BatchResult {
-            record_counts: Vec::with_capacity(inputs),
-            ..empty_result()
-        };
-        Ok(result)
+        // The result leaves with the batch (the pipeline reads it while
+        // the guest waits); the next batch starts a new one.
+        Ok(std::mem::replace(
+            &mut lock(&self.exchange).out.result,
+            empty_result(),
+        ))
     }
 
     /// Polls the guest until it waits for a batch again.
