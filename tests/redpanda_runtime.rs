@@ -431,3 +431,42 @@ fn a_transform_whose_start_returns_cannot_be_instantiated() {
         "{message}"
     );
 }
+
+#[test]
+fn output_caps_stop_a_transform_at_the_write_that_crosses_them() {
+    let records = [
+        Record::value("aaaa"),
+        Record::value("bbbb"),
+        Record::value("cccc"),
+    ];
+    let run = |limits: Limits| {
+        let mut h = transform("identity")
+            .idle_handler(vec![], limits)
+            .with_output_topics(vec!["out".into()]);
+        match h.handle_batch(&batch(TOPIC, 0, 0, &records)) {
+            Ok(out) => panic!("expected a cap, got {:?}", outcomes(&out)),
+            Err(e) => e.kind,
+        }
+    };
+    assert_eq!(
+        run(Limits {
+            max_output_records: 2,
+            ..Limits::default()
+        }),
+        PluginErrorKind::TooManyRecords {
+            records: 3,
+            limit: 2
+        }
+    );
+    assert_eq!(
+        run(Limits {
+            max_output_bytes: 10,
+            ..Limits::default()
+        }),
+        PluginErrorKind::OutputTooLarge {
+            bytes: 12,
+            limit_bytes: 10,
+            what: "per batch"
+        }
+    );
+}
