@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{Accounting, Host, PipelineDef, account, pipeline_toml};
 use kwasm_tests::{
-    OutRecord, committed_offsets, create_topic, end_offsets, produce, produce_sequence,
-    read_to_end, unique, wait_until,
+    OutRecord, create_topic, produce, produce_sequence, read_to_end, unique, wait_until,
 };
 
 const PARTITIONS: i32 = 6;
@@ -69,13 +68,7 @@ fn start(id: &str, t: &Topics, pipeline: &PipelineDef<'_>, delivery: &str) -> Ho
 /// Waits until the group's committed offsets on the input equal its end
 /// offsets: everything was processed and its transaction committed.
 fn wait_committed_to_end(t: &Topics, timeout: Duration) -> (Vec<i64>, Vec<Option<i64>>) {
-    let ends = end_offsets(&t.input);
-    let mut committed = Vec::new();
-    wait_until(timeout, Duration::from_millis(200), || {
-        committed = committed_offsets(&t.group, &t.input, PARTITIONS);
-        committed.iter().zip(&ends).all(|(c, e)| *c == Some(*e))
-    });
-    (ends, committed)
+    kwasm_tests::wait_committed_to_end(&t.group, &t.input, timeout)
 }
 
 fn print_accounting(what: &str, acc: &Accounting, output: usize) {
@@ -267,6 +260,9 @@ fn a_frozen_host_is_fenced_and_its_late_transaction_never_shows() {
     let output = read_to_end(&t.output, produced.len(), Duration::from_secs(120));
     let acc = account(&produced, &output);
     print_accounting("exactly-once, zombie host", &acc, output.len());
+    if acc.duplicates > 0 {
+        print_duplicates(&output);
+    }
     assert_eq!(
         (acc.lost, acc.duplicates, acc.out_of_order),
         (0, 0, 0),
@@ -330,6 +326,30 @@ fn a_poison_message_is_dead_lettered_exactly_once() {
         committed.iter().take(3).copied().collect::<Vec<_>>(),
         ends.iter().take(3).map(|e| Some(*e)).collect::<Vec<_>>()
     );
+}
+
+/// For a failure message: which inputs came out twice, and where.
+fn print_duplicates(output: &[kwasm_tests::Record]) {
+    let mut at: std::collections::BTreeMap<String, Vec<(i32, i64)>> = Default::default();
+    for r in output {
+        at.entry(r.value_str())
+            .or_default()
+            .push((r.partition, r.offset));
+    }
+    let dups: Vec<_> = at.iter().filter(|(_, w)| w.len() > 1).collect();
+    let mut per_input: std::collections::BTreeMap<i32, (i64, i64, usize)> = Default::default();
+    for (v, _) in &dups {
+        if let Some((p, seq)) = kwasm_tests::sequence_of(v) {
+            let e = per_input.entry(p).or_insert((i64::MAX, i64::MIN, 0));
+            e.0 = e.0.min(seq);
+            e.1 = e.1.max(seq);
+            e.2 += 1;
+        }
+    }
+    println!("  duplicated inputs per input partition (first seq, last seq, count): {per_input:?}");
+    for (v, w) in dups.iter().take(5) {
+        println!("  {v} at (output partition, offset) {w:?}");
+    }
 }
 
 fn tail(text: &str, lines: usize) -> String {

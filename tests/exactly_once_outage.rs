@@ -75,9 +75,10 @@ fn an_outage_longer_than_the_transaction_timeout_aborts_rewinds_and_loses_nothin
     let down = Instant::now();
     std::thread::sleep(Duration::from_secs(12));
     kafka.restart(1);
+    let outage = down.elapsed();
     println!(
         "broker down {:.1} s (the transaction timeout is 4 s)",
-        down.elapsed().as_secs_f64()
+        outage.as_secs_f64()
     );
     let more = sequence(3000, 3000);
     produce(
@@ -92,7 +93,8 @@ fn an_outage_longer_than_the_transaction_timeout_aborts_rewinds_and_loses_nothin
     let log = host.process.log_contents();
     let aborted = log.matches("transaction aborted").count();
     println!(
-        "exactly-once through a 12 s outage: {} outputs read to the end, lost {}, duplicates {}, out of order {}; {aborted} transaction(s) aborted",
+        "exactly-once through a {:.0} s outage: {} outputs read to the end, lost {}, duplicates {}, out of order {}; {aborted} transaction(s) aborted",
+        outage.as_secs_f64(),
         out.len(),
         acc.lost,
         acc.duplicates,

@@ -411,6 +411,18 @@ pub struct RegistryConfig {
     /// ACLs, not only kwasm's checks, keep plugins away from the registry
     /// topics. See the README's "Kafka ACLs".
     pub properties: BTreeMap<String, String>,
+    /// Also write every plugin log line (the `log` import, stdout, stderr,
+    /// after the per-batch limits) to `logs_topic`, keyed by pipeline, for
+    /// `kwasm logs` and the dashboard. Default false.
+    pub plugin_logs: bool,
+    /// The plugin logs topic, part of the control plane (no pipeline may
+    /// read or write it). Default `_kwasm_logs`.
+    pub logs_topic: String,
+    /// `retention.ms` of the logs topic when kwasm creates it: time
+    /// retention, not compaction. Default 1 day.
+    pub logs_retention_ms: i64,
+    /// Partitions of the logs topic when kwasm creates it. Default 3.
+    pub logs_partitions: i32,
 }
 
 impl Default for RegistryConfig {
@@ -423,6 +435,10 @@ impl Default for RegistryConfig {
             max_plugin_bytes: 64 << 20,
             replication_factor: 1,
             properties: BTreeMap::new(),
+            plugin_logs: false,
+            logs_topic: "_kwasm_logs".into(),
+            logs_retention_ms: 24 * 3600 * 1000,
+            logs_partitions: 3,
         }
     }
 }
@@ -734,6 +750,7 @@ impl Config {
             );
         }
         self.check_memory_limits()?;
+        self.check_logs_topic()?;
         let control = ControlPlane::new(&self.registry);
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
@@ -753,6 +770,40 @@ impl Config {
 }
 
 impl Config {
+    /// The plugin logs topic is a topic name of its own, and its settings
+    /// are in range.
+    fn check_logs_topic(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        let r = &self.registry;
+        if !crate::topics::is_topic_name(&r.logs_topic) {
+            return invalid(
+                "registry.logs_topic".into(),
+                "must be a Kafka topic name (1 to 249 characters of [a-zA-Z0-9._-])",
+            );
+        }
+        if [&r.plugins_topic, &r.pipelines_topic, &r.members_topic].contains(&&r.logs_topic) {
+            return invalid(
+                "registry.logs_topic".into(),
+                "must differ from the registry's other topics",
+            );
+        }
+        if r.logs_retention_ms < 60_000 {
+            return invalid(
+                "registry.logs_retention_ms".into(),
+                "must be at least 60000 (one minute)",
+            );
+        }
+        if !(1..=1000).contains(&r.logs_partitions) {
+            return invalid("registry.logs_partitions".into(), "must be 1 to 1000");
+        }
+        Ok(())
+    }
+
     /// Plugin limits are in range, and every instance fits in the host's
     /// plugin memory budget (one that does not could never start).
     fn check_memory_limits(&self) -> Result<(), ConfigError> {

@@ -619,15 +619,13 @@ impl PipelineContext {
         if abort.is_none() && !s.producer.flush(eos.timeout() / 2) {
             abort = Some("the producer did not deliver within half the transaction timeout".into());
         }
-        // librdkafka's flush returns once the delivery reports are taken
-        // off its queue, which may be before the producer's thread has run
-        // their callbacks: wait until every tracker heard of its records
-        // (or of their failure), or the offsets would lag the outputs.
-        if abort.is_none() && !self.deliveries_reported(leaving, Duration::from_secs(5)) {
-            abort = Some(
-                "delivery reports did not reach the partitions within 5 s of the flush".into(),
-            );
-        }
+        // The offsets are what was handed to the producer, not what its
+        // delivery reports acknowledged: the commit succeeds only if every
+        // record of the transaction was delivered, and the reports reach
+        // the trackers on the producer's thread, possibly after the flush
+        // returned (offsets lagging their outputs were measured to commit
+        // duplicates). Reports still say which inputs to dead-letter on a
+        // redo.
         let positions = positions(consumer);
         let mut tpl = TopicPartitionList::new();
         let mut commits: Vec<(PartitionKey, i64)> = Vec::new();
@@ -645,7 +643,7 @@ impl PipelineContext {
                 match verdict(
                     failure.as_deref(),
                     rejected,
-                    a.commit_offset(&positions, key),
+                    a.transaction_offset(&positions, key),
                     a.committed,
                 ) {
                     PartitionVerdict::Abort(why) => {
@@ -713,28 +711,6 @@ impl PipelineContext {
             return;
         }
         eos.gate.open(s.deployment.generation());
-    }
-
-    /// Whether every partition held (and `leaving`) has had every record
-    /// it produced acknowledged, failed or rejected, waiting up to `within`.
-    fn deliveries_reported(&self, leaving: &[(PartitionKey, Assigned)], within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            let settled = |a: &Assigned| {
-                a.tracker.in_flight() == 0
-                    || a.tracker.failure().is_some()
-                    || a.tracker.has_rejections()
-            };
-            let done =
-                self.table().map.values().all(settled) && leaving.iter().all(|(_, a)| settled(a));
-            if done {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
     }
 
     /// Sends `offsets` and commits, retrying what librdkafka says may be
@@ -838,6 +814,12 @@ impl PipelineContext {
     fn rewind(&self, consumer: &BaseConsumer<Self>) {
         let keys = self.assigned_keys();
         for (key, a) in self.drain(&keys, false) {
+            // Rejections reported after the boundary (the abort flushed
+            // them) are dead-lettered on the redo too.
+            let late = a.tracker.take_rejections();
+            if !late.is_empty() {
+                self.redo().entry(key.clone()).or_default().extend(late);
+            }
             if let Some(offset) = a.resume_at
                 && let Err(e) = consumer.seek(
                     &key.0,
@@ -1031,6 +1013,23 @@ impl PipelineContext {
 }
 
 impl Assigned {
+    /// Exactly-once: the offset this partition's transaction commits, from
+    /// what was handed to the producer (see [`commit_offset`] for the
+    /// position).
+    fn transaction_offset(
+        &self,
+        positions: &TopicPartitionList,
+        key: &PartitionKey,
+    ) -> Option<i64> {
+        let position = positions
+            .find_partition(&key.0, key.1)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(next) => Some(next),
+                _ => None,
+            });
+        commit_offset(self.tracker.processed_through(), self.last_routed, position)
+    }
+
     /// The offset to commit for this partition: see [`commit_offset`].
     fn commit_offset(&self, positions: &TopicPartitionList, key: &PartitionKey) -> Option<i64> {
         let position = positions

@@ -332,7 +332,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!closer.is_finished(), "close returned with a worker inside");
         drop(guard);
-        assert!(closer.join().unwrap(), "a worker entered this transaction");
+        assert!(
+            closer.join().expect("closer thread"),
+            "a worker entered this transaction"
+        );
         // Closed: a worker waits, and leaves when its partition stops.
         let waiter = {
             let gate = gate.clone();
@@ -342,7 +345,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "entered a closed gate");
         stop.cancel();
-        assert!(!waiter.join().unwrap());
+        assert!(!waiter.join().expect("waiter thread"));
     }
 
     #[test]
@@ -358,6 +361,6 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(30));
         gate.open(2);
-        assert_eq!(waiter.join().unwrap(), Some(2));
+        assert_eq!(waiter.join().expect("waiter thread"), Some(2));
     }
 }

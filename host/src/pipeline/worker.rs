@@ -36,7 +36,9 @@ use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use tokio_util::sync::CancellationToken;
 
-use super::policy::{Action, Fault, decide};
+use super::policy::{
+    Action, Fault, OUTPUT_REJECTED, decide, instantiation_stall, producer_refused_kind,
+};
 use super::transaction::{GateGuard, TxnGate};
 use super::{DeploymentCell, PartitionEvent, PipelineStatus};
 use crate::config::RetryPolicy;
@@ -290,11 +292,7 @@ impl Worker {
                 }
                 Err(e) => {
                     metrics::counter!(m::ERRORS, "pipeline" => self.ctx.pipeline.clone(), "kind" => e.kind.code()).increment(1);
-                    let Action::Stall { after } =
-                        decide(Fault::Instantiate, attempt, &self.ctx.retry)
-                    else {
-                        unreachable!("instantiation faults stall")
-                    };
+                    let after = instantiation_stall(attempt, &self.ctx.retry);
                     let reason = format!("cannot instantiate the plugin: {e}");
                     tracing::error!(pipeline = %self.ctx.pipeline, topic = %self.ctx.topic, partition = self.ctx.partition,
                         error = %e, retry_in = ?after, "partition stalled: cannot instantiate the plugin");
@@ -489,7 +487,7 @@ impl Worker {
             self.send_dead_letter(
                 single.message(0),
                 Failure {
-                    kind: "output-rejected",
+                    kind: OUTPUT_REJECTED,
                     message: format!("{reason}{note}"),
                     attempts: 1,
                 },
@@ -653,7 +651,7 @@ impl Worker {
                 self.dead_letter(
                     msg,
                     Failure {
-                        kind: "output-rejected",
+                        kind: OUTPUT_REJECTED,
                         message: reason,
                         attempts: attempt,
                     },
@@ -731,13 +729,8 @@ impl Worker {
                     .route
                     .tracker()
                     .replace_unsent(offset, count - sent as u32);
-                let Action::DeadLetter { kind } =
-                    decide(Fault::ProducerRefused, 1, &self.ctx.retry)
-                else {
-                    unreachable!("a refused record dead-letters its message")
-                };
                 let failure = Failure {
-                    kind,
+                    kind: producer_refused_kind(),
                     message: format!("output record {} of {count}: {e}", sent + 1),
                     attempts: 1,
                 };
