@@ -12,6 +12,10 @@ KWASM_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The WASM crates built for wasm32-wasip2: example plugins and test fixtures.
 KWASM_WASM_CRATES=(passthrough filter transform router redact misbehave other-world)
 
+# Redpanda Data Transforms built for wasm32-wasip1 with crates.io's
+# redpanda-transform-sdk (tests/fixtures/redpanda/): the second plugin ABI.
+KWASM_TRANSFORM_CRATES=(redpanda-identity redpanda-transcoder redpanda-tee redpanda-logging redpanda-panic)
+
 # The test broker: Apache Kafka, fetched from Maven Central by scripts/setup
 # (scripts/kafka/pom.xml pins the version; keep the two in step).
 KWASM_KAFKA_VERSION="4.4.0"
@@ -108,7 +112,9 @@ kwasm_export_target_dir() {
 }
 
 # Builds every WASM crate once (release, wasm32-wasip2) and exports
-# KWASM_PLUGIN_DIR, where the .wasm files are.
+# KWASM_PLUGIN_DIR, where the .wasm files are; then the Redpanda transforms
+# (release, wasm32-wasip1, unmodified SDK binaries) and exports
+# KWASM_TRANSFORM_DIR, where theirs are (redpanda-NAME.wasm).
 kwasm_build_plugins() {
     local args=() crate
     for crate in "${KWASM_WASM_CRATES[@]}"; do
@@ -118,6 +124,14 @@ kwasm_build_plugins() {
     (cd "$KWASM_ROOT" && cargo build --release --target wasm32-wasip2 "${args[@]}")
     export KWASM_PLUGIN_DIR="$CARGO_TARGET_DIR/wasm32-wasip2/release"
     kwasm_log "KWASM_PLUGIN_DIR=$KWASM_PLUGIN_DIR"
+    args=()
+    for crate in "${KWASM_TRANSFORM_CRATES[@]}"; do
+        args+=(-p "$crate")
+    done
+    kwasm_log "building Redpanda transforms: ${KWASM_TRANSFORM_CRATES[*]}"
+    (cd "$KWASM_ROOT" && cargo build --release --target wasm32-wasip1 "${args[@]}")
+    export KWASM_TRANSFORM_DIR="$CARGO_TARGET_DIR/wasm32-wasip1/release"
+    kwasm_log "KWASM_TRANSFORM_DIR=$KWASM_TRANSFORM_DIR"
 }
 
 # Builds the host binary and exports KWASM_BIN.

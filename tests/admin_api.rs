@@ -486,10 +486,10 @@ async fn uploads_make_versions_and_the_same_bytes_keep_theirs() {
         (before..=now_ms()).contains(&created_ms),
         "created_ms {created_ms} is not the upload time"
     );
-    let v1 = json!({"version": 1, "digest": sha256_hex(&passthrough), "size_bytes": passthrough.len(), "created_ms": created_ms});
+    let v1 = json!({"version": 1, "digest": sha256_hex(&passthrough), "size_bytes": passthrough.len(), "created_ms": created_ms, "abi": "component"});
     assert_eq!(
         first.body,
-        json!({"name": "p", "version": 1, "digest": v1["digest"], "size_bytes": v1["size_bytes"], "created_ms": created_ms})
+        json!({"name": "p", "version": 1, "digest": v1["digest"], "size_bytes": v1["size_bytes"], "created_ms": created_ms, "abi": "component"})
     );
 
     let again = api.upload("p", &passthrough).await;
@@ -504,7 +504,7 @@ async fn uploads_make_versions_and_the_same_bytes_keep_theirs() {
     assert_eq!(second.body["version"], 2);
     assert_eq!(second.body["digest"], sha256_hex(&misbehave));
     assert_eq!(second.body["size_bytes"], misbehave.len());
-    let v2 = json!({"version": 2, "digest": second.body["digest"], "size_bytes": second.body["size_bytes"], "created_ms": second.body["created_ms"]});
+    let v2 = json!({"version": 2, "digest": second.body["digest"], "size_bytes": second.body["size_bytes"], "created_ms": second.body["created_ms"], "abi": "component"});
 
     let one = api.get("/v1/plugins/p").await;
     assert_eq!(

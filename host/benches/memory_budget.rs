@@ -196,6 +196,7 @@ fn main() {
         version: None,
         config,
         limits,
+        outputs: vec![],
     };
     let pipeline = Pipeline::start(spec, deployment, &deps).expect("pipeline starts");
     let status = pipeline.status().clone();

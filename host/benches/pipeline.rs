@@ -40,6 +40,8 @@
 //! asked for, builds the plugins).
 //! Environment:
 //! - `KWASM_PLUGIN_DIR` (required): where `passthrough.wasm` and `transform.wasm` are.
+//! - `KWASM_TRANSFORM_DIR`: where `redpanda-identity.wasm` is (Redpanda's
+//!   SDK identity transform, case `redpanda`; skipped without it).
 //! - `KWASM_BENCH_KSTREAMS_CLASSPATH`: the Kafka Streams peer's class path
 //!   (without it (d) and (e) are skipped); `KWASM_BENCH_KSTREAMS_JAVA_OPTS`
 //!   its JVM options (default `-Xms512m -Xmx512m`).
@@ -59,7 +61,7 @@
 //!   added to every case's clients (as `kafka.properties` does for the host).
 //! - `KWASM_BENCH_TARGETS` (`mock,kafka`; also `nisshi`), `KWASM_BENCH_SECTIONS`
 //!   (`throughput,large,sweep,latency`), `KWASM_BENCH_CASES`
-//!   (`direct,native,passthrough,passthrough-eos,transform,kstreams,kstreams-transform,native-spread,passthrough-spread`): subsets, e.g. for
+//!   (`direct,native,passthrough,passthrough-eos,transform,redpanda,kstreams,kstreams-transform,native-spread,passthrough-spread`): subsets, e.g. for
 //!   profiling one case. `KWASM_BENCH_DEBUG=1` prints latency over time.
 
 use std::collections::BTreeMap;
@@ -135,9 +137,18 @@ fn main() {
             .load(name, &bytes)
             .unwrap_or_else(|e| panic!("cannot load {name}: {e}"))
     };
+    let redpanda = std::env::var_os("KWASM_TRANSFORM_DIR").map(|dir| {
+        let path = PathBuf::from(dir).join("redpanda-identity.wasm");
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        runtime
+            .load("redpanda-identity", &bytes)
+            .unwrap_or_else(|e| panic!("cannot load redpanda-identity: {e}"))
+    });
     let plugins = Plugins {
         passthrough: load("passthrough"),
         transform: load("transform"),
+        redpanda,
     };
 
     println!("# kwasm pipeline benchmark");
@@ -251,7 +262,7 @@ impl Options {
             sections: list("KWASM_BENCH_SECTIONS", "throughput,large,sweep,latency"),
             cases: list(
                 "KWASM_BENCH_CASES",
-                "direct,native,passthrough,passthrough-eos,transform,kstreams,kstreams-transform,native-spread,passthrough-spread",
+                "direct,native,passthrough,passthrough-eos,transform,redpanda,kstreams,kstreams-transform,native-spread,passthrough-spread",
             ),
         }
     }
@@ -278,6 +289,9 @@ fn env_or(name: &str, default: usize) -> usize {
 struct Plugins {
     passthrough: Arc<CompiledPlugin>,
     transform: Arc<CompiledPlugin>,
+    /// Redpanda's SDK identity transform (the second plugin ABI), when
+    /// `KWASM_TRANSFORM_DIR` is set.
+    redpanda: Option<Arc<CompiledPlugin>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -618,6 +632,16 @@ impl Bench<'_> {
                 Processor::kwasm(&self.plugins.transform, &TRANSFORM_CONFIG, DEFAULT_BATCH),
             ),
         ];
+        if let Some(redpanda) = &self.plugins.redpanda {
+            cases.push((
+                "(f) Redpanda identity transform",
+                "redpanda",
+                Layout::Keyed,
+                Processor::kwasm(redpanda, &[], DEFAULT_BATCH),
+            ));
+        } else if o.case("redpanda") {
+            println!("(case redpanda skipped: KWASM_TRANSFORM_DIR is unset)");
+        }
         // The peer runs on Apache Kafka only: the mock cluster lives inside
         // this process, and nisshi is not what Kafka Streams users run.
         if b.name == "kafka" && (o.case("kstreams") || o.case("kstreams-transform")) {
@@ -973,6 +997,8 @@ impl Bench<'_> {
                     version: None,
                     config: config.clone(),
                     limits: Limits::default(),
+                    // A Redpanda transform's REDPANDA_OUTPUT_TOPIC_0.
+                    outputs: vec![output.to_owned()],
                 };
                 let pipeline =
                     Pipeline::start(spec, deployment, &deps).map_err(|e| e.to_string())?;

@@ -75,6 +75,29 @@ pub fn plugin_path(name: &str) -> PathBuf {
     path
 }
 
+/// Path of Redpanda transform fixture `name` (`identity` for the crate
+/// `redpanda-identity` in tests/fixtures/redpanda), built for wasm32-wasip1
+/// into `$KWASM_TRANSFORM_DIR` by `scripts/lib.sh`'s `kwasm_build_plugins`.
+///
+/// # Panics
+/// If `KWASM_TRANSFORM_DIR` is unset or the file does not exist.
+pub fn transform_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("KWASM_TRANSFORM_DIR").unwrap_or_else(|| {
+        panic!(
+            "KWASM_TRANSFORM_DIR is not set, so transform `{name}` cannot be found: \
+             run scripts/test, which builds the fixtures and sets it"
+        )
+    });
+    let path = PathBuf::from(dir).join(format!("redpanda-{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "transform `{name}` not found at {}: run scripts/test, which builds it \
+         (cargo build --release --target wasm32-wasip1 -p redpanda-{name})",
+        path.display()
+    );
+    path
+}
+
 /// Path of the `kwasm` host binary: `$KWASM_BIN`, else
 /// `$CARGO_TARGET_DIR/debug/kwasm`.
 ///

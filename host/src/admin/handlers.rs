@@ -168,6 +168,7 @@ struct VersionView<'a> {
     digest: &'a str,
     size_bytes: usize,
     created_ms: i64,
+    abi: crate::runtime::PluginAbi,
 }
 
 fn version_view(v: &PluginVersion) -> VersionView<'_> {
@@ -176,6 +177,7 @@ fn version_view(v: &PluginVersion) -> VersionView<'_> {
         digest: &v.digest,
         size_bytes: v.size_bytes,
         created_ms: v.created_ms,
+        abi: v.abi,
     }
 }
 
@@ -224,11 +226,11 @@ pub async fn upload_plugin(
     // Validation compiles the component; keep it off the async workers.
     let runtime = state.runtime.clone();
     let (n, b) = (name.clone(), bytes.clone());
-    tokio::task::spawn_blocking(move || runtime.load(&n, &b))
+    let abi = tokio::task::spawn_blocking(move || runtime.load(&n, &b).map(|p| p.abi()))
         .await
         .map_err(|e| AdminError::Unavailable(format!("validation failed to run: {e}")))?
         .map_err(|e| AdminError::Invalid(e.to_string()))?;
-    let (version, created) = registry.put_plugin(&name, &bytes).await?;
+    let (version, created) = registry.put_plugin(&name, &bytes, abi).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -237,6 +239,7 @@ pub async fn upload_plugin(
     let body = json!({
         "name": version.name, "version": version.version, "digest": version.digest,
         "size_bytes": version.size_bytes, "created_ms": version.created_ms,
+        "abi": version.abi,
     });
     Ok((status, Json(body)).into_response())
 }

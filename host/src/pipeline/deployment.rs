@@ -20,14 +20,19 @@ pub struct Deployment {
     pub config: Vec<(String, String)>,
     /// Limits.
     pub limits: Limits,
+    /// The pipeline's declared outputs, `output` first then
+    /// `extra_outputs`: a Redpanda transform's `REDPANDA_OUTPUT_TOPIC_<i>`
+    /// (components ignore it).
+    pub outputs: Vec<String>,
 }
 
 impl Deployment {
     /// A new instance of this deployment, initialised now (waiting for the
     /// host's plugin memory budget if need be).
     pub fn handler(&self) -> Result<PluginHandler, PluginError> {
-        self.plugin
-            .handler(self.config.clone(), self.limits.clone())
+        let mut handler = self.idle_handler();
+        handler.start()?;
+        Ok(handler)
     }
 
     /// A handler of this deployment that takes memory and instantiates only
@@ -35,6 +40,7 @@ impl Deployment {
     pub fn idle_handler(&self) -> PluginHandler {
         self.plugin
             .idle_handler(self.config.clone(), self.limits.clone())
+            .with_output_topics(self.outputs.clone())
     }
 
     /// Whether `other` runs the same code with the same settings.

@@ -294,6 +294,10 @@ impl PipelineManager {
                 .limits
                 .clone()
                 .unwrap_or_else(|| self.default_limits.clone()),
+            outputs: std::iter::once(&spec.output)
+                .chain(&spec.extra_outputs)
+                .cloned()
+                .collect(),
         })
     }
 

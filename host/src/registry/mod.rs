@@ -218,6 +218,7 @@ impl Registry {
         &self,
         name: &str,
         bytes: &[u8],
+        abi: crate::runtime::PluginAbi,
     ) -> Result<(PluginVersion, bool), RegistryError> {
         let digest = hex::encode(Sha256::digest(bytes));
         let topic = &self.inner.config.plugins_topic;
@@ -238,6 +239,7 @@ impl Registry {
                 size_bytes: bytes.len(),
                 chunks: chunks.len() as u32,
                 created_ms: now_ms(),
+                abi,
             };
             let json = serde_json::to_vec(&claim)?;
             let claim_key = keys::claim(name, version, &digest, &keys::new_nonce());

@@ -66,6 +66,11 @@ pub struct PluginVersion {
     pub chunks: u32,
     /// When it was uploaded (ms since the epoch).
     pub created_ms: i64,
+    /// The ABI the bytes were validated as at upload. Absent in records
+    /// written before Redpanda transforms were accepted, which were all
+    /// components.
+    #[serde(default)]
+    pub abi: crate::runtime::PluginAbi,
 }
 
 /// Keys of the plugins topic, in one place for the writer
@@ -987,6 +992,7 @@ mod tests {
             size_bytes: bytes.len(),
             chunks: bytes.chunks(chunk).count() as u32,
             created_ms: 1,
+            abi: crate::runtime::PluginAbi::Component,
         };
         (
             keys::claim(name, version, &m.digest, nonce),

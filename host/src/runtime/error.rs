@@ -133,12 +133,16 @@ pub enum ValidationError {
     /// Not WebAssembly at all.
     #[error("not a WebAssembly file: it does not start with the `\\0asm` magic")]
     NotWasm,
-    /// A core module, not a component.
+    /// A core module that is not a Redpanda transform either.
     #[error(
         "this is a core WebAssembly module, not a component: build the plugin with \
-         `cargo build --target wasm32-wasip2` and the kwasm-guest SDK"
+         `cargo build --target wasm32-wasip2` and the kwasm-guest SDK (a core module is \
+         accepted only as a Redpanda Data Transform, which imports `redpanda_transform`)"
     )]
     CoreModule,
+    /// The compiler refused a core module (a would-be Redpanda transform).
+    #[error("invalid WebAssembly module: {0}")]
+    CompileModule(String),
     /// The compiler refused it.
     #[error("invalid WebAssembly component: {0}")]
     Compile(String),

@@ -133,6 +133,12 @@ impl GuestOutput {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes bytes the guest wrote to stdout or stderr (Redpanda
+    /// transforms' `fd_write` comes here directly).
+    pub(crate) fn write_bytes(&self, buf: &[u8]) {
+        self.write(buf);
+    }
+
     fn write(&self, buf: &[u8]) {
         let mut state = self.lock();
         state.tail.extend_from_slice(buf);

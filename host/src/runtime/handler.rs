@@ -1,6 +1,11 @@
 //! [`PluginHandler`]: one plugin instance, owned by one partition worker,
 //! reused across batches and replaced after any failure, or dropped to give
 //! its memory back to the host's budget (the next batch rebuilds it).
+//!
+//! A Redpanda transform runs behind the same handler: its instance is a
+//! suspended guest (`redpanda::RpInstance`) instead of a component, its
+//! environment is built from the plugin config and the pipeline's outputs,
+//! and its result is the same [`BatchOutput`], checked the same way.
 
 use std::sync::Arc;
 
@@ -10,9 +15,11 @@ use super::batch::{BatchOutput, CheckError, InputBatch};
 use super::bindings::Plugin;
 use super::budget::{BudgetError, Reservation};
 use super::error::{BatchContext, PluginError, PluginErrorKind};
+use super::guest_output::GuestOutput;
 use super::host_state::HostState;
-use super::limiter::Storage;
-use super::{CompiledPlugin, Limits};
+use super::limiter::{InstanceLimiter, Storage};
+use super::redpanda::{self, RpInstance, Stopped};
+use super::{CompiledPlugin, Limits, PluginKind};
 use crate::metrics_names as m;
 
 /// Runs batches through one instance of a plugin.
@@ -31,6 +38,11 @@ pub struct PluginHandler {
     /// `None` after a failure or a release; the next batch instantiates
     /// afresh.
     instance: Option<Instance>,
+    /// The same for a Redpanda transform.
+    transform: Option<RpInstance>,
+    /// The pipeline's declared output topics, default first: a Redpanda
+    /// transform's `REDPANDA_OUTPUT_TOPIC_<i>` and the topics it may name.
+    outputs: Arc<[String]>,
 }
 
 struct Instance {
@@ -51,12 +63,32 @@ impl PluginHandler {
             limits,
             reservation: None,
             instance: None,
+            transform: None,
+            outputs: Arc::from([]),
         }
+    }
+
+    /// Sets the pipeline's declared outputs, default first (what a Redpanda
+    /// transform is told in `REDPANDA_OUTPUT_TOPIC_<i>` and may write to;
+    /// a component ignores them). Without them a transform may name any
+    /// topic, which only `kwasm test` relies on.
+    pub fn with_output_topics(mut self, outputs: Vec<String>) -> Self {
+        self.outputs = Arc::from(outputs);
+        self
     }
 
     /// Instantiates now (and calls `init`), if there is no instance yet,
     /// waiting for memory if need be.
     pub fn start(&mut self) -> Result<(), PluginError> {
+        if let PluginKind::RedpandaTransform(_) = &self.plugin.kind {
+            // The input topic is known at the first batch (a regex
+            // pipeline has several); this instance is rebuilt then if its
+            // topic differs.
+            if self.transform.is_none() {
+                self.transform = Some(self.start_transform("")?);
+            }
+            return Ok(());
+        }
         if self.instance.is_none() {
             self.instance = Some(self.instantiate()?);
         }
@@ -90,6 +122,7 @@ impl PluginHandler {
     /// globals are a cache, not state.
     pub fn release_memory(&mut self) {
         self.instance = None;
+        self.transform = None;
         self.reservation = None;
     }
 
@@ -98,7 +131,8 @@ impl PluginHandler {
         self.reservation.is_some()
     }
 
-    /// Bytes of memories and tables the current instance holds, if any.
+    /// Bytes of memories and tables the current instance holds, if any (a
+    /// Redpanda transform's store is inside its suspended call: `None`).
     pub fn instance_memory_bytes(&self) -> Option<usize> {
         self.instance
             .as_ref()
@@ -123,6 +157,9 @@ impl PluginHandler {
     /// Runs `batch`. On any error but a bad answer the instance is dropped
     /// and the next call starts a fresh one.
     pub fn handle_batch(&mut self, batch: &InputBatch) -> Result<BatchOutput, PluginError> {
+        if let PluginKind::RedpandaTransform(_) = &self.plugin.kind {
+            return self.handle_transform_batch(batch);
+        }
         let mut instance = match self.instance.take() {
             Some(i) => i,
             None => self.instantiate().map_err(|e| PluginError {
@@ -148,29 +185,146 @@ impl PluginHandler {
             Ok(result) => {
                 // A bad answer does not corrupt the instance: keep it.
                 self.instance = Some(instance);
-                BatchOutput::check(result, batch.len(), &self.limits).map_err(|e| PluginError {
-                    context: Box::new(self.context(batch)),
-                    kind: match e {
-                        CheckError::Bad(m) => PluginErrorKind::BadOutput(m),
-                        CheckError::TooLarge {
-                            bytes,
-                            limit_bytes,
-                            what,
-                        } => PluginErrorKind::OutputTooLarge {
-                            bytes,
-                            limit_bytes,
-                            what,
-                        },
-                        CheckError::TooManyRecords { records, limit } => {
-                            PluginErrorKind::TooManyRecords { records, limit }
-                        }
-                    },
-                })
+                self.check(result, batch)
             }
             Err(e) => Err(PluginError {
                 context: Box::new(self.context(batch)),
                 kind: classify(&e, instance.store.data(), &self.limits),
             }),
+        }
+    }
+
+    /// Checks a guest's answer to `batch` against the contract and limits.
+    fn check(
+        &self,
+        result: super::bindings::BatchResult,
+        batch: &InputBatch,
+    ) -> Result<BatchOutput, PluginError> {
+        BatchOutput::check(result, batch.len(), &self.limits).map_err(|e| PluginError {
+            context: Box::new(self.context(batch)),
+            kind: match e {
+                CheckError::Bad(m) => PluginErrorKind::BadOutput(m),
+                CheckError::TooLarge {
+                    bytes,
+                    limit_bytes,
+                    what,
+                } => PluginErrorKind::OutputTooLarge {
+                    bytes,
+                    limit_bytes,
+                    what,
+                },
+                CheckError::TooManyRecords { records, limit } => {
+                    PluginErrorKind::TooManyRecords { records, limit }
+                }
+            },
+        })
+    }
+
+    /// A batch through a Redpanda transform: the instance for the batch's
+    /// topic (its environment names it), the guest run until it asks for
+    /// the next batch, its records checked like a component's.
+    fn handle_transform_batch(&mut self, batch: &InputBatch) -> Result<BatchOutput, PluginError> {
+        let mut transform = match self.transform.take() {
+            Some(t) if t.input_topic == batch.topic() => t,
+            _ => self
+                .start_transform(batch.topic())
+                .map_err(|e| PluginError {
+                    context: Box::new(self.context(batch)),
+                    kind: e.kind,
+                })?,
+        };
+        let result = transform.run(batch);
+        report_dropped_output(
+            &transform.output,
+            &self.plugin.name,
+            batch.topic(),
+            batch.partition(),
+            &self.limits,
+        );
+        match result {
+            Ok(result) => {
+                self.transform = Some(transform);
+                self.check(result, batch)
+            }
+            Err(stopped) => Err(PluginError {
+                context: Box::new(self.context(batch)),
+                kind: self.stopped_kind(stopped, &transform.output, PluginErrorKind::Trap),
+            }),
+        }
+    }
+
+    /// A transform instance for `input_topic`, run up to its first wait for
+    /// a batch, in this handler's memory reservation.
+    fn start_transform(&mut self, input_topic: &str) -> Result<RpInstance, PluginError> {
+        let fail = |kind| PluginError {
+            context: Box::new(BatchContext {
+                plugin: self.plugin.name.clone(),
+                digest: self.plugin.digest.clone(),
+                topic: String::new(),
+                partition: -1,
+                offsets: None,
+            }),
+            kind,
+        };
+        let PluginKind::RedpandaTransform(pre) = &self.plugin.kind else {
+            return Err(fail(PluginErrorKind::Instantiate(
+                "not a Redpanda transform".into(),
+            )));
+        };
+        redpanda::check_env(&self.config)
+            .map_err(|e| fail(PluginErrorKind::InitRejected(e.to_string())))?;
+        if self.reservation.is_none() {
+            let reservation = self
+                .plugin
+                .budget
+                .reserve(self.limits.memory_bytes, &|| false)
+                .map_err(|e| fail(PluginErrorKind::Instantiate(e.to_string())))?;
+            self.reservation = Some(reservation);
+        }
+        let start = redpanda::Start {
+            plugin: &self.plugin.name,
+            user_env: &self.config,
+            input_topic,
+            outputs: self.outputs.clone(),
+            limits: &self.limits,
+        };
+        match RpInstance::start(&self.plugin.engine, pre, start) {
+            Ok(t) => {
+                // What main() printed before its first batch.
+                report_dropped_output(&t.output, &self.plugin.name, input_topic, -1, &self.limits);
+                Ok(t)
+            }
+            Err((stopped, output)) => {
+                report_dropped_output(&output, &self.plugin.name, input_topic, -1, &self.limits);
+                Err(fail(self.stopped_kind(
+                    stopped,
+                    &output,
+                    PluginErrorKind::Instantiate,
+                )))
+            }
+        }
+    }
+
+    /// The error for a transform that stopped running.
+    fn stopped_kind(
+        &self,
+        stopped: Stopped,
+        output: &GuestOutput,
+        other: fn(String) -> PluginErrorKind,
+    ) -> PluginErrorKind {
+        match stopped {
+            Stopped::Failed(e, store) => {
+                classify_parts(&e, &store.data().limiter, output, &self.limits, other)
+            }
+            Stopped::Returned => other(with_printed(
+                "the transform's _start returned: a Redpanda transform loops over \
+                 read_batch_header forever (call on_record_written at the end of main)"
+                    .into(),
+                output,
+            )),
+            Stopped::Lost => {
+                other("the transform was suspended outside read_batch_header (a host bug)".into())
+            }
         }
     }
 
@@ -201,7 +355,12 @@ impl PluginHandler {
         // A new store's deadline is "now": set it before instantiating, or
         // the start function itself is interrupted.
         store.set_epoch_deadline(self.limits.deadline_ticks());
-        let bindings = self.plugin.pre.instantiate(&mut store).map_err(|e| {
+        let PluginKind::Component(pre) = &self.plugin.kind else {
+            return Err(fail(PluginErrorKind::Instantiate(
+                "a Redpanda transform has no component instance".into(),
+            )));
+        };
+        let bindings = pre.instantiate(&mut store).map_err(|e| {
             fail(classify_or(
                 &e,
                 store.data(),
@@ -248,6 +407,34 @@ fn classify_or(
     limits: &Limits,
     other: fn(String) -> PluginErrorKind,
 ) -> PluginErrorKind {
+    classify_parts(e, &state.limiter, &state.output, limits, other)
+}
+
+/// [`classify_or`] from the parts of a store's state both ABIs have.
+fn classify_parts(
+    e: &wasmtime::Error,
+    limiter: &InstanceLimiter,
+    output: &GuestOutput,
+    limits: &Limits,
+    other: fn(String) -> PluginErrorKind,
+) -> PluginErrorKind {
+    // A Redpanda transform's output crossing a cap traps in the host call.
+    match e.downcast_ref::<redpanda::OutputLimit>() {
+        Some(redpanda::OutputLimit::Bytes { bytes, limit }) => {
+            return PluginErrorKind::OutputTooLarge {
+                bytes: *bytes,
+                limit_bytes: *limit,
+                what: "per batch",
+            };
+        }
+        Some(redpanda::OutputLimit::Records { records, limit }) => {
+            return PluginErrorKind::TooManyRecords {
+                records: *records,
+                limit: *limit,
+            };
+        }
+        None => {}
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginErrorKind::Timeout {
             limit_ms: limits.batch_timeout_ms,
@@ -259,7 +446,7 @@ fn classify_or(
         // A Rust guest whose allocation is refused aborts (`unreachable`),
         // a hand-written one may trap otherwise: the limiter's note of a
         // refusal during this call says memory came first.
-        _ if let Some(refusal) = state.limiter.refusal() => PluginErrorKind::MemoryLimit {
+        _ if let Some(refusal) = limiter.refusal() => PluginErrorKind::MemoryLimit {
             limit_bytes: limits.memory_bytes,
             wanted_bytes: refusal.wanted_bytes,
             growing: match refusal.storage {
@@ -267,34 +454,52 @@ fn classify_or(
                 Storage::Table => "a table",
             },
         },
-        _ => {
-            let printed = state.output.recent();
-            let mut reason = format!("{e:#}");
-            if !printed.is_empty() {
-                reason = format!(
-                    "{reason}; the plugin printed: {}",
-                    last_chars(&printed, 1000)
-                );
-            }
-            other(reason)
-        }
+        _ => other(with_printed(format!("{e:#}"), output)),
     }
+}
+
+/// `reason`, followed by the last of what the guest printed, if anything.
+fn with_printed(reason: String, output: &GuestOutput) -> String {
+    let printed = output.recent();
+    if printed.is_empty() {
+        return reason;
+    }
+    format!(
+        "{reason}; the plugin printed: {}",
+        last_chars(&printed, 1000)
+    )
 }
 
 /// Logs one summary line for the call if it logged beyond its limits, and
 /// counts what was dropped.
 fn report_dropped_logs(state: &HostState, limits: &Limits) {
-    let dropped = state.output.finish_call();
+    report_dropped_output(
+        &state.output,
+        &state.log.plugin,
+        &state.log.topic,
+        state.log.partition,
+        limits,
+    );
+}
+
+/// [`report_dropped_logs`] for one guest's output streams.
+fn report_dropped_output(
+    output: &GuestOutput,
+    plugin: &str,
+    topic: &str,
+    partition: i32,
+    limits: &Limits,
+) {
+    let dropped = output.finish_call();
     if dropped.lines == 0 {
         return;
     }
-    let plugin = &*state.log.plugin;
     metrics::counter!(m::PLUGIN_LOG_LINES_DROPPED, "plugin" => plugin.to_owned())
         .increment(dropped.lines);
     metrics::counter!(m::PLUGIN_LOG_BYTES_DROPPED, "plugin" => plugin.to_owned())
         .increment(dropped.bytes);
     tracing::warn!(
-        target: "kwasm::plugin", plugin, topic = %state.log.topic, partition = state.log.partition,
+        target: "kwasm::plugin", plugin, topic, partition,
         dropped_lines = dropped.lines, dropped_bytes = dropped.bytes,
         max_log_lines = limits.max_log_lines, max_log_bytes = limits.max_log_bytes,
         "plugin log lines dropped: the call logged more than max_log_lines = {} or max_log_bytes = {}",

@@ -18,6 +18,13 @@
 //! - An instance that failed is never entered again: [`PluginHandler`]
 //!   replaces it before the next batch.
 //!
+//! - A plugin is one of two ABIs ([`PluginAbi`]): a component of the kwasm
+//!   world, or a Redpanda Data Transform (a core module, run as the Redpanda
+//!   broker runs it: `redpanda`). Both run behind the same [`PluginHandler`]
+//!   and [`BatchOutput`], so the pipeline does not tell them apart.
+//! - A plugin is accepted only when the host can satisfy every import it
+//!   has: what uploads also instantiates.
+//!
 //! `wasmtime::Error` does not leave this module: callers see [`PluginError`]
 //! and [`ValidationError`].
 
@@ -30,6 +37,7 @@ mod guest_output;
 mod handler;
 mod host_state;
 mod limiter;
+mod redpanda;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +52,7 @@ pub use budget::{BudgetError, MemoryBudget, Reservation, default_plugin_memory_b
 pub use error::{BatchContext, PluginError, PluginErrorKind, RuntimeError, ValidationError};
 pub use handler::PluginHandler;
 pub use limiter::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES, TABLE_ELEMENT_BYTES};
+pub use redpanda::EnvError;
 
 use bindings::PluginPre;
 use host_state::HostState;
@@ -53,6 +62,42 @@ pub const HANDLER_EXPORT: &str = "kwasm:plugin/handler@0.1.0";
 /// The non-WASI interfaces a plugin may import (types come along with the
 /// handler export; logging is the one capability granted).
 pub const KWASM_IMPORTS: [&str; 2] = ["kwasm:plugin/types@0.1.0", "kwasm:plugin/log@0.1.0"];
+/// The WASI 0.2 packages the host links (wasmtime-wasi's p2 set, granting
+/// nothing: see `host_state`). A component importing any other WASI
+/// package (`wasi:http`, `wasi:keyvalue`, ...) is refused at load, naming
+/// the import, instead of failing at its first instantiation.
+pub const WASI_PACKAGES: [&str; 6] = [
+    "wasi:cli",
+    "wasi:clocks",
+    "wasi:filesystem",
+    "wasi:io",
+    "wasi:random",
+    "wasi:sockets",
+];
+
+/// Which contract a plugin was built against. Detected from the bytes at
+/// load; stored with each registry version and shown by the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginAbi {
+    /// A component exporting [`HANDLER_EXPORT`] (the kwasm WIT).
+    #[default]
+    Component,
+    /// A core module importing `redpanda_transform`, built with Redpanda's
+    /// transform SDK: the pipeline's plugin config is its environment, its
+    /// outputs are the pipeline's declared outputs in order.
+    RedpandaTransform,
+}
+
+impl PluginAbi {
+    /// The name used in the API and docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginAbi::Component => "component",
+            PluginAbi::RedpandaTransform => "redpanda-transform",
+        }
+    }
+}
 
 /// How often the epoch ticker advances. Deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -200,6 +245,9 @@ pub struct Runtime {
 struct RuntimeInner {
     engine: Engine,
     linker: Linker<HostState>,
+    /// The linker of Redpanda transforms (same engine: wasmtime runs async
+    /// calls on any engine).
+    transform_linker: wasmtime::Linker<redpanda::RpState>,
     cache: cache::CompileCache,
     budget: Arc<MemoryBudget>,
     /// Plugins loaded and still held by someone (a deployment, a handler),
@@ -216,9 +264,15 @@ pub struct CompiledPlugin {
     name: String,
     digest: String,
     size_bytes: usize,
-    pre: PluginPre<HostState>,
+    kind: PluginKind,
     engine: Engine,
     budget: Arc<MemoryBudget>,
+}
+
+/// What instantiates a plugin, per ABI.
+pub(crate) enum PluginKind {
+    Component(PluginPre<HostState>),
+    RedpandaTransform(wasmtime::InstancePre<redpanda::RpState>),
 }
 
 impl Runtime {
@@ -232,12 +286,14 @@ impl Runtime {
             .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(16));
         let engine = Engine::new(&wasm).map_err(RuntimeError::engine)?;
         let linker = host_state::linker(&engine).map_err(RuntimeError::engine)?;
+        let transform_linker = redpanda::linker(&engine).map_err(RuntimeError::engine)?;
         spawn_epoch_ticker(&engine)?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 cache: cache::CompileCache::new(config.cache_dir, &engine),
                 engine,
                 linker,
+                transform_linker,
                 budget: MemoryBudget::new(config.max_plugin_memory_bytes),
                 in_memory: std::sync::Mutex::default(),
             }),
@@ -250,11 +306,12 @@ impl Runtime {
     }
 
     /// Validates and compiles `bytes` as plugin `name`. Rejects anything that
-    /// is not a component of the kwasm world with an error saying what is
-    /// missing. Compiled code is cached on disk by digest, and shared in
+    /// is neither a component of the kwasm world nor a Redpanda transform,
+    /// or imports what the host does not provide, with an error saying what
+    /// is missing or naming the import. Compiled code is cached on disk by digest, and shared in
     /// memory while anyone holds it (see [`Runtime::plugins_in_memory`]).
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Arc<CompiledPlugin>, ValidationError> {
-        check_header(bytes)?;
+        let core_module = check_header(bytes)?;
         let digest = hex::encode(Sha256::digest(bytes));
         let key = (digest.clone(), name.to_owned());
         if let Some(plugin) = self
@@ -264,7 +321,11 @@ impl Runtime {
         {
             return Ok(plugin);
         }
-        let plugin = self.compile(name, digest, bytes)?;
+        let plugin = if core_module {
+            self.compile_transform(name, digest, bytes)?
+        } else {
+            self.compile(name, digest, bytes)?
+        };
         let mut in_memory = self.in_memory();
         // Entries of plugins nobody holds any more go now: the map never
         // outgrows what the host runs.
@@ -320,7 +381,37 @@ impl Runtime {
             name: name.to_owned(),
             digest,
             size_bytes: bytes.len(),
-            pre,
+            kind: PluginKind::Component(pre),
+            engine: self.inner.engine.clone(),
+            budget: self.inner.budget.clone(),
+        }))
+    }
+
+    /// A core module: accepted only as a Redpanda transform whose every
+    /// import the host provides. Compiled anew at each load (a transform is
+    /// small; the disk cache holds components).
+    fn compile_transform(
+        &self,
+        name: &str,
+        digest: String,
+        bytes: &[u8],
+    ) -> Result<Arc<CompiledPlugin>, ValidationError> {
+        let module = wasmtime::Module::new(&self.inner.engine, bytes)
+            .map_err(|e| ValidationError::CompileModule(format!("{e:#}")))?;
+        if !redpanda::is_transform(&module) {
+            return Err(ValidationError::CoreModule);
+        }
+        redpanda::check_module(&module)?;
+        let pre = self
+            .inner
+            .transform_linker
+            .instantiate_pre(&module)
+            .map_err(|e| ValidationError::Link(format!("{e:#}")))?;
+        Ok(Arc::new(CompiledPlugin {
+            name: name.to_owned(),
+            digest,
+            size_bytes: bytes.len(),
+            kind: PluginKind::RedpandaTransform(pre),
             engine: self.inner.engine.clone(),
             budget: self.inner.budget.clone(),
         }))
@@ -341,17 +432,27 @@ impl Runtime {
         let foreign: Vec<&str> = ty
             .imports(engine)
             .map(|(n, _)| n)
-            .filter(|n| !KWASM_IMPORTS.contains(n) && !n.starts_with("wasi:"))
+            .filter(|n| !KWASM_IMPORTS.contains(n) && !is_linked_wasi(n))
             .collect();
         if !foreign.is_empty() {
             return Err(ValidationError::WrongWorld(format!(
-                "the component imports {}, which kwasm does not provide (allowed: {} and WASI)",
+                "the component imports {}, which kwasm does not provide (allowed: {} and the \
+                 WASI packages {})",
                 list_or_none(&foreign),
-                list_or_none(&KWASM_IMPORTS)
+                list_or_none(&KWASM_IMPORTS),
+                list_or_none(&WASI_PACKAGES)
             )));
         }
         Ok(())
     }
+}
+
+/// Whether `import` (e.g. `wasi:io/poll@0.2.6`) is an interface of a WASI
+/// package the host links. The interface and version are then checked by
+/// the linker, whose error names them.
+fn is_linked_wasi(import: &str) -> bool {
+    let package = import.split('/').next().unwrap_or(import);
+    WASI_PACKAGES.contains(&package)
 }
 
 fn list_or_none(names: &[&str]) -> String {
@@ -367,16 +468,15 @@ fn list_or_none(names: &[&str]) -> String {
 }
 
 /// Cheap checks with precise messages before handing bytes to the compiler.
-fn check_header(bytes: &[u8]) -> Result<(), ValidationError> {
+/// True for a core module (a Redpanda transform, if anything), false for a
+/// component.
+fn check_header(bytes: &[u8]) -> Result<bool, ValidationError> {
     const MAGIC: &[u8] = b"\0asm";
     const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
         return Err(ValidationError::NotWasm);
     }
-    if bytes[4..8] == CORE_VERSION {
-        return Err(ValidationError::CoreModule);
-    }
-    Ok(())
+    Ok(bytes[4..8] == CORE_VERSION)
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] so deadlines fire. Holds
@@ -412,6 +512,14 @@ impl CompiledPlugin {
         self.size_bytes
     }
 
+    /// The ABI it was built against.
+    pub fn abi(&self) -> PluginAbi {
+        match self.kind {
+            PluginKind::Component(_) => PluginAbi::Component,
+            PluginKind::RedpandaTransform(_) => PluginAbi::RedpandaTransform,
+        }
+    }
+
     /// A handler with its own instance, initialised with `config` now, so a
     /// bad configuration fails here rather than on the first message. It
     /// waits for the host's memory budget if that is full (for at most a
@@ -444,6 +552,29 @@ impl std::fmt::Debug for CompiledPlugin {
             .field("name", &self.name)
             .field("digest", &self.digest)
             .field("size_bytes", &self.size_bytes)
+            .field("abi", &self.abi())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_wasi_packages_the_host_links_pass() {
+        assert!(is_linked_wasi("wasi:io/poll@0.2.6"));
+        assert!(is_linked_wasi("wasi:cli/environment@0.2.0"));
+        assert!(!is_linked_wasi("wasi:http/outgoing-handler@0.2.0"));
+        assert!(!is_linked_wasi("wasi:keyvalue/store@0.2.0-draft"));
+        // A package name must match whole, not as a prefix.
+        assert!(!is_linked_wasi("wasi:iox/poll@0.2.0"));
+    }
+
+    #[test]
+    fn core_modules_and_components_are_told_apart_by_their_layer() {
+        assert_eq!(check_header(b"\0asm\x01\0\0\0"), Ok(true));
+        assert_eq!(check_header(b"\0asm\x0d\0\x01\0"), Ok(false));
+        assert_eq!(check_header(b"\0as"), Err(ValidationError::NotWasm));
     }
 }
