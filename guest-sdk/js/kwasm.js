@@ -47,6 +47,9 @@ function asBytes(v) {
   if (v === null || v === undefined) return null;
   if (typeof v === "string") return encoder.encode(v);
   if (v instanceof Uint8Array) return v;
+  // Lifted list<u8> may come as another view or a plain array of bytes.
+  if (ArrayBuffer.isView(v)) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  if (Array.isArray(v)) return Uint8Array.from(v);
   throw new TypeError(`expected a string, Uint8Array or null, got ${typeof v}`);
 }
 

@@ -10,7 +10,8 @@
 //! a copy of `guest-sdk/js/kwasm.js` (componentize-js reads modules only from
 //! the entry file's folder). The printed build commands name the toolchains
 //! `scripts/setup` installs (`$KWASM_TOOLS/guest-langs`) by absolute path when
-//! they are not on the `PATH`.
+//! they are not on the `PATH`; a Go plugin is made a component with kwasm's
+//! own WASI adapter, `guest-sdk/go/wasi_adapter.wat`.
 
 use std::path::{Path, PathBuf};
 
@@ -28,8 +29,8 @@ pub enum Lang {
     Python,
     /// A JavaScript module on `guest-sdk/js` (componentize-js).
     Js,
-    /// A Go module on `guest-sdk/go` (Go's wasip1 target, wasm-tools and the
-    /// WASI reactor adapter).
+    /// A Go module on `guest-sdk/go` (Go's wasip1 target, then wasm-tools with
+    /// kwasm's WASI adapter).
     Go,
 }
 
@@ -150,7 +151,6 @@ struct Toolchain {
     componentize_js: String,
     wasm_tools: String,
     go: String,
-    adapter: String,
 }
 
 impl Toolchain {
@@ -175,12 +175,6 @@ impl Toolchain {
             componentize_js: tool("componentize-js", "js/node_modules/.bin/componentize-js"),
             wasm_tools: tool("wasm-tools", "py/bin/wasm-tools"),
             go: tool("go", "py/bin/go"),
-            adapter: shell_word(
-                &tools
-                    .join("wasi_snapshot_preview1.reactor.wasm")
-                    .display()
-                    .to_string(),
-            ),
         }
     }
 }
@@ -287,7 +281,8 @@ fn plan(lang: Lang, name: &str, sdk: &Path, tools: &Toolchain) -> Plan {
                 ),
                 format!(
                     "{} component new {name}.core.wasm --adapt wasi_snapshot_preview1={} -o {name}.wasm",
-                    tools.wasm_tools, tools.adapter
+                    tools.wasm_tools,
+                    shell_word(&sdk.join("go/wasi_adapter.wat").display().to_string())
                 ),
             ],
             wasm: format!("{name}.wasm"),
