@@ -210,6 +210,21 @@ kwasm_build_guest_plugins() {
     done
 }
 
+# The native unit tests of the Python, JavaScript and Go SDKs (seconds; no
+# toolchain beyond python3, node and go). Prints each runner's summary.
+kwasm_test_guest_sdks() {
+    local out
+    out="$(cd "$KWASM_ROOT" && python3 -m unittest discover -s guest-sdk/python/tests 2>&1)" ||
+        { printf '%s\n' "$out" >&2; kwasm_die "Python SDK unit tests failed"; }
+    kwasm_log "Python SDK: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
+    out="$(cd "$KWASM_ROOT" && node --import ./guest-sdk/js/node-wit-stub.mjs --test guest-sdk/js/test/ 2>&1)" ||
+        { printf '%s\n' "$out" >&2; kwasm_die "JavaScript SDK unit tests failed"; }
+    kwasm_log "JavaScript SDK: $(grep -E '^# (pass|fail)' <<<"$out" | tr '\n' ' ')"
+    out="$(cd "$KWASM_ROOT/guest-sdk/go" && "$(kwasm_go_bin)" test ./... 2>&1)" ||
+        { printf '%s\n' "$out" >&2; kwasm_die "Go SDK unit tests failed"; }
+    kwasm_log "Go SDK: $out"
+}
+
 # Builds the host binary and exports KWASM_BIN.
 kwasm_build_host() {
     kwasm_log "building the kwasm host binary"

@@ -51,7 +51,7 @@ func TestDecodeGivesOneMessagePerRowWithNullsAndHeaders(t *testing.T) {
 
 func TestOutcomesEncodeCountsErrorsTopicsAndData(t *testing.T) {
 	var msgs []Message
-	for o := int64(0); o < 4; o++ {
+	for o := int64(0); o < 5; o++ {
 		msgs = append(msgs, Message{Offset: o, TimestampMs: 5, Key: []byte("k"), Value: []byte("v"), Headers: []Header{{"h", []byte("1")}}})
 	}
 	r := RunBatch(msgs, func(m *Message) ([]*Output, error) {
@@ -61,13 +61,15 @@ func TestOutcomesEncodeCountsErrorsTopicsAndData(t *testing.T) {
 		case 2:
 			return nil, Retryable("busy")
 		case 3:
-			return nil, errors.New("bad")
+			return nil, Permanent("bad %d", 3)
+		case 4:
+			return nil, errors.New("plain") // any other error: permanent
 		}
 		return []*Output{Forward(m), NewOutput().WithTopic("audit").WithKey([]byte("x"))}, nil
 	})
 	want := &Result{
-		RecordCounts:  []uint32{2, 0, 0, 0},
-		Errors:        []MessageError{{2, true, "busy"}, {3, false, "bad"}},
+		RecordCounts:  []uint32{2, 0, 0, 0, 0},
+		Errors:        []MessageError{{2, true, "busy"}, {3, false, "bad 3"}, {4, false, "plain"}},
 		RecordTopics:  []int32{-1, 0},
 		Timestamps:    []int64{5, -1},
 		KeyLengths:    []int32{1, 1},
