@@ -95,7 +95,11 @@ fn filter_pipeline_processes_every_input_exactly_once(plugin: &str) {
     assert_eq!(dead_keys, expected_dead, "{plugin}: the non-JSON inputs dead-lettered once each");
     for d in &dead_letters {
         assert_eq!(d.header("kwasm.error.kind"), Some(&b"permanent"[..]));
-        assert_eq!(d.header("kwasm.plugin.name"), Some(plugin.as_bytes()));
+        // The plugin is named after its file, `plugin_path`'s `go_filter.wasm`.
+        assert_eq!(
+            d.header("kwasm.plugin.name"),
+            Some(plugin.replace('-', "_").as_bytes())
+        );
         let message = String::from_utf8_lossy(d.header("kwasm.error.message").unwrap_or_default())
             .into_owned();
         assert!(message.starts_with("invalid JSON: "), "{plugin}: {message}");

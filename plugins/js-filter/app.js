@@ -11,9 +11,10 @@ import { ConfigError, JsonPath, MISSING, Output, asText, plugin } from "./kwasm.
 /** Validates the config once, so a typo fails the deploy, not every message. */
 function setup(config) {
   config.denyUnknown(["field", "equals", "mode"]);
+  const path = config.require("field");
   let field;
   try {
-    field = new JsonPath(config.require("field"));
+    field = new JsonPath(path);
   } catch (e) {
     throw new ConfigError(`config key \`field\`: ${e.message}`);
   }

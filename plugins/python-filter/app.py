@@ -13,8 +13,9 @@ from kwasm import Config, JsonPath, Message, Output, as_text, plugin
 def setup(config: Config):
     """Validates the config once, so a typo fails the deploy, not every message."""
     config.deny_unknown(["field", "equals", "mode"])
+    path = config.require("field")
     try:
-        field = JsonPath(config.require("field"))
+        field = JsonPath(path)
     except ValueError as e:
         raise ValueError(f"config key `field`: {e}") from None
     equals = config.require("equals")
