@@ -92,7 +92,10 @@ fn filter_pipeline_processes_every_input_exactly_once(plugin: &str) {
     dead_keys.sort();
     let mut expected_dead: Vec<String> = dead.iter().map(|i| format!("k{i}")).collect();
     expected_dead.sort();
-    assert_eq!(dead_keys, expected_dead, "{plugin}: the non-JSON inputs dead-lettered once each");
+    assert_eq!(
+        dead_keys, expected_dead,
+        "{plugin}: the non-JSON inputs dead-lettered once each"
+    );
     for d in &dead_letters {
         assert_eq!(d.header("kwasm.error.kind"), Some(&b"permanent"[..]));
         // The plugin is named after its file, `plugin_path`'s `go_filter.wasm`.

@@ -60,7 +60,9 @@ fn every_filter_drops_matches_and_forwards_the_rest_unchanged() {
         Record::value(r#"{"other":1}"#),
         Record::null().key("deleted"),
         Record::value("plain text").key("k"),
-        Record::value(r#"{"order":{"status":"test","id":3}}"#).header("a", "1").header("a", "2"),
+        Record::value(r#"{"order":{"status":"test","id":3}}"#)
+            .header("a", "1")
+            .header("a", "2"),
     ];
     let expected = vec![
         Outcome::Ok(vec![]),
@@ -103,10 +105,19 @@ fn every_filter_keeps_only_matches_and_compares_json_text() {
             ],
             "{name}"
         );
-        let mut nulls = handler(name, &[("field", "flag"), ("equals", "null"), ("mode", "keep")]);
+        let mut nulls = handler(
+            name,
+            &[("field", "flag"), ("equals", "null"), ("mode", "keep")],
+        );
         assert_eq!(
-            run(&mut nulls, &[Record::value(r#"{"flag":null}"#), Record::value("{}")]),
-            vec![Outcome::Ok(vec![Record::value(r#"{"flag":null}"#)]), Outcome::Ok(vec![])],
+            run(
+                &mut nulls,
+                &[Record::value(r#"{"flag":null}"#), Record::value("{}")]
+            ),
+            vec![
+                Outcome::Ok(vec![Record::value(r#"{"flag":null}"#)]),
+                Outcome::Ok(vec![])
+            ],
             "{name}: null matches `null`, a missing field does not"
         );
     }
@@ -154,7 +165,11 @@ fn every_filter_rejects_a_bad_config_with_the_same_message() {
 fn a_guest_instance_handles_many_batches() {
     let big = "x".repeat(10_000);
     let inputs: Vec<Record> = (0..100)
-        .map(|i| Record::value(format!(r#"{{"order":{{"status":"paid","id":{i}}},"pad":"{big}"}}"#)))
+        .map(|i| {
+            Record::value(format!(
+                r#"{{"order":{{"status":"paid","id":{i}}},"pad":"{big}"}}"#
+            ))
+        })
         .collect();
     for name in LEAK_CHECKED {
         let mut filter = handler(name, &[("field", "order.status"), ("equals", "test")]);
@@ -166,7 +181,8 @@ fn a_guest_instance_handles_many_batches() {
                 Err(e) => panic!("{name}: round {round}: {e}"),
             };
             assert!(
-                out.iter().all(|o| matches!(o, Outcome::Ok(r) if r.len() == 1)),
+                out.iter()
+                    .all(|o| matches!(o, Outcome::Ok(r) if r.len() == 1)),
                 "{name}: round {round}"
             );
             let used = filter.instance_memory_bytes().unwrap_or(0);

@@ -29,10 +29,9 @@ fn new_build_and_test(lang: &str) -> String {
     let name = format!("demo-{lang}");
     let kwasm = kwasm_bin();
     let bin_dir = Path::new(&kwasm).parent().expect("the binary's folder");
-    let path = std::env::join_paths(
-        std::iter::once(bin_dir.to_path_buf())
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
     .expect("PATH");
 
     let created = Command::new(&kwasm)
@@ -52,14 +51,21 @@ fn new_build_and_test(lang: &str) -> String {
         .lines()
         .filter_map(|l| l.strip_prefix("  "))
         .collect();
-    assert_eq!(lines.first(), Some(&format!("cd ./{name}").as_str()), "{printed}");
+    assert_eq!(
+        lines.first(),
+        Some(&format!("cd ./{name}").as_str()),
+        "{printed}"
+    );
     let test_line = lines.last().expect("a kwasm test line");
     assert!(
         test_line.starts_with("kwasm test ") && test_line.ends_with(" --input messages.jsonl"),
         "{printed}"
     );
     let folder = dir.path().join(&name);
-    assert!(folder.join("messages.jsonl").is_file(), "kwasm new wrote messages.jsonl");
+    assert!(
+        folder.join("messages.jsonl").is_file(),
+        "kwasm new wrote messages.jsonl"
+    );
 
     let mut last = String::new();
     for line in &lines[1..] {

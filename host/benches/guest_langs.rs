@@ -29,10 +29,20 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
     let cache = tempfile_dir();
-    println!("kwasm guest languages: passthrough, batch 512, 100-byte values, one thread, {messages} messages each");
+    println!(
+        "kwasm guest languages: passthrough, batch 512, 100-byte values, one thread, {messages} messages each"
+    );
     println!(
         "{:<11} {:>10} {:>11} {:>12} {:>13} {:>13} {:>11} {:>8} {:>9}",
-        "language", "size", "compile", "cached load", "1st instance", "next instance", "memory", "ns/msg", "replaced"
+        "language",
+        "size",
+        "compile",
+        "cached load",
+        "1st instance",
+        "next instance",
+        "memory",
+        "ns/msg",
+        "replaced"
     );
     for (language, name) in PLUGINS {
         let wasm = std::fs::read(dir.join(format!("{name}.wasm")))
@@ -58,10 +68,14 @@ fn main() {
         let plugin = warm.load(name, &wasm).expect("cached load");
         let cached = started.elapsed();
         let started = Instant::now();
-        let mut first = plugin.handler(vec![], Limits::default()).expect("instantiate");
+        let mut first = plugin
+            .handler(vec![], Limits::default())
+            .expect("instantiate");
         let first_instance = started.elapsed();
         let started = Instant::now();
-        let second = plugin.handler(vec![], Limits::default()).expect("instantiate");
+        let second = plugin
+            .handler(vec![], Limits::default())
+            .expect("instantiate");
         let next_instance = started.elapsed();
         drop(second);
 
@@ -77,7 +91,9 @@ fn main() {
         while done < messages {
             if run(&mut first, &batch).is_err() {
                 replaced += 1;
-                first = plugin.handler(vec![], Limits::default()).expect("instantiate");
+                first = plugin
+                    .handler(vec![], Limits::default())
+                    .expect("instantiate");
                 continue;
             }
             done += 512;
@@ -107,7 +123,13 @@ fn batch_of(n: i64) -> InputBatch {
     let value = vec![b'v'; 100];
     for i in 0..n {
         let key = format!("key-{i:06}");
-        batch.push(i, Some(1_700_000_000_000 + i), Some(key.as_bytes()), Some(&value), []);
+        batch.push(
+            i,
+            Some(1_700_000_000_000 + i),
+            Some(key.as_bytes()),
+            Some(&value),
+            [],
+        );
     }
     batch
 }
@@ -131,4 +153,3 @@ fn run(
     assert_eq!(bytes, 512 * 110, "every message forwarded");
     Ok(())
 }
-

@@ -263,7 +263,10 @@ fn plan(lang: Lang, name: &str, sdk: &Path, tools: &Toolchain) -> Plan {
                     GO_MOD
                         .replace("{name}", name)
                         // go.mod takes a Go string literal for a path.
-                        .replace("{sdk}", &format!("{:?}", sdk.join("go").display().to_string())),
+                        .replace(
+                            "{sdk}",
+                            &format!("{:?}", sdk.join("go").display().to_string()),
+                        ),
                 ),
                 ("main.go", GO_MAIN.replace("{name}", name)),
                 ("README.md", readme(name, "main.go", "Go")),
@@ -746,7 +749,11 @@ mod tests {
         for lang in [Lang::Rust, Lang::Python, Lang::Js, Lang::Go] {
             let plan = plan(lang, "demo", sdk, &tools());
             let messages = plan.files.iter().find(|(p, _)| *p == "messages.jsonl");
-            assert_eq!(messages.map(|(_, m)| m.as_str()), Some(MESSAGES_JSONL), "{lang:?}");
+            assert_eq!(
+                messages.map(|(_, m)| m.as_str()),
+                Some(MESSAGES_JSONL),
+                "{lang:?}"
+            );
             for line in MESSAGES_JSONL.lines() {
                 serde_json::from_str::<serde_json::Value>(line).expect("one JSON object a line");
             }
@@ -754,21 +761,43 @@ mod tests {
         let python = plan(Lang::Python, "demo", sdk, &tools());
         assert_eq!(
             python.build,
-            ["componentize-py -d '/sdk dir/wit/0.1.0' -w plugin componentize app -p . -p '/sdk dir/python' --stub-wasi -o demo.wasm"]
+            [
+                "componentize-py -d '/sdk dir/wit/0.1.0' -w plugin componentize app -p . -p '/sdk dir/python' --stub-wasi -o demo.wasm"
+            ]
         );
         assert_eq!(python.wasm, "demo.wasm");
         let js = plan(Lang::Js, "demo", sdk, &tools());
         assert_eq!(
             js.build,
-            ["/t/componentize-js app.js --wit '/sdk dir/wit/0.1.0' -n plugin -d http -d fetch-event -o demo.wasm"]
+            [
+                "/t/componentize-js app.js --wit '/sdk dir/wit/0.1.0' -n plugin -d http -d fetch-event -o demo.wasm"
+            ]
         );
-        let sdk_copy = js.files.iter().find(|(p, _)| *p == "kwasm.js").map(|(_, f)| f.as_str());
+        let sdk_copy = js
+            .files
+            .iter()
+            .find(|(p, _)| *p == "kwasm.js")
+            .map(|(_, f)| f.as_str());
         assert_eq!(sdk_copy, Some(JS_SDK), "the JS SDK is copied beside app.js");
         let go = plan(Lang::Go, "demo", sdk, &tools());
         assert_eq!(go.build.len(), 3);
-        assert!(go.build[2].ends_with("--adapt wasi_snapshot_preview1='/sdk dir/go/wasi_adapter.wat' -o demo.wasm"), "{}", go.build[2]);
-        let go_mod = go.files.iter().find(|(p, _)| *p == "go.mod").map(|(_, f)| f.as_str()).unwrap_or_default();
-        assert!(go_mod.contains("replace kwasm/guest => \"/sdk dir/go\"\n"), "{go_mod}");
+        assert!(
+            go.build[2].ends_with(
+                "--adapt wasi_snapshot_preview1='/sdk dir/go/wasi_adapter.wat' -o demo.wasm"
+            ),
+            "{}",
+            go.build[2]
+        );
+        let go_mod = go
+            .files
+            .iter()
+            .find(|(p, _)| *p == "go.mod")
+            .map(|(_, f)| f.as_str())
+            .unwrap_or_default();
+        assert!(
+            go_mod.contains("replace kwasm/guest => \"/sdk dir/go\"\n"),
+            "{go_mod}"
+        );
         assert_eq!(shell_word("it's"), r"'it'\''s'");
     }
 
