@@ -51,6 +51,14 @@ kwasm_k8s_venv() {
     printf '%s/k8s-venv-%s\n' "$(kwasm_tools_dir)" "$hash"
 }
 
+# The venv of the browser test's PyPI packages (tests/dashboard/requirements.txt),
+# named by a hash of that file like the k8s venv.
+kwasm_browser_venv() {
+    local hash
+    hash="$(sha256sum "$KWASM_ROOT/tests/dashboard/requirements.txt" | cut -c1-12)"
+    printf '%s/browser-venv-%s\n' "$(kwasm_tools_dir)" "$hash"
+}
+
 # The Debian bookworm root filesystem (a tar) that scripts/setup makes once
 # with debootstrap; kwasm_container_base imports it as the image's base.
 kwasm_base_rootfs() {

@@ -103,6 +103,8 @@ impl Api {
                 GroupDescriber::for_control_plane(&kafka(), &RegistryConfig::default())
                     .unwrap_or_else(|e| panic!("cannot create the admin client: {e}")),
             ),
+            // An empty tail: `.../logs` answers as with plugin logs on.
+            logs: Some(kwasm_host::logs::LogTail::default()),
         };
         Api {
             router: router(state),
@@ -238,6 +240,8 @@ fn stored(name: &str, plugin: &str, paused: bool) -> Value {
         "retry": {"max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 5000},
         "batch": {"max_messages": 512, "max_wait_ms": 20},
         "extra_outputs": [], "outputs_regex": null, "allow_loop": false, "limits": null,
+        "delivery": "at-least-once",
+        "transaction": {"commit_interval_ms": 100, "timeout_ms": 60000},
         "paused": paused, "source": "api",
     })
 }
@@ -1157,4 +1161,79 @@ async fn members_are_read_from_the_broker_with_their_assignments() {
     );
     assert_eq!(members.body["group_id"], json!(group));
     drop(consumer);
+}
+
+/// Issue 15: the dashboard's files load without the token (a browser has
+/// no way to send it), under relative URLs; what they read still needs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_loads_without_the_token_and_its_reads_need_it() {
+    let api = Api::new().await;
+    let raw = |uri: &str| {
+        let request = Request::builder()
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{uri}: {e}"));
+        api.router.clone().oneshot(request)
+    };
+    let redirect = raw("/ui").await.unwrap_or_else(|e| match e {});
+    assert_eq!(redirect.status(), StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        redirect.headers()[header::LOCATION],
+        "ui/",
+        "relative, so a path prefix in front of the host is kept"
+    );
+    for (uri, content_type, starts) in [
+        ("/ui/", "text/html; charset=utf-8", "<!doctype html>"),
+        ("/ui/app.js", "text/javascript; charset=utf-8", "//"),
+        ("/ui/style.css", "text/css; charset=utf-8", ":root"),
+    ] {
+        let response = raw(uri).await.unwrap_or_else(|e| match e {});
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            content_type,
+            "{uri}"
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap_or_else(|e| panic!("{uri}: {e}"));
+        assert!(
+            String::from_utf8_lossy(&body).starts_with(starts),
+            "{uri}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let missing = api
+        .send(Method::GET, "/ui/secrets.txt", None, Vec::new())
+        .await;
+    assert_error(
+        &missing,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &["secrets.txt"],
+    );
+    for uri in [
+        "/v1/pipelines/p/progress",
+        "/v1/pipelines/p/dead-letters",
+        "/v1/pipelines/p/logs",
+    ] {
+        let reply = api.send(Method::GET, uri, None, Vec::new()).await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized", &[]);
+        let reply = api.send(Method::GET, uri, Some(TOKEN), Vec::new()).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found", &["`p`"]);
+    }
+    let reply = api
+        .send(
+            Method::GET,
+            "/v1/pipelines/p/dead-letters?limit=0",
+            Some(TOKEN),
+            Vec::new(),
+        )
+        .await;
+    assert_error(
+        &reply,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        &["limit must be between 1 and 100, not 0"],
+    );
 }

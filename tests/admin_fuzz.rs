@@ -374,6 +374,7 @@ fn malformed_requests_answer_4xx_in_the_error_shape_and_store_nothing() {
                 GroupDescriber::for_control_plane(&kafka(), &RegistryConfig::default())
                     .expect("admin client"),
             ),
+            logs: None,
         });
         let wasm =
             std::fs::read(kwasm_tests::plugin_path("passthrough")).expect("passthrough.wasm");

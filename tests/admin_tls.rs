@@ -68,6 +68,7 @@ fn state() -> AdminState {
         token: Some(TOKEN.into()),
         metrics: None,
         groups: None,
+        logs: None,
     }
 }
 

@@ -597,7 +597,18 @@ fn help_lists_every_command() {
     assert_eq!(
         listed_commands(&["--help"]),
         [
-            "serve", "dev", "test", "new", "plugin", "pipeline", "status", "health", "help"
+            "serve",
+            "dev",
+            "test",
+            "new",
+            "plugin",
+            "pipeline",
+            "status",
+            "logs",
+            "completions",
+            "man",
+            "health",
+            "help"
         ]
     );
     assert_eq!(
@@ -620,4 +631,104 @@ fn help_lists_every_command() {
             "`kwasm status --help` lacks {option}:\n{status_help}"
         );
     }
+}
+
+// ---- completions and man page ------------------------------------------------
+
+/// Issue 15: completions and the man page come from the same clap
+/// definitions: every command is in each, under the binary's name.
+#[test]
+fn completions_and_the_man_page_name_every_command() {
+    let commands = [
+        "serve", "dev", "test", "new", "plugin", "pipeline", "status", "logs", "health",
+    ];
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&kwasm(&["completions", shell]));
+        for command in commands {
+            assert!(
+                script.contains(command),
+                "{shell} completions lack `{command}`"
+            );
+        }
+        assert!(script.contains("kwasm"), "{shell}: {script}");
+    }
+    let bash = ok(&kwasm(&["completions", "bash"]));
+    assert!(
+        bash.contains("complete -F _kwasm"),
+        "a bash completion function: {bash}"
+    );
+    let fish = ok(&kwasm(&["completions", "fish"]));
+    assert!(fish.contains("complete -c kwasm"), "{fish}");
+    // A usage error: clap's exit status 2, naming the value.
+    let refused = kwasm(&["completions", "powershell-7"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("invalid value 'powershell-7'"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let man = ok(&kwasm(&["man"]));
+    assert!(man.starts_with(".ie"), "roff: {man}");
+    assert!(man.contains(".TH kwasm 1"), "titled kwasm: {man}");
+    for command in commands {
+        assert!(man.contains(command), "the man page lacks `{command}`");
+    }
+}
+
+/// `kwasm status --watch` prints the table again on every refresh (here
+/// off a terminal: appended, no escape codes), until stopped.
+#[test]
+fn status_watch_refreshes_the_table() {
+    let api = FakeApi::start(
+        None,
+        vec![
+            (
+                "GET /v1/pipelines",
+                (
+                    200,
+                    Some(
+                        json!({"pipelines": [{"name": "p", "plugin": "x@1", "inputs": ["in"],
+                        "output": "o", "paused": false, "source": "api"}]}),
+                    ),
+                ),
+            ),
+            (
+                "GET /v1/pipelines/p/members",
+                (
+                    200,
+                    Some(json!({"pipeline": "p", "group_id": "kwasm-p", "members": []})),
+                ),
+            ),
+            (
+                "GET /v1/assignments",
+                (200, Some(json!({"host": "h", "pipelines": []}))),
+            ),
+        ],
+    );
+    let mut child = Command::new(kwasm_bin())
+        .args([
+            "status",
+            "--watch",
+            "--interval-s",
+            "0.2",
+            "--url",
+            api.url(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kwasm status --watch");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("status output");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let tables = text.matches("PIPELINE").count();
+    assert!(
+        tables >= 3,
+        "at least three refreshes in 1.5 s at 0.2 s: {text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no escape codes off a terminal: {text:?}"
+    );
 }

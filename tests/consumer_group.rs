@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use e2e::{Host, PipelineDef, Protocol, account};
 use kwasm_tests::{
-    OutRecord, by_partition, committed_offsets, consume_all, create_topic, end_offsets, produce,
-    produce_sequence, read_to_end, unique, wait_until,
+    OutRecord, by_partition, committed_offsets, committed_to_end, consume_all, create_topic,
+    end_offsets, produce, produce_sequence, read_to_end, unique, wait_committed_to_end, wait_until,
 };
 
 const PARTITIONS: i32 = 6;
@@ -145,17 +145,10 @@ fn one_host_processes_every_message_once_in_order_and_commits_the_end(protocol: 
         .count();
     assert_eq!(restamped, 0, "outputs whose timestamp is not their input's");
 
-    let ends = end_offsets(&t.input);
-    let committed_all = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
-        committed_offsets(&t.group, &t.input, PARTITIONS)
-            .iter()
-            .zip(&ends)
-            .all(|(c, e)| *c == Some(*e))
-    });
+    let (ends, committed) = wait_committed_to_end(&t.group, &t.input, Duration::from_secs(15));
     assert!(
-        committed_all,
-        "committed {:?}, end offsets {ends:?}",
-        committed_offsets(&t.group, &t.input, PARTITIONS)
+        committed_to_end(&ends, &committed),
+        "committed {committed:?}, end offsets {ends:?}"
     );
     assert!(host.process.log_contents().contains("partition assigned"));
 }
@@ -492,17 +485,10 @@ fn an_output_the_producer_refuses_is_dead_lettered_and_the_partition_moves_on() 
             .to_lowercase();
         assert!(message.contains("size"), "the producer's reason: {message}");
     }
-    let ends = end_offsets(&t.input);
-    let committed_all = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
-        committed_offsets(&t.group, &t.input, PARTITIONS)
-            .iter()
-            .zip(&ends)
-            .all(|(c, e)| *e == 0 || *c == Some(*e))
-    });
+    let (ends, committed) = wait_committed_to_end(&t.group, &t.input, Duration::from_secs(15));
     assert!(
-        committed_all,
-        "committed {:?}, end offsets {ends:?}",
-        committed_offsets(&t.group, &t.input, PARTITIONS)
+        committed_to_end(&ends, &committed),
+        "committed {committed:?}, end offsets {ends:?}"
     );
     assert_eq!(
         end_offsets(&t.output).iter().sum::<i64>(),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use e2e::{Host, PipelineDef, Protocol, http_get, pipeline_toml};
 use kwasm_tests::{
-    OutRecord, committed_offsets, create_topic, end_offsets, plugin_path, produce, read_to_end,
-    unique, wait_until,
+    OutRecord, committed_to_end, create_topic, end_offsets, plugin_path, produce, read_to_end,
+    unique, wait_committed_to_end, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -148,16 +148,10 @@ fn paused_partition_returns(protocol: Protocol) {
         missing.first(),
         assignment_rows(&a, "slow")
     );
+    let (ends, committed) = wait_committed_to_end(&group, &input, Duration::from_secs(30));
     assert!(
-        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-            committed_offsets(&group, &input, 2)
-                .iter()
-                .zip(end_offsets(&input))
-                .all(|(c, end)| *c == Some(end))
-        }),
-        "every partition committed to its end (lag 0): {:?} vs {:?}",
-        committed_offsets(&group, &input, 2),
-        end_offsets(&input)
+        committed_to_end(&ends, &committed),
+        "every partition committed to its end (lag 0): {committed:?} vs {ends:?}"
     );
 }
 
@@ -556,16 +550,10 @@ fn outputs_the_broker_rejects_are_dead_lettered_and_commits_go_on() {
     let out_values: Vec<String> = out.iter().map(id_of).collect();
     assert_eq!(out_values.len(), fine.len(), "no duplicates in the output");
     assert_eq!(out_values.into_iter().collect::<BTreeSet<_>>(), fine);
+    let (ends, committed) = wait_committed_to_end(&group, &input, Duration::from_secs(30));
     assert!(
-        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-            committed_offsets(&group, &input, 2)
-                .iter()
-                .zip(end_offsets(&input))
-                .all(|(c, end)| *c == Some(end))
-        }),
-        "commits went on to the end: {:?} vs {:?}",
-        committed_offsets(&group, &input, 2),
-        end_offsets(&input)
+        committed_to_end(&ends, &committed),
+        "commits went on to the end: {committed:?} vs {ends:?}"
     );
     assert!(
         assignment_rows(&host, "reject")

@@ -59,7 +59,7 @@
 //!   added to every case's clients (as `kafka.properties` does for the host).
 //! - `KWASM_BENCH_TARGETS` (`mock,kafka`; also `nisshi`), `KWASM_BENCH_SECTIONS`
 //!   (`throughput,large,sweep,latency`), `KWASM_BENCH_CASES`
-//!   (`direct,native,passthrough,transform,kstreams,kstreams-transform,native-spread,passthrough-spread`): subsets, e.g. for
+//!   (`direct,native,passthrough,passthrough-eos,transform,kstreams,kstreams-transform,native-spread,passthrough-spread`): subsets, e.g. for
 //!   profiling one case. `KWASM_BENCH_DEBUG=1` prints latency over time.
 
 use std::collections::BTreeMap;
@@ -70,7 +70,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kwasm_host::config::{BatchPolicy, HostConfig, KafkaConfig, PipelineSpec, RetryPolicy};
+use kwasm_host::config::{
+    BatchPolicy, Delivery, HostConfig, KafkaConfig, PipelineSpec, RetryPolicy,
+};
 use kwasm_host::kafka::{OutputProducer, consumer_config, producer_config};
 use kwasm_host::pipeline::{Deployment, Pipeline, PipelineDeps, PipelineStatus};
 use kwasm_host::runtime::{CompiledPlugin, Limits, Runtime, RuntimeConfig};
@@ -249,7 +251,7 @@ impl Options {
             sections: list("KWASM_BENCH_SECTIONS", "throughput,large,sweep,latency"),
             cases: list(
                 "KWASM_BENCH_CASES",
-                "direct,native,passthrough,transform,kstreams,kstreams-transform,native-spread,passthrough-spread",
+                "direct,native,passthrough,passthrough-eos,transform,kstreams,kstreams-transform,native-spread,passthrough-spread",
             ),
         }
     }
@@ -475,6 +477,7 @@ enum Processor {
         plugin: Arc<CompiledPlugin>,
         config: Vec<(String, String)>,
         batch: usize,
+        delivery: Delivery,
     },
     /// (d), (e): the Kafka Streams peer, a separate JVM process.
     KStreams {
@@ -492,6 +495,25 @@ impl Processor {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             batch,
+            delivery: Delivery::AtLeastOnce,
+        }
+    }
+
+    /// [`kwasm`](Self::kwasm) under `delivery = "exactly-once"`.
+    fn kwasm_exactly_once(plugin: &Arc<CompiledPlugin>, batch: usize) -> Processor {
+        match Processor::kwasm(plugin, &[], batch) {
+            Processor::Kwasm {
+                plugin,
+                config,
+                batch,
+                ..
+            } => Processor::Kwasm {
+                plugin,
+                config,
+                batch,
+                delivery: Delivery::ExactlyOnce,
+            },
+            other => other,
         }
     }
 }
@@ -584,6 +606,12 @@ impl Bench<'_> {
                 Processor::kwasm(&self.plugins.passthrough, &[], DEFAULT_BATCH),
             ),
             (
+                "(b\") kwasm passthrough, exactly-once",
+                "passthrough-eos",
+                Layout::Keyed,
+                Processor::kwasm_exactly_once(&self.plugins.passthrough, DEFAULT_BATCH),
+            ),
+            (
                 "(c) kwasm transform",
                 "transform",
                 Layout::Keyed,
@@ -634,6 +662,11 @@ impl Bench<'_> {
                 Processor::kwasm(&self.plugins.passthrough, &[], DEFAULT_BATCH),
             ),
         ]);
+        // Exactly-once needs a broker with transactions: the mock cluster
+        // accepts the calls and implements none of their semantics.
+        if b.name != "kafka" {
+            cases.retain(|c| c.1 != "passthrough-eos");
+        }
         let mut sizes = Vec::new();
         if o.section("throughput") || o.section("sweep") {
             sizes.push((100, o.messages));
@@ -898,6 +931,7 @@ impl Bench<'_> {
                 plugin,
                 config,
                 batch,
+                delivery,
             } => {
                 let host = HostConfig {
                     id: unique("bench-host"),
@@ -930,6 +964,7 @@ impl Bench<'_> {
                         ..BatchPolicy::default()
                     },
                     limits: None,
+                    delivery: *delivery,
                     name,
                     ..PipelineSpec::default()
                 };

@@ -411,6 +411,18 @@ pub struct RegistryConfig {
     /// ACLs, not only kwasm's checks, keep plugins away from the registry
     /// topics. See the README's "Kafka ACLs".
     pub properties: BTreeMap<String, String>,
+    /// Also write every plugin log line (the `log` import, stdout, stderr,
+    /// after the per-batch limits) to `logs_topic`, keyed by pipeline, for
+    /// `kwasm logs` and the dashboard. Default false.
+    pub plugin_logs: bool,
+    /// The plugin logs topic, part of the control plane (no pipeline may
+    /// read or write it). Default `_kwasm_logs`.
+    pub logs_topic: String,
+    /// `retention.ms` of the logs topic when kwasm creates it: time
+    /// retention, not compaction. Default 1 day.
+    pub logs_retention_ms: i64,
+    /// Partitions of the logs topic when kwasm creates it. Default 3.
+    pub logs_partitions: i32,
 }
 
 impl Default for RegistryConfig {
@@ -423,6 +435,10 @@ impl Default for RegistryConfig {
             max_plugin_bytes: 64 << 20,
             replication_factor: 1,
             properties: BTreeMap::new(),
+            plugin_logs: false,
+            logs_topic: "_kwasm_logs".into(),
+            logs_retention_ms: 24 * 3600 * 1000,
+            logs_partitions: 3,
         }
     }
 }
@@ -483,6 +499,59 @@ pub struct PipelineSpec {
     /// Overrides of the host's default plugin limits.
     #[serde(default)]
     pub limits: Option<Limits>,
+    /// What a `read_committed` reader of the outputs may see: every input's
+    /// outputs at least once (default), or exactly once (transactions;
+    /// DESIGN.md, "Exactly-once delivery").
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Transactions under `delivery = "exactly-once"`.
+    #[serde(default)]
+    pub transaction: TransactionPolicy,
+}
+
+/// A pipeline's delivery guarantee.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Offsets are committed once every output is acknowledged; a crash or
+    /// a lost assignment redoes (and re-outputs) the uncommitted tail.
+    #[default]
+    AtLeastOnce,
+    /// Outputs, dead letters and input offsets go in one Kafka
+    /// transaction; `read_committed` readers see each input's outputs once.
+    ExactlyOnce,
+}
+
+impl Delivery {
+    /// The name the config, the API and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::ExactlyOnce => "exactly-once",
+        }
+    }
+}
+
+/// How an exactly-once pipeline's transactions are cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionPolicy {
+    /// How long a transaction collects outputs before it commits (with the
+    /// input offsets of everything it holds). Default 100 ms: longer
+    /// amortises the commit, shorter makes outputs visible sooner.
+    pub commit_interval_ms: u64,
+    /// `transaction.timeout.ms`: the broker aborts a transaction open this
+    /// long (the pipeline then rewinds and redoes it). Default 60 000 ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for TransactionPolicy {
+    fn default() -> Self {
+        TransactionPolicy {
+            commit_interval_ms: 100,
+            timeout_ms: 60_000,
+        }
+    }
 }
 
 /// How retryable failures are retried before dead-lettering.
@@ -681,6 +750,7 @@ impl Config {
             );
         }
         self.check_memory_limits()?;
+        self.check_logs_topic()?;
         let control = ControlPlane::new(&self.registry);
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.pipelines.iter().enumerate() {
@@ -700,6 +770,40 @@ impl Config {
 }
 
 impl Config {
+    /// The plugin logs topic is a topic name of its own, and its settings
+    /// are in range.
+    fn check_logs_topic(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        let r = &self.registry;
+        if !crate::topics::is_topic_name(&r.logs_topic) {
+            return invalid(
+                "registry.logs_topic".into(),
+                "must be a Kafka topic name (1 to 249 characters of [a-zA-Z0-9._-])",
+            );
+        }
+        if [&r.plugins_topic, &r.pipelines_topic, &r.members_topic].contains(&&r.logs_topic) {
+            return invalid(
+                "registry.logs_topic".into(),
+                "must differ from the registry's other topics",
+            );
+        }
+        if r.logs_retention_ms < 60_000 {
+            return invalid(
+                "registry.logs_retention_ms".into(),
+                "must be at least 60000 (one minute)",
+            );
+        }
+        if !(1..=1000).contains(&r.logs_partitions) {
+            return invalid("registry.logs_partitions".into(), "must be 1 to 1000");
+        }
+        Ok(())
+    }
+
     /// Plugin limits are in range, and every instance fits in the host's
     /// plugin memory budget (one that does not could never start).
     fn check_memory_limits(&self) -> Result<(), ConfigError> {
@@ -763,6 +867,13 @@ pub mod bounds {
     pub const MAX_GROUP_ID_BYTES: usize = 255;
     /// `input_regex` and `outputs_regex`.
     pub const MAX_REGEX_BYTES: usize = 1_024;
+    /// `transaction.timeout_ms`: at least a second (the commit interval is
+    /// at most a quarter of it); at most Kafka's default
+    /// `transaction.max.timeout.ms`, 15 minutes, past which the broker
+    /// refuses the producer.
+    pub const MIN_TRANSACTION_TIMEOUT_MS: u64 = 1_000;
+    /// See [`MIN_TRANSACTION_TIMEOUT_MS`].
+    pub const MAX_TRANSACTION_TIMEOUT_MS: u64 = 900_000;
 }
 
 impl PipelineSpec {
@@ -877,6 +988,20 @@ impl PipelineSpec {
         }
         if let Some(Err(e)) = self.limits.as_ref().map(Limits::check) {
             return out_of_range(&format!("limits.{}", e.field), e.min, e.max);
+        }
+        let t = &self.transaction;
+        if !(bounds::MIN_TRANSACTION_TIMEOUT_MS..=bounds::MAX_TRANSACTION_TIMEOUT_MS)
+            .contains(&t.timeout_ms)
+        {
+            return out_of_range(
+                "transaction.timeout_ms",
+                bounds::MIN_TRANSACTION_TIMEOUT_MS,
+                bounds::MAX_TRANSACTION_TIMEOUT_MS,
+            );
+        }
+        // A transaction must commit well before the broker would abort it.
+        if !(1..=t.timeout_ms / 4).contains(&t.commit_interval_ms) {
+            return out_of_range("transaction.commit_interval_ms", 1, t.timeout_ms / 4);
         }
         Ok(())
     }

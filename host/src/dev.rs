@@ -188,7 +188,7 @@ fn spawn_sample_traffic(brokers: String, rate: u32) -> Result<(), String> {
 fn print_guide(opts: &DevOptions, brokers: &str) {
     let url = format!("http://{}", opts.admin_listen);
     println!(
-        "\nkwasm dev is running.\n\
+        "\nkwasm dev is running. Dashboard: {url}/ui/\n\
          \n  Kafka (librdkafka mock cluster): {brokers}\
          \n  Pipeline `demo`: {INPUT} -> redact -> {OUTPUT} (dead letters: {DEAD_LETTERS})\
          \n  Sample traffic: {rate} orders/s, every 50th corrupted\
@@ -196,7 +196,7 @@ fn print_guide(opts: &DevOptions, brokers: &str) {
          \nTry:\
          \n  curl {url}/readyz\
          \n  curl {url}/v1/assignments\
-         \n  kwasm status --url {url}\
+         \n  kwasm status --url {url} --watch\
          \n  kwasm plugin deploy passthrough {dir}/passthrough.wasm --url {url}\
          \n  kwasm pipeline list --url {url}\
          \n  curl {url}/metrics | grep kwasm_\n\

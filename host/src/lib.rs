@@ -15,6 +15,7 @@ pub mod admin;
 pub mod config;
 pub mod dev;
 pub mod kafka;
+pub mod logs;
 pub mod metrics_names;
 pub mod pipeline;
 pub mod registry;

@@ -76,16 +76,18 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     })?;
     let plugin = runtime.load(&name, &bytes)?;
     let mut handler = plugin.handler(args.config, Limits::default())?;
-    let reader: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
+    let (reader, progress): (Box<dyn BufRead>, Progress) = if args.input.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), Progress::new(None))
     } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(&args.input)
-                .with_context(|| format!("cannot open {}", args.input.display()))?,
-        ))
+        let file = std::fs::File::open(&args.input)
+            .with_context(|| format!("cannot open {}", args.input.display()))?;
+        let progress = Progress::new(file.metadata().ok().map(|m| m.len()));
+        let file = progress.bar.wrap_read(file);
+        (Box::new(std::io::BufReader::new(file)), progress)
     };
     let mut out = std::io::stdout().lock();
     for (n, line) in reader.lines().enumerate() {
+        progress.message_done(n as u64);
         let line = line?;
         if line.trim().is_empty() {
             continue;
@@ -124,12 +126,57 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
                 json!({"offset": batch.message(0).offset(), "outcome": e.kind.code(), "error": e.to_string()})
             }
         };
-        writeln!(out, "{line}")?;
+        progress.bar.suspend(|| writeln!(out, "{line}"))?;
     }
+    progress.bar.finish_and_clear();
     if out.flush().is_err() {
         bail!("cannot write to standard output");
     }
     Ok(())
+}
+
+/// The progress bar of a run: bytes of the input read, with messages and
+/// messages/s. Drawn on stderr only when both stdout and stderr are
+/// terminals: piped or redirected output gets no escape codes.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    started: std::time::Instant,
+}
+
+impl Progress {
+    fn new(total_bytes: Option<u64>) -> Self {
+        use std::io::IsTerminal;
+        let on_terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        let target = if on_terminal {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let bar = indicatif::ProgressBar::with_draw_target(total_bytes, target);
+        let template = if total_bytes.is_some() {
+            "{bar:30} {bytes}/{total_bytes} {msg}"
+        } else {
+            "{spinner} {bytes} {msg}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        Progress {
+            bar,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// `done` messages handled so far.
+    fn message_done(&self, done: u64) {
+        if done.is_multiple_of(256) {
+            let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+            self.bar.set_message(format!(
+                "{done} messages, {:.0} msg/s",
+                done as f64 / seconds
+            ));
+        }
+    }
 }
 
 fn outcome_json(offset: i64, outcome: OutcomeView<'_>) -> Value {

@@ -6,11 +6,12 @@ mod local_test;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// kwasm: WebAssembly plugins over Kafka consumer groups.
 #[derive(Parser)]
 #[command(
+    name = "kwasm",
     version,
     about,
     after_help = "The client commands (plugin, pipeline, status) talk to a host's admin API: \
@@ -65,6 +66,17 @@ enum Command {
     /// Show which host holds which partition of every pipeline, and its lag
     /// (through a host's admin API).
     Status(cli::status::StatusArgs),
+    /// Print a pipeline's plugin log lines from every host (`-f` follows);
+    /// needs `registry.plugin_logs = true` on the hosts.
+    Logs(cli::logs::LogsArgs),
+    /// Print a shell completion script: `kwasm completions bash >
+    /// /etc/bash_completion.d/kwasm` (or zsh, fish).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `kwasm man > kwasm.1; man ./kwasm.1`.
+    Man,
     /// Probe a host's `/healthz` (or `/readyz`): exit 0 on 200, else 1. The
     /// container image's HEALTHCHECK (the image has no shell or curl).
     Health(cli::health::HealthArgs),
@@ -92,6 +104,11 @@ fn main() -> ExitCode {
         Command::Pipeline(args) => cli::pipeline::run(args).map_err(Into::into),
         Command::Status(args) => cli::status::run(args).map_err(Into::into),
         Command::Health(args) => cli::health::run(args).map_err(Into::into),
+        Command::Logs(args) => cli::logs::run(args).map_err(Into::into),
+        Command::Completions { shell } => {
+            cli::generate::completions(shell, Cli::command()).map_err(Into::into)
+        }
+        Command::Man => cli::generate::man(Cli::command()).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,18 +137,35 @@ fn dev(options: kwasm_host::dev::DevOptions) -> anyhow::Result<()> {
 }
 
 fn init_logging(filter: &str, json: bool) {
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: escape codes in a file or a log
     // collector make every field unsearchable.
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    // Plugin lines at every level go to the logs topic when a host turns
+    // it on (kwasm_host::logs), whatever the host's own log filter says;
+    // its own filter keeps every other callsite as cheap as before.
+    let plugin_lines = kwasm_host::logs::PluginLogLayer.with_filter(
+        tracing_subscriber::filter::Targets::new().with_target(
+            kwasm_host::logs::layer::PLUGIN_TARGET,
+            tracing::Level::TRACE,
+        ),
+    );
+    // Repeated per-message warnings: the first per pipeline and interval
+    // in full, then one summary line (kwasm_host::logs::repeats).
+    let repeats = kwasm_host::logs::repeats::RepeatFilter::default();
+    kwasm_host::logs::repeats::spawn_reporter(&repeats);
+    let registry = tracing_subscriber::registry().with(plugin_lines);
     if json {
-        builder.json().init();
+        registry
+            .with(fmt.json().with_filter(filter.and(repeats)))
+            .init();
     } else {
-        builder.init();
+        registry.with(fmt.with_filter(filter.and(repeats))).init();
     }
 }

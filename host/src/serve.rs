@@ -54,6 +54,9 @@ pub enum ServeError {
         /// Why, as the manager reported it.
         reason: String,
     },
+    /// The plugin logs topic could not be set up.
+    #[error(transparent)]
+    Logs(#[from] crate::logs::topic::LogsError),
     /// The bound admin socket has no address (should not happen).
     #[error("cannot read the admin listener's address: {0}")]
     Io(#[from] std::io::Error),
@@ -92,7 +95,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         cache_dir: Some(config.host.cache_dir.clone()),
         max_plugin_memory_bytes: config.host.plugin_memory_budget_bytes(),
     })?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let metrics = crate::metrics_names::prometheus_builder().install_recorder()?;
     let producer = OutputProducer::new(&producer_config(&config.kafka, &config.host.id)).map_err(
         |source| ServeError::Kafka {
             client: "Kafka producer",
@@ -153,6 +156,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 source,
             }
         })?;
+    // Plugin logs to the logs topic (off by default), and every host's
+    // lines read back for the API.
+    let logs = if config.registry.plugin_logs {
+        Some(
+            crate::logs::topic::start(
+                &config.kafka,
+                &config.registry,
+                &config.host.id,
+                view.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let state = AdminState {
         host_id: config.host.id.clone(),
         view,
@@ -161,6 +179,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         token: config.host.admin_token.clone(),
         metrics: Some(metrics),
         groups: Some(groups),
+        logs,
     };
     let listener = admin_setup.bind()?;
     let local = listener.local_addr()?;

@@ -51,6 +51,7 @@ impl ControlPlane {
                 registry.plugins_topic.clone(),
                 registry.pipelines_topic.clone(),
                 registry.members_topic.clone(),
+                registry.logs_topic.clone(),
             ],
         }
     }
@@ -306,10 +307,19 @@ mod tests {
         };
         let control = ControlPlane::new(&registry);
         assert!(control.reason("ops.pipelines").is_some());
+        // The plugin logs topic, under any name, is control plane too.
+        let logs = ControlPlane::new(&RegistryConfig {
+            logs_topic: "ops.plugin-logs".into(),
+            ..RegistryConfig::default()
+        });
+        assert_eq!(
+            logs.reason("ops.plugin-logs"),
+            Some("is one of the registry's topics")
+        );
         assert!(control.reason("opsXpipelines").is_none());
         assert_eq!(
             control.consumer_blacklist(),
-            "^_kwasm_plugins$,^ops\\.pipelines$,^_kwasm_members$,^__,^_kwasm"
+            "^_kwasm_plugins$,^ops\\.pipelines$,^_kwasm_members$,^_kwasm_logs$,^__,^_kwasm"
         );
     }
 

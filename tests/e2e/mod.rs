@@ -91,23 +91,6 @@ impl Host {
         Self::start_with_text_as(id, registry, pipeline_text, Protocol::Classic)
     }
 
-    /// Starts `kwasm serve` with `pipeline` (classic protocol) and a
-    /// consumer session timeout of `session_timeout_ms` instead of the
-    /// tests' 6 s (which makes a killed host's partitions move quickly).
-    pub fn start_with_session_timeout(
-        id: &str,
-        pipeline: &PipelineDef<'_>,
-        session_timeout_ms: u32,
-    ) -> Host {
-        Self::start_full(
-            id,
-            pipeline.group,
-            Some(&pipeline_toml(pipeline)),
-            Protocol::Classic,
-            session_timeout_ms,
-        )
-    }
-
     fn start_with_text_as(
         id: &str,
         registry: &str,
@@ -165,6 +148,23 @@ impl Host {
             protocol,
             6_000,
             ("", ""),
+        )
+    }
+
+    /// Starts `kwasm serve` (classic protocol) with config-file pipelines
+    /// only and a consumer session timeout of `session_timeout_ms`.
+    pub fn start_pipelines_with_session_timeout(
+        id: &str,
+        registry: &str,
+        pipelines_text: &str,
+        session_timeout_ms: u32,
+    ) -> Host {
+        Self::start_full(
+            id,
+            registry,
+            Some(pipelines_text),
+            Protocol::Classic,
+            session_timeout_ms,
         )
     }
 

@@ -12,10 +12,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::e2e::{Host, PipelineDef};
+use crate::e2e::{Host, PipelineDef, account, pipeline_toml};
 use kwasm_tests::{
-    KafkaCluster, OutRecord, committed_offsets, create_topic_replicated, produce, unique,
-    wait_until,
+    KafkaCluster, OutRecord, committed_offsets, create_topic_replicated, partition_leaders,
+    produce, unique, wait_until,
 };
 
 /// Partitions of the input and output topics.
@@ -36,6 +36,8 @@ pub struct Scenario {
     pub output: String,
     pub group: String,
     pub dlq: String,
+    /// The pipeline's `delivery` (`at-least-once` or `exactly-once`).
+    pub delivery: &'static str,
 }
 
 impl Scenario {
@@ -53,6 +55,7 @@ impl Scenario {
             group: format!("{input}-group"),
             dlq: format!("{input}-dlq"),
             input,
+            delivery: "at-least-once",
         };
         create_topic_replicated(&scenario.input, PARTITIONS, 3);
         create_topic_replicated(&scenario.output, PARTITIONS, 3);
@@ -81,7 +84,12 @@ impl Scenario {
         // (its own session timer) and redoes uncommitted work: duplicates
         // caused by the test's setting, not by the failure under test.
         // Kafka's default is 45 s.
-        let host = Host::start_with_session_timeout("host-a", &self.pipeline(), 30_000);
+        let pipeline = pipeline_toml(&self.pipeline()).replace(
+            "[pipeline.retry]",
+            &format!("delivery = {:?}\n[pipeline.retry]", self.delivery),
+        );
+        let host =
+            Host::start_pipelines_with_session_timeout("host-a", &self.group, &pipeline, 30_000);
         let all: BTreeSet<i32> = (0..PARTITIONS).collect();
         let holds_all = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
             host.partitions(&self.input).is_some_and(|p| p == all)
@@ -172,4 +180,85 @@ pub fn produce_steadily(
         }
         produced
     })
+}
+
+/// SIGKILLs the node leading the most input and output partitions (at least
+/// one of each) while a host runs `delivery`, restarts it 10 s later, and
+/// checks that processing resumed on every partition by itself and that the
+/// output, read to the end, holds every input once, in order.
+pub fn kill_leader_mid_stream(name: &str, delivery: &'static str) {
+    let mut s = Scenario::start(name);
+    s.delivery = delivery;
+    let host = s.start_host();
+    // 30 chunks of 100 records per partition, one every 500 ms: 18 000
+    // records over about 15 s.
+    let producer = produce_steadily(s.input.clone(), 30, 100, Duration::from_millis(500));
+    std::thread::sleep(Duration::from_secs(4));
+
+    // The victim: the node leading the most input and output partitions
+    // together, and at least one of each.
+    let input_leaders = partition_leaders(&s.input);
+    let output_leaders = partition_leaders(&s.output);
+    let victim = s
+        .cluster
+        .ids()
+        .into_iter()
+        .filter(|id| {
+            input_leaders.contains(&(*id as i32)) && output_leaders.contains(&(*id as i32))
+        })
+        .max_by_key(|id| {
+            input_leaders
+                .iter()
+                .chain(&output_leaders)
+                .filter(|l| **l == *id as i32)
+                .count()
+        })
+        .unwrap_or_else(|| {
+            panic!("no node leads both input and output partitions: input {input_leaders:?}, output {output_leaders:?}")
+        });
+    let led_in: Vec<usize> = (0..PARTITIONS as usize)
+        .filter(|p| input_leaders[*p] == victim as i32)
+        .collect();
+    let led_out: Vec<usize> = (0..PARTITIONS as usize)
+        .filter(|p| output_leaders[*p] == victim as i32)
+        .collect();
+    let before = s.committed();
+    let killed = Instant::now();
+    s.cluster.kill(victim);
+    println!(
+        "SIGKILLed node {victim}, leader of input partitions {led_in:?} and output partitions {led_out:?}"
+    );
+
+    let resumed = s.wait_processing_again(&before, killed, Duration::from_secs(60));
+    println!(
+        "leader kill: processing again on every partition {:.2} s after the kill; new input leaders {:?}, output leaders {:?}",
+        resumed.as_secs_f64(),
+        partition_leaders(&s.input),
+        partition_leaders(&s.output)
+    );
+    let down_for = Duration::from_secs(10).saturating_sub(killed.elapsed());
+    std::thread::sleep(down_for);
+    s.cluster.restart(victim);
+    println!(
+        "node {victim} restarted {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+
+    let produced = producer.join().expect("producer thread");
+    let output = kwasm_tests::read_to_end(&s.output, produced.len(), Duration::from_secs(120));
+    let acc = account(&produced, &output);
+    println!(
+        "leader kill [{}]: produced {}, lost {}, duplicates {}, out of order {}",
+        delivery,
+        produced.len(),
+        acc.lost,
+        acc.duplicates,
+        acc.out_of_order
+    );
+    assert_eq!(
+        (acc.lost, acc.duplicates, acc.out_of_order),
+        (0, 0, 0),
+        "{acc:?}"
+    );
+    host.wait_ready(Duration::from_secs(30));
 }

@@ -534,6 +534,9 @@ fn reader(topic: &str, partitions: i32, eof: bool) -> BaseConsumer {
     // librdkafka refuses assign() without a group.id ("Unknown group"); this
     // throwaway group is never joined (no subscribe) and never committed to.
     let mut config = consumer_config(Some(&unique("kwasm-tests-reader")));
+    // librdkafka's default, said out loud: an exactly-once check must not
+    // count the records of aborted transactions.
+    config.set("isolation.level", "read_committed");
     if eof {
         config.set("enable.partition.eof", "true");
     }
@@ -716,6 +719,36 @@ pub fn end_offsets(topic: &str) -> Vec<i64> {
             high
         })
         .collect()
+}
+
+/// Waits up to `timeout` until `group`'s committed offset on every
+/// partition of `topic` equals that partition's end offset (fetched once,
+/// first: the input is complete), an empty partition counting as done
+/// whether or not anything was committed there. Returns the end offsets and
+/// the last committed offsets seen, for the caller's assertion message; the
+/// wait succeeded when [`committed_to_end`] holds for them.
+pub fn wait_committed_to_end(
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> (Vec<i64>, Vec<Option<i64>>) {
+    let ends = end_offsets(topic);
+    let mut committed = Vec::new();
+    wait_until(timeout, Duration::from_millis(200), || {
+        committed = committed_offsets(group, topic, ends.len() as i32);
+        committed_to_end(&ends, &committed)
+    });
+    (ends, committed)
+}
+
+/// Whether `committed` reached `ends` on every partition (an empty one
+/// counts as reached).
+pub fn committed_to_end(ends: &[i64], committed: &[Option<i64>]) -> bool {
+    ends.len() == committed.len()
+        && ends
+            .iter()
+            .zip(committed)
+            .all(|(e, c)| *e == 0 || *c == Some(*e))
 }
 
 /// Offsets committed by `group` for partitions `0..partitions` of `topic`

@@ -44,9 +44,10 @@ pub use assignment::{Assignment, decode_assignment};
 pub use broker::KafkaCluster;
 pub use kafka::{
     Group, GroupDescription, Member, OutRecord, Record, by_partition, committed_offsets,
-    consume_all, create_topic, create_topic_replicated, create_topic_with_config,
+    committed_to_end, consume_all, create_topic, create_topic_replicated, create_topic_with_config,
     describe_consumer_group, describe_group, end_offsets, group_coordinator, group_members,
     partition_leaders, produce, produce_sequence, produce_transactions, read_to_end, sequence_of,
+    wait_committed_to_end,
 };
 pub use process::HostProcess;
 

@@ -45,6 +45,9 @@ impl HostProcess {
     ) -> HostProcess {
         let dir = tempfile::Builder::new()
             .prefix(&format!("kwasm-{name}-"))
+            // KWASM_TEST_KEEP_LOGS=1 keeps every process's log for a look
+            // after the test (the failure message names the file).
+            .disable_cleanup(std::env::var_os("KWASM_TEST_KEEP_LOGS").is_some())
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for `{name}`'s log: {e}"));
         let log_path = dir.path().join(format!("{name}.log"));
@@ -113,6 +116,17 @@ impl HostProcess {
     /// Sends SIGKILL (a crash: no chance to commit or leave the group).
     pub fn sigkill(&mut self) {
         self.signal(libc::SIGKILL, "SIGKILL");
+    }
+
+    /// Sends SIGSTOP: the process freezes (a zombie-to-be: a long GC
+    /// pause, a stalled VM) with its connections open.
+    pub fn sigstop(&mut self) {
+        self.signal(libc::SIGSTOP, "SIGSTOP");
+    }
+
+    /// Sends SIGCONT: a frozen process goes on where it stopped.
+    pub fn sigcont(&mut self) {
+        self.signal(libc::SIGCONT, "SIGCONT");
     }
 
     /// Waits up to `timeout` for the child to exit; `None` if still running.

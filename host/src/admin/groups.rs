@@ -67,6 +67,8 @@ pub struct GroupDescriber {
 
 struct Inner {
     client: AdminClient<DefaultClientContext>,
+    /// Offsets and dead letters for the dashboard, with the same settings.
+    reader: super::progress::BrokerReader,
     /// Held across a describe, so concurrent callers wait for one answer.
     cache: tokio::sync::Mutex<DescriptionCache>,
 }
@@ -101,6 +103,7 @@ impl GroupDescriber {
         Ok(GroupDescriber {
             inner: Arc::new(Inner {
                 client: config.create()?,
+                reader: super::progress::BrokerReader::new(config.clone()),
                 cache: tokio::sync::Mutex::new(DescriptionCache::default()),
             }),
         })
@@ -120,6 +123,11 @@ impl GroupDescriber {
             config.set(key, value);
         }
         Self::new(&config)
+    }
+
+    /// Group-wide offsets and dead letters, read with this client's settings.
+    pub fn reader(&self) -> &super::progress::BrokerReader {
+        &self.inner.reader
     }
 
     /// The broker's members of `group`, at most [`CACHE_TTL`] old; an

@@ -141,6 +141,7 @@ pub async fn assignments(State(state): State<AdminState>) -> Json<Value> {
                 "plugin": d.plugin.name(),
                 "plugin_version": d.version,
                 "plugin_digest": d.plugin.digest(),
+                "delivery": p.spec().delivery.as_str(),
                 "partitions": p.partitions(),
             })
         })
@@ -321,7 +322,7 @@ pub async fn list_pipelines(State(state): State<AdminState>) -> ApiResult<Json<V
 }
 
 /// Registry pipelines, plus this host's config-file ones (source `config`).
-fn all_pipelines(state: &AdminState) -> ApiResult<Vec<StoredPipeline>> {
+pub(super) fn all_pipelines(state: &AdminState) -> ApiResult<Vec<StoredPipeline>> {
     let config_names = state.view.config_names();
     let mut out: Vec<StoredPipeline> = registry(state)?
         .read()
@@ -472,18 +473,27 @@ pub async fn members(
         .find(|p| p.spec.name == name)
         .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))?;
     let group = pipeline.spec.group_id();
-    let published = registry(&state)?.members(&group);
+    let members = group_members(&state, &group).await?;
+    Ok(Json(
+        json!({"pipeline": name, "group_id": group, "members": members}),
+    ))
+}
+
+/// The members of `group`: the broker's description merged with what the
+/// hosts published.
+pub(super) async fn group_members(
+    state: &AdminState,
+    group: &str,
+) -> ApiResult<Vec<super::groups::MemberView>> {
+    let published = registry(state)?.members(group);
     let broker = match &state.groups {
-        Some(groups) => groups.describe(&group).await,
+        Some(groups) => groups.describe(group).await,
         None => Err("this host has no group describer".to_owned()),
     };
     if let Err(e) = &broker {
         tracing::debug!(group, error = %e, "cannot describe the group; members are as the hosts last published them");
     }
-    let members = super::groups::merge_members(published, broker);
-    Ok(Json(
-        json!({"pipeline": name, "group_id": group, "members": members}),
-    ))
+    Ok(super::groups::merge_members(published, broker))
 }
 
 fn refuse_config_pipeline(state: &AdminState, name: &str) -> ApiResult<()> {

@@ -15,6 +15,8 @@ mod handlers;
 pub(crate) use handlers::running_member_records;
 pub mod listener;
 mod openapi;
+mod progress;
+mod ui;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -49,6 +51,9 @@ pub struct AdminState {
     /// The broker's view of consumer groups, for `.../members` (`None`:
     /// only what hosts published).
     pub groups: Option<GroupDescriber>,
+    /// Plugin log lines read back from the logs topic (`None`:
+    /// `registry.plugin_logs` is off; `.../logs` answers 404).
+    pub logs: Option<crate::logs::LogTail>,
 }
 
 /// The API's routes.
@@ -81,6 +86,16 @@ pub fn router(state: AdminState) -> Router {
             post(handlers::resume_pipeline),
         )
         .route("/v1/pipelines/{name}/members", get(handlers::members))
+        .route(
+            "/v1/pipelines/{name}/progress",
+            get(progress::progress_handler),
+        )
+        .route(
+            "/v1/pipelines/{name}/dead-letters",
+            get(progress::dead_letters_handler),
+        )
+        .route("/v1/pipelines/{name}/logs", get(progress::logs_handler))
+        .merge(ui::routes())
         .fallback(|| async { AdminError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         // Outermost, so it also guards the fallbacks: without the token an
@@ -89,9 +104,11 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Paths that stay open with a token set: probes and scrapers carry none.
+/// Paths that stay open with a token set: probes and scrapers carry none,
+/// and a browser loading the dashboard has no way to send one (the page
+/// then sends it on every `/v1` call).
 fn is_open_path(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
+    matches!(path, "/healthz" | "/readyz" | "/metrics") || ui::is_ui_path(path)
 }
 
 /// With a token set, every call but the probes needs
@@ -160,6 +177,7 @@ mod tests {
         assert!(is_open_path("/healthz") && is_open_path("/readyz") && is_open_path("/metrics"));
         for path in [
             "/v1/openapi.json",
+            "/uiv1/pipelines",
             "/v1/pipelines",
             "/healthz/",
             "/v1/healthz",

@@ -99,6 +99,10 @@ fn spec() -> Value {
             "/v1/pipelines/{name}/pause": {"post": with(op("Stop a pipeline on every host", &[("200", "paused"), ("401", "token required"), ("404", "unknown")]), json!([name]))},
             "/v1/pipelines/{name}/resume": {"post": with(op("Restart a paused pipeline", &[("200", "resumed"), ("401", "token required"), ("404", "unknown")]), json!([name]))},
             "/v1/pipelines/{name}/members": {"get": with(op("Every member of the pipeline's group (as the broker describes it) and its partitions", &[("200", "members"), ("404", "unknown")]), json!([name]))},
+            "/v1/pipelines/{name}/progress": {"get": with(op("The group's committed offsets, end offsets, lag and holder of every input partition, from the broker (at most 1 s old)", &[("200", "progress"), ("404", "unknown"), ("503", "the broker did not answer")]), json!([name]))},
+            "/v1/pipelines/{name}/dead-letters": {"get": with(op("The newest records of the pipeline's dead-letter topic with their headers (`limit`, 1 to 100, default 20)", &[("200", "dead letters, newest first"), ("400", "bad limit"), ("404", "unknown")]), json!([name]))},
+            "/v1/pipelines/{name}/logs": {"get": with(op("The pipeline's newest plugin log lines from every host, after cursor `after` (`limit`, 1 to 1000, default 100)", &[("200", "lines and the next cursor"), ("400", "bad query"), ("404", "unknown, or plugin logs are off on this host")]), json!([name]))},
+            "/ui/": {"get": op("The dashboard (HTML; no token needed to load it)", &[("200", "HTML")])},
             "/v1/openapi.json": {"get": op("This document", &[("200", "OpenAPI 3")])},
         },
         "components": {"schemas": {

@@ -149,6 +149,14 @@ impl ApiRequest {
     pub fn assignments() -> Self {
         Self::new(http::Method::GET, "/v1/assignments".to_owned())
     }
+
+    /// `GET /v1/pipelines/{name}/logs?after=C&limit=N`.
+    pub fn pipeline_logs(name: &str, after: u64, limit: usize) -> Self {
+        Self::new(
+            http::Method::GET,
+            pipeline_path(name, &format!("/logs?after={after}&limit={limit}")),
+        )
+    }
 }
 
 fn pipeline_path(name: &str, suffix: &str) -> String {
@@ -222,6 +230,16 @@ impl ApiClient {
 
     /// Sends `request`; a non-2xx answer is an error.
     pub fn send(&self, request: &ApiRequest) -> Result<Answer, ClientError> {
+        self.send_with_progress(request, None)
+    }
+
+    /// [`send`](Self::send), advancing `progress` by the body bytes as
+    /// they are written (uploads of large components).
+    pub fn send_with_progress(
+        &self,
+        request: &ApiRequest,
+        progress: Option<&indicatif::ProgressBar>,
+    ) -> Result<Answer, ClientError> {
         let url = self.url(request);
         let mut builder = http::Request::builder()
             .method(request.method.clone())
@@ -234,13 +252,26 @@ impl ApiClient {
             reason: e.to_string(),
         };
         let sent = match &request.body {
-            Some((content_type, bytes)) => {
-                let http_request = builder
-                    .header(http::header::CONTENT_TYPE, *content_type)
-                    .body(bytes.as_slice())
-                    .map_err(invalid)?;
-                self.agent.run(http_request)
-            }
+            Some((content_type, bytes)) => match progress {
+                None => {
+                    let http_request = builder
+                        .header(http::header::CONTENT_TYPE, *content_type)
+                        .body(bytes.as_slice())
+                        .map_err(invalid)?;
+                    self.agent.run(http_request)
+                }
+                Some(bar) => {
+                    // The length is known: sent as Content-Length, so the
+                    // host can refuse an oversized upload before reading it.
+                    let mut reader = bar.wrap_read(bytes.as_slice());
+                    let http_request = builder
+                        .header(http::header::CONTENT_TYPE, *content_type)
+                        .header(http::header::CONTENT_LENGTH, bytes.len())
+                        .body(ureq::SendBody::from_reader(&mut reader))
+                        .map_err(invalid)?;
+                    self.agent.run(http_request)
+                }
+            },
             None => self.agent.run(builder.body(()).map_err(invalid)?),
         };
         let mut response = sent.map_err(|source| ClientError::Unreachable {
@@ -267,7 +298,10 @@ impl ApiClient {
         name: &str,
         wasm: Vec<u8>,
     ) -> Result<(DeployedPlugin, bool), ClientError> {
-        let answer = self.send(&ApiRequest::deploy_plugin(name, wasm))?;
+        let progress = upload_progress(wasm.len() as u64);
+        let sent = self.send_with_progress(&ApiRequest::deploy_plugin(name, wasm), Some(&progress));
+        progress.finish_and_clear();
+        let answer = sent?;
         Ok((answer.json()?, answer.status == 201))
     }
 
@@ -321,6 +355,40 @@ impl ApiClient {
     pub fn assignments(&self) -> Result<Assignments, ClientError> {
         self.send(&ApiRequest::assignments())?.json()
     }
+
+    /// `GET /v1/pipelines/{name}/logs`: lines after `after`, and the next
+    /// cursor.
+    pub fn pipeline_logs(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<super::model::LogPage, ClientError> {
+        self.send(&ApiRequest::pipeline_logs(name, after, limit))?
+            .json()
+    }
+}
+
+/// Uploads at least this large show a progress bar.
+const UPLOAD_PROGRESS_MIN_BYTES: u64 = 1 << 20;
+
+/// A bar of upload bytes on stderr, for a large upload from a terminal;
+/// hidden otherwise (small uploads, output piped or redirected).
+fn upload_progress(total_bytes: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let shown = total_bytes >= UPLOAD_PROGRESS_MIN_BYTES && std::io::stderr().is_terminal();
+    let target = if shown {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total_bytes), target);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec} (then the host validates it)",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// The base URL without its trailing `/`; only `http://` is supported (the

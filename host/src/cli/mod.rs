@@ -7,12 +7,15 @@
 //!   without a server.
 //! - [`scaffold`]: `kwasm new`, a plugin crate that builds as is.
 //! - [`health`]: `kwasm health`, the container image's HEALTHCHECK.
+//! - [`logs`]: `kwasm logs`, plugin log lines from every host.
 //!
 //! Every command returns a [`CliError`]; `main` prints it as `error: ...` and
 //! exits 1.
 
 pub mod client;
+pub mod generate;
 pub mod health;
+pub mod logs;
 mod model;
 pub mod pipeline;
 pub mod plugin;

@@ -155,3 +155,19 @@ pub struct TopicPartition {
     /// Partition.
     pub partition: i32,
 }
+
+/// `GET /v1/pipelines/{name}/logs`.
+#[derive(Debug, Deserialize)]
+pub struct LogPage {
+    /// Lines, oldest first.
+    pub lines: Vec<LogPageLine>,
+    /// Ask with `after=cursor` for the lines after these.
+    pub cursor: u64,
+}
+
+/// One line of a [`LogPage`]; `text` is the host's rendering.
+#[derive(Debug, Deserialize)]
+pub struct LogPageLine {
+    /// The line as `kwasm logs` prints it.
+    pub text: String,
+}

@@ -16,15 +16,69 @@ use super::{CliError, ClientArgs, emit};
 /// Arguments of `kwasm status`.
 #[derive(clap::Args)]
 pub struct StatusArgs {
+    /// Refresh the table in place until Ctrl-C (on a terminal; otherwise
+    /// print a new table each time, separated by a blank line).
+    #[arg(short, long)]
+    watch: bool,
+    /// Seconds between refreshes with `--watch`.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
+    interval_s: f64,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// `--interval-s`: 0.2 s to 1 h.
+fn parse_interval(text: &str) -> Result<f64, String> {
+    let s: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if (0.2..=3600.0).contains(&s) {
+        Ok(s)
+    } else {
+        Err(format!("{s} s is outside 0.2 to 3600"))
+    }
 }
 
 /// Runs `kwasm status`.
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
     let client = args.client.client()?;
-    let view = fetch(&client)?;
-    emit(&render(&view))
+    if !args.watch {
+        let view = fetch(&client)?;
+        return emit(&render(&view));
+    }
+    use std::io::IsTerminal;
+    let in_place = std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        // A failed fetch is shown and retried: a watch outlives a restart.
+        let table = match fetch(&client) {
+            Ok(view) => render(&view),
+            Err(e) => format!("error: {e}\n"),
+        };
+        emit(&watch_frame(&table, in_place, first))?;
+        first = false;
+        std::thread::sleep(std::time::Duration::from_secs_f64(args.interval_s));
+    }
+}
+
+/// One refresh of `--watch`: on a terminal, cursor home, the table with
+/// each line cleared to its end, then the rest of the screen cleared (no
+/// flicker, no scrolling); elsewhere, the table after a blank line.
+fn watch_frame(table: &str, in_place: bool, first: bool) -> String {
+    if !in_place {
+        return if first {
+            table.to_owned()
+        } else {
+            format!("\n{table}")
+        };
+    }
+    let mut out = String::from(if first { "\x1b[2J\x1b[H" } else { "\x1b[H" });
+    for line in table.lines() {
+        out.push_str(line);
+        out.push_str("\x1b[K\n");
+    }
+    out.push_str("\x1b[J");
+    out
 }
 
 /// Everything `status` shows, as fetched.
@@ -206,6 +260,26 @@ fn cells(row: StatusRow) -> Vec<String> {
         number_or_dash(row.lag),
         row.state,
     ]
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::watch_frame;
+
+    #[test]
+    fn a_watch_frame_redraws_in_place_on_a_terminal_and_appends_elsewhere() {
+        let table = "A B\n1 2\n";
+        assert_eq!(
+            watch_frame(table, true, true),
+            "\x1b[2J\x1b[HA B\x1b[K\n1 2\x1b[K\n\x1b[J"
+        );
+        assert_eq!(
+            watch_frame(table, true, false),
+            "\x1b[HA B\x1b[K\n1 2\x1b[K\n\x1b[J"
+        );
+        assert_eq!(watch_frame(table, false, true), table);
+        assert_eq!(watch_frame(table, false, false), "\nA B\n1 2\n");
+    }
 }
 
 #[cfg(test)]

@@ -90,6 +90,24 @@ pub fn producer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
     c
 }
 
+/// The producer of one exactly-once pipeline on one host: [`producer_config`]
+/// plus its `transactional.id` (stable across the host's restarts, so a
+/// restarted host fences its earlier self and aborts what that left open)
+/// and `transaction.timeout.ms`. A record's delivery may not outlast its
+/// transaction, so `message.timeout.ms` is that timeout, not "forever".
+pub fn transactional_producer_config(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    transactional_id: &str,
+    transaction_timeout_ms: u64,
+) -> ClientConfig {
+    let mut c = producer_config(kafka, client_id);
+    c.set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", transaction_timeout_ms.to_string())
+        .set("message.timeout.ms", transaction_timeout_ms.to_string());
+    c
+}
+
 /// `kafka.properties`, then the client kind's own (which win).
 fn apply_overrides(
     c: &mut ClientConfig,

@@ -24,6 +24,11 @@ pub struct OffsetTracker {
 
 #[derive(Debug, Default)]
 struct TrackerState {
+    /// One past the newest message handed to the producer (records or a
+    /// dead letter), acknowledged or not: what an exactly-once transaction
+    /// commits, since its commit succeeds only if every record it holds was
+    /// delivered.
+    processed_through: Option<i64>,
     /// Processed messages whose records are not all acknowledged, in
     /// offset order, with how many acknowledgements each still awaits.
     waiting: VecDeque<(i64, u32)>,
@@ -39,7 +44,7 @@ struct TrackerState {
     rejections: Vec<(i64, String)>,
     /// Offsets already in `rejections` (or taken from it), so that a second
     /// rejected record of one message does not owe a second dead letter.
-    owing: Vec<i64>,
+    owing: std::collections::BTreeSet<i64>,
 }
 
 impl OffsetTracker {
@@ -58,6 +63,7 @@ impl OffsetTracker {
     /// to the producer. Calls come in increasing offset order.
     pub fn processed(&self, offset: i64, records: u32) {
         let mut s = self.lock();
+        s.processed_through = Some(offset + 1);
         if records == 0 && s.waiting.is_empty() {
             s.advance_to(offset + 1);
         } else {
@@ -106,7 +112,7 @@ impl OffsetTracker {
             s.pop_done();
             false
         } else {
-            s.owing.push(offset);
+            s.owing.insert(offset);
             s.rejections.push((offset, reason));
             true
         }
@@ -154,6 +160,18 @@ impl OffsetTracker {
         self.lock().failed.is_some()
     }
 
+    /// One past the newest message handed to the producer, delivered or
+    /// not (exactly-once: see `processed_through`).
+    pub fn processed_through(&self) -> Option<i64> {
+        self.lock().processed_through
+    }
+
+    /// The oldest message still awaiting acknowledgements, and how many
+    /// (for diagnostics).
+    pub fn oldest_waiting(&self) -> Option<(i64, u32)> {
+        self.lock().waiting.iter().find(|(_, n)| *n > 0).copied()
+    }
+
     /// Messages processed but not yet fully acknowledged.
     pub fn in_flight(&self) -> usize {
         self.lock().waiting.iter().filter(|(_, n)| *n > 0).count()
@@ -178,7 +196,7 @@ impl TrackerState {
         while let Some(&(offset, 0)) = self.waiting.front() {
             self.waiting.pop_front();
             if !self.owing.is_empty() {
-                self.owing.retain(|&o| o != offset);
+                self.owing.remove(&offset);
             }
             self.advance_to(offset + 1);
         }

@@ -335,6 +335,44 @@ impl OutputProducer {
     pub fn in_flight(&self) -> i32 {
         self.inner.in_flight_count()
     }
+
+    // The transactional calls below need a producer created with a
+    // `transactional.id`. Every one of them blocks: call them from a plain
+    // thread (a pipeline's consumer thread), never a tokio worker.
+
+    /// Registers the `transactional.id` with its coordinator, fencing any
+    /// earlier producer with the same id and aborting its open transaction.
+    pub fn init_transactions(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.init_transactions(timeout)
+    }
+
+    /// Opens a transaction: records sent from now on belong to it.
+    pub fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.inner.begin_transaction()
+    }
+
+    /// Adds the consumer's next offsets to the open transaction; `group`
+    /// carries the consumer's generation, which fences a zombie (KIP-447).
+    pub fn send_offsets_to_transaction(
+        &self,
+        offsets: &rdkafka::TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        self.inner
+            .send_offsets_to_transaction(offsets, group, timeout)
+    }
+
+    /// Flushes and commits the open transaction.
+    pub fn commit_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.commit_transaction(timeout)
+    }
+
+    /// Aborts the open transaction (its records stay invisible to
+    /// `read_committed` readers).
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.abort_transaction(timeout)
+    }
 }
 
 #[cfg(test)]

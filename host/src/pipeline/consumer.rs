@@ -13,6 +13,7 @@
 //! batch, the producer is flushed, done offsets are committed synchronously,
 //! and only then does librdkafka give the partition away).
 
+use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -26,6 +27,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
+use super::transaction::{PartitionVerdict, TxnRecovery, fenced, recovery_for, verdict};
 use super::worker::{Worker, WorkerContext};
 use super::{PartitionEvent, PipelineShared};
 use crate::kafka::OffsetTracker;
@@ -77,6 +79,10 @@ struct Assigned {
     /// records after it are transaction markers to commit past
     /// ([`commit_offset`]).
     last_routed: Option<i64>,
+    /// Exactly-once: where an aborted transaction rewinds this partition to
+    /// (the offset its last transaction committed, or the first offset
+    /// routed since it was assigned).
+    resume_at: Option<i64>,
 }
 
 /// The consumer's context: rebalance callbacks and the partition table.
@@ -95,6 +101,9 @@ pub(crate) struct PipelineContext {
     ///
     /// [`FetchQueue`]: crate::kafka::fetch_queue::FetchQueue
     fetch_queue: Mutex<Option<QueueHandle>>,
+    /// Exactly-once: inputs whose outputs the broker rejected for good in
+    /// an aborted transaction, per partition; the redo dead-letters them.
+    redo_rejected: Mutex<FxHashMap<PartitionKey, BTreeMap<i64, String>>>,
 }
 
 /// The partitions held, plus the key of the last routed message: fetches
@@ -176,8 +185,12 @@ impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                self.revoke(consumer, &keys(tpl), "revoked by rebalance");
-                self.commit_pending(consumer);
+                if self.shared.exactly_once.is_some() {
+                    self.revoke_transactional(consumer, &keys(tpl), consumer.assignment_lost());
+                } else {
+                    self.revoke(consumer, &keys(tpl), "revoked by rebalance");
+                    self.commit_pending(consumer);
+                }
             }
             // Before librdkafka starts fetching them: their messages then
             // only ever reach the fetch queue.
@@ -237,6 +250,7 @@ impl PipelineContext {
             pending_commit: Mutex::new(None),
             last_full_commit: Mutex::new(Instant::now()),
             fetch_queue: Mutex::new(None),
+            redo_rejected: Mutex::new(FxHashMap::default()),
         }
     }
 
@@ -258,6 +272,12 @@ impl PipelineContext {
 
     /// Starts a worker for a newly assigned partition.
     fn assign(&self, key: PartitionKey) {
+        self.assign_at(key, None);
+    }
+
+    /// Starts a worker for a partition; `resume_at` is where an aborted
+    /// transaction rewound it to (exactly-once).
+    fn assign_at(&self, key: PartitionKey, resume_at: Option<i64>) {
         let s = &self.shared;
         if self
             .shutting_down
@@ -281,6 +301,9 @@ impl PipelineContext {
         let tracker = Arc::new(OffsetTracker::new());
         // Listed before the worker can report a stall against it.
         s.status.assigned(&key.0, key.1);
+        if let Some(offset) = resume_at {
+            s.status.committed(&key.0, key.1, offset);
+        }
         let worker = Worker::new(
             WorkerContext {
                 pipeline: s.spec.name.clone(),
@@ -299,6 +322,8 @@ impl PipelineContext {
                 runtime: s.runtime.clone(),
                 deployment: s.deployment.clone(),
                 recycle,
+                gate: s.exactly_once.as_ref().map(|e| e.gate.clone()),
+                redo_rejected: self.redo().remove(&key).unwrap_or_default(),
             },
             handler,
             generation,
@@ -319,6 +344,7 @@ impl PipelineContext {
                 committed: None,
                 reported_failure: None,
                 last_routed: None,
+                resume_at,
             },
         );
     }
@@ -336,7 +362,7 @@ impl PipelineContext {
         reason: &str,
     ) {
         let started = Instant::now();
-        let leaving = self.drain(keys);
+        let leaving = self.drain(keys, true);
         if leaving.is_empty() {
             return;
         }
@@ -368,7 +394,10 @@ impl PipelineContext {
     /// Takes `keys` out of the table, stops their workers and waits (up to
     /// the grace period) for their batches to finish and their records to
     /// be acknowledged.
-    fn drain(&self, keys: &[PartitionKey]) -> Vec<(PartitionKey, Assigned)> {
+    ///
+    /// Without `deliveries`, only the workers are waited for (a rewind after
+    /// an aborted transaction: its records will never be acknowledged).
+    fn drain(&self, keys: &[PartitionKey], deliveries: bool) -> Vec<(PartitionKey, Assigned)> {
         let s = &self.shared;
         let mut leaving: Vec<(PartitionKey, Assigned)> = {
             let mut table = self.table();
@@ -393,7 +422,7 @@ impl PipelineContext {
         }
         // At least a moment for deliveries, even past a worker's deadline.
         let deadline = deadline.max(Instant::now() + Duration::from_millis(100));
-        while leaving.iter().any(|(_, a)| a.tracker.in_flight() > 0) {
+        while deliveries && leaving.iter().any(|(_, a)| a.tracker.in_flight() > 0) {
             if Instant::now() >= deadline {
                 tracing::warn!(pipeline = %s.spec.name, "records of leaving partitions not acknowledged within the grace period; committing only acknowledged work");
                 break;
@@ -447,8 +476,15 @@ impl PipelineContext {
         self.shutting_down
             .store(true, std::sync::atomic::Ordering::Release);
         let started = Instant::now();
-        let leaving = self.drain(&self.assigned_keys());
+        let leaving = self.drain(&self.assigned_keys(), true);
         let drained = started.elapsed();
+        if self.shared.exactly_once.is_some() {
+            // A refused commit aborts: nothing of it is visible, and the
+            // next owner redoes it from the last committed transaction.
+            self.end_transaction(consumer, &leaving, None);
+            self.released(&leaving, "host shutting down", drained);
+            return;
+        }
         let tpl = self.commit_list(consumer, &leaving);
         if tpl.count() > 0 {
             *self.pending_commit() = Some(tpl);
@@ -485,6 +521,330 @@ impl PipelineContext {
             }
         }
         self.released(&leaving, "host shutting down", drained);
+    }
+
+    /// Exactly-once: registers the pipeline's `transactional.id` (fencing
+    /// this host's previous incarnation and aborting what it left open) and
+    /// opens the first transaction, before the consumer first polls, so no
+    /// partition is assigned before outputs can be produced. A broker that
+    /// is not there yet is waited for; false when the pipeline stops
+    /// meanwhile or the producer is fenced (the host then exits).
+    pub(crate) fn init_transactions(&self, stop: &CancellationToken) -> bool {
+        let s = &self.shared;
+        let Some(eos) = &s.exactly_once else {
+            return true;
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if stop.is_cancelled() {
+                return false;
+            }
+            match s
+                .producer
+                .init_transactions(eos.timeout().min(Duration::from_secs(30)))
+            {
+                Ok(()) => break,
+                Err(e) if recovery_for(&e) == TxnRecovery::Fatal => {
+                    self.fatal_transaction(&format!("cannot initialise transactions: {e}"));
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(pipeline = %s.spec.name, error = %e, retry_in = ?delay,
+                        "cannot initialise transactions yet; trying again");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        if let Err(e) = s.producer.begin_transaction() {
+            self.fatal_transaction(&format!("cannot begin a transaction: {e}"));
+            return false;
+        }
+        tracing::info!(pipeline = %s.spec.name, "exactly-once: transactions initialised");
+        true
+    }
+
+    /// Exactly-once revocation, inside the revoke callback: the leaving
+    /// partitions' workers finish their batches, then the open transaction
+    /// ends with the offsets of every partition held (leaving or staying),
+    /// before librdkafka lets the leaving ones go. A lost assignment (the
+    /// member was fenced: session timeout, a zombie waking up) aborts
+    /// instead, since a commit with the old generation would be refused
+    /// anyway, and its outputs must never become visible.
+    fn revoke_transactional(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        keys: &[PartitionKey],
+        lost: bool,
+    ) {
+        let started = Instant::now();
+        let leaving = self.drain(keys, !lost);
+        let drained = started.elapsed();
+        let lost_reason = lost
+            .then(|| "the assignment was lost (this member was fenced from the group)".to_owned());
+        self.end_transaction(consumer, &leaving, lost_reason);
+        self.released(
+            &leaving,
+            if lost {
+                "assignment lost"
+            } else {
+                "revoked by rebalance"
+            },
+            drained,
+        );
+    }
+
+    /// Exactly-once: ends the open transaction. Closes the gate (no batch
+    /// starts, the ones producing finish), flushes the producer, and asks
+    /// each partition's tracker what it may commit
+    /// ([`verdict`](super::transaction::verdict)); then either commits the
+    /// offsets of every partition held and of `leaving` in the transaction,
+    /// or aborts it (a partition's record failed, the call failed, or
+    /// `abort` says why) and rewinds every partition still held to its last
+    /// committed offset, to be redone. A new transaction begins and the
+    /// gate opens with the current deployment allowed. A fatal error
+    /// (fenced by another producer with this `transactional.id`) stops the
+    /// host: the gate stays closed.
+    fn end_transaction(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        leaving: &[(PartitionKey, Assigned)],
+        abort: Option<String>,
+    ) {
+        let s = &self.shared;
+        let Some(eos) = &s.exactly_once else { return };
+        let started = Instant::now();
+        let entered = eos.gate.close();
+        let mut abort = abort;
+        if abort.is_none() && !s.producer.flush(eos.timeout() / 2) {
+            abort = Some("the producer did not deliver within half the transaction timeout".into());
+        }
+        // The offsets are what was handed to the producer, not what its
+        // delivery reports acknowledged: the commit succeeds only if every
+        // record of the transaction was delivered, and the reports reach
+        // the trackers on the producer's thread, possibly after the flush
+        // returned (offsets lagging their outputs were measured to commit
+        // duplicates). Reports still say which inputs to dead-letter on a
+        // redo.
+        let positions = positions(consumer);
+        let mut tpl = TopicPartitionList::new();
+        let mut commits: Vec<(PartitionKey, i64)> = Vec::new();
+        {
+            let table = self.table();
+            let mut redo = self.redo();
+            let held = table.map.iter().chain(leaving.iter().map(|(k, a)| (k, a)));
+            for (key, a) in held {
+                let rejections = a.tracker.take_rejections();
+                let rejected = rejections.len();
+                if rejected > 0 {
+                    redo.entry(key.clone()).or_default().extend(rejections);
+                }
+                let failure = a.tracker.failure().map(|(_, why)| why);
+                match verdict(
+                    failure.as_deref(),
+                    rejected,
+                    a.transaction_offset(&positions, key),
+                    a.committed,
+                ) {
+                    PartitionVerdict::Abort(why) => {
+                        abort.get_or_insert(format!("{}[{}]: {why}", key.0, key.1));
+                    }
+                    PartitionVerdict::Commit(Some(next)) => {
+                        if tpl
+                            .add_partition_offset(&key.0, key.1, Offset::Offset(next))
+                            .is_ok()
+                        {
+                            commits.push((key.clone(), next));
+                        }
+                    }
+                    PartitionVerdict::Commit(None) => {}
+                }
+            }
+        }
+        let outcome = match abort {
+            Some(why) => Err((TxnRecovery::Abort, why)),
+            // Nothing produced and no offset moved: keep the transaction.
+            None if tpl.count() == 0 && !entered => {
+                eos.gate.open(s.deployment.generation());
+                return;
+            }
+            None => self.commit_transaction(consumer, &tpl, eos.timeout()),
+        };
+        match outcome {
+            Ok(()) => {
+                let mut table = self.table();
+                for (key, next) in commits {
+                    if let Some(a) = table.map.get_mut(&key) {
+                        a.committed = Some(next);
+                        a.resume_at = Some(next);
+                        s.status.committed(&key.0, key.1, next);
+                    }
+                }
+                drop(table);
+                eos.metrics.committed.increment(1);
+                eos.metrics
+                    .commit_seconds
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err((TxnRecovery::Fatal, why)) => {
+                self.fatal_transaction(&why);
+                return;
+            }
+            Err((_, why)) => {
+                tracing::warn!(pipeline = %s.spec.name, reason = %why,
+                    "transaction aborted; its outputs stay invisible to read_committed readers, and every partition held is rewound to its last committed offset");
+                if let Err(e) = self.abort_transaction() {
+                    if s.cancel.is_cancelled() {
+                        tracing::warn!(pipeline = %s.spec.name, error = %e,
+                            "stopping with the transaction not aborted; the broker aborts it at its timeout");
+                    } else {
+                        self.fatal_transaction(&format!("cannot abort the transaction: {e}"));
+                    }
+                    return;
+                }
+                eos.metrics.aborted.increment(1);
+                self.rewind(consumer);
+            }
+        }
+        if let Err(e) = s.producer.begin_transaction() {
+            self.fatal_transaction(&format!("cannot begin a transaction: {e}"));
+            return;
+        }
+        eos.gate.open(s.deployment.generation());
+    }
+
+    /// Sends `offsets` and commits, retrying what librdkafka says may be
+    /// retried, within half the transaction timeout.
+    fn commit_transaction(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        offsets: &TopicPartitionList,
+        timeout: Duration,
+    ) -> Result<(), (TxnRecovery, String)> {
+        let producer = &self.shared.producer;
+        let deadline = Instant::now() + timeout / 2;
+        let retry = |e: &KafkaError| {
+            let r = recovery_for(e);
+            if r == TxnRecovery::Retry && Instant::now() >= deadline {
+                TxnRecovery::Abort
+            } else {
+                r
+            }
+        };
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100))
+        };
+        if offsets.count() > 0 {
+            let Some(group) = consumer.group_metadata() else {
+                return Err((
+                    TxnRecovery::Abort,
+                    "the consumer has no group metadata".into(),
+                ));
+            };
+            loop {
+                match producer.send_offsets_to_transaction(offsets, &group, left()) {
+                    Ok(()) => break,
+                    Err(e) => match retry(&e) {
+                        TxnRecovery::Retry => std::thread::sleep(Duration::from_millis(50)),
+                        r => {
+                            return Err((
+                                r,
+                                describe(&e, "cannot add the offsets to the transaction"),
+                            ));
+                        }
+                    },
+                }
+            }
+        }
+        loop {
+            match producer.commit_transaction(left()) {
+                Ok(()) => return Ok(()),
+                Err(e) => match retry(&e) {
+                    TxnRecovery::Retry => std::thread::sleep(Duration::from_millis(50)),
+                    r => return Err((r, describe(&e, "cannot commit the transaction"))),
+                },
+            }
+        }
+    }
+
+    /// Aborts the open transaction, retrying while librdkafka says so.
+    ///
+    /// For as long as it takes: during a broker outage the abort cannot
+    /// reach the coordinator, and giving up would stop the host for an
+    /// outage that pauses work and loses nothing (the broker aborts the
+    /// transaction itself once its timeout passes; the abort then completes
+    /// with the bumped epoch). Only a pipeline being stopped gives up, and
+    /// then the broker's timeout or this host's next incarnation aborts it.
+    fn abort_transaction(&self) -> Result<(), KafkaError> {
+        let s = &self.shared;
+        let started = Instant::now();
+        let mut next_log = Duration::from_secs(10);
+        loop {
+            match s.producer.abort_transaction(Duration::from_secs(5)) {
+                Ok(()) => return Ok(()),
+                Err(e) if recovery_for(&e) == TxnRecovery::Retry && !s.cancel.is_cancelled() => {
+                    if started.elapsed() >= next_log {
+                        next_log += Duration::from_secs(10);
+                        tracing::warn!(pipeline = %s.spec.name, error = %e, waited = ?started.elapsed(),
+                            "cannot abort the transaction yet (broker unreachable?); trying again");
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The producer cannot go on: stop the host, saying why (a fenced
+    /// producer means another live producer has this `transactional.id`).
+    fn fatal_transaction(&self, why: &str) {
+        let s = &self.shared;
+        tracing::error!(pipeline = %s.spec.name, reason = %why, "exactly-once producer fenced or failed for good; stopping the host");
+        crate::serve::report_fatal(format!(
+            "pipeline `{}`: transactional producer fenced or failed: {why}",
+            s.spec.name
+        ));
+    }
+
+    /// After an abort: every partition held is taken down (its worker
+    /// stopped, its batches dropped) and set up again at its last committed
+    /// offset; what the aborted transaction held is redone.
+    fn rewind(&self, consumer: &BaseConsumer<Self>) {
+        let keys = self.assigned_keys();
+        for (key, a) in self.drain(&keys, false) {
+            // Rejections reported after the boundary (the abort flushed
+            // them) are dead-lettered on the redo too.
+            let late = a.tracker.take_rejections();
+            if !late.is_empty() {
+                self.redo().entry(key.clone()).or_default().extend(late);
+            }
+            if let Some(offset) = a.resume_at
+                && let Err(e) = consumer.seek(
+                    &key.0,
+                    key.1,
+                    Offset::Offset(offset),
+                    Duration::from_secs(10),
+                )
+            {
+                // The partition cannot be rewound: keeping it would commit
+                // past the aborted outputs. Stop the host instead.
+                self.fatal_transaction(&format!(
+                    "cannot rewind {}[{}] to offset {offset} after an abort: {e}",
+                    key.0, key.1
+                ));
+                return;
+            }
+            tracing::info!(pipeline = %self.shared.spec.name, topic = %key.0, partition = key.1,
+                resume_at = ?a.resume_at, "partition rewound after an aborted transaction");
+            self.assign_at(key, a.resume_at);
+        }
+    }
+
+    /// Exactly-once: inputs to dead-letter on the redo, per partition.
+    fn redo(&self) -> MutexGuard<'_, FxHashMap<PartitionKey, BTreeMap<i64, String>>> {
+        self.redo_rejected.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Offsets drained at shutdown and not yet committed.
@@ -568,6 +928,7 @@ impl PipelineContext {
         a.open
             .push(msg.offset, msg.timestamp_ms, msg.key, msg.value, headers);
         a.last_routed = Some(msg.offset);
+        a.resume_at.get_or_insert(msg.offset);
         a.opened_at.get_or_insert_with(Instant::now);
         if a.open.len() >= self.shared.spec.batch.max_messages {
             dispatch(consumer, key, a);
@@ -594,6 +955,10 @@ impl PipelineContext {
     /// during a rebalance must not leave the group's offset behind for good
     /// should its failure report never reach `commit_callback`.
     pub(crate) fn commit_done(&self, consumer: &BaseConsumer<Self>) {
+        if self.shared.exactly_once.is_some() {
+            self.end_transaction(consumer, &[], None);
+            return;
+        }
         let positions = positions(consumer);
         let mut tpl = TopicPartitionList::new();
         let resend = {
@@ -648,6 +1013,23 @@ impl PipelineContext {
 }
 
 impl Assigned {
+    /// Exactly-once: the offset this partition's transaction commits, from
+    /// what was handed to the producer (see [`commit_offset`] for the
+    /// position).
+    fn transaction_offset(
+        &self,
+        positions: &TopicPartitionList,
+        key: &PartitionKey,
+    ) -> Option<i64> {
+        let position = positions
+            .find_partition(&key.0, key.1)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(next) => Some(next),
+                _ => None,
+            });
+        commit_offset(self.tracker.processed_through(), self.last_routed, position)
+    }
+
     /// The offset to commit for this partition: see [`commit_offset`].
     fn commit_offset(&self, positions: &TopicPartitionList, key: &PartitionKey) -> Option<i64> {
         let position = positions
@@ -754,6 +1136,16 @@ fn spawn_worker(
             tracing::error!(pipeline, topic = %key.0, partition = key.1, error = %e, "cannot start worker thread");
             None
         }
+    }
+}
+
+/// `what` failed with `e`, saying "fenced" when that is what happened (the
+/// word an operator searches the log for).
+fn describe(e: &KafkaError, what: &str) -> String {
+    if fenced(e) {
+        format!("{what}: fenced: {e}")
+    } else {
+        format!("{what}: {e}")
     }
 }
 

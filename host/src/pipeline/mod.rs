@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod manager;
 mod policy;
 mod status;
+mod transaction;
 mod worker;
 
 use std::sync::Arc;
@@ -27,12 +28,13 @@ pub use deployment::{Deployment, DeploymentCell};
 pub(crate) use policy::delivery_owes_dead_letter;
 pub use status::{PartitionEvent, PartitionState, PartitionStatus, PipelineStatus};
 
-use crate::config::{HostConfig, KafkaConfig, PipelineSpec};
+use crate::config::{Delivery, HostConfig, KafkaConfig, PipelineSpec};
 use crate::kafka::fetch_queue::FetchQueue;
 use crate::kafka::reread::InputReader;
-use crate::kafka::{OutputProducer, consumer_config};
+use crate::kafka::{OutputProducer, consumer_config, transactional_producer_config};
 use crate::topics::{ControlPlane, OutputPolicy, RegexError};
 use consumer::PipelineContext;
+use transaction::ExactlyOnce;
 
 /// What every part of one pipeline shares. Immutable but for `status`.
 pub(crate) struct PipelineShared {
@@ -50,6 +52,9 @@ pub(crate) struct PipelineShared {
     cancel: CancellationToken,
     /// Reads rejected messages again for their dead letters.
     reader: Arc<InputReader>,
+    /// Under `delivery = "exactly-once"`: the transaction gate and
+    /// settings (`producer` is then the pipeline's own transactional one).
+    exactly_once: Option<ExactlyOnce>,
 }
 
 /// Everything a pipeline needs from the host.
@@ -145,12 +150,47 @@ impl Pipeline {
         );
         let reader = Arc::new(InputReader::new(config.clone()));
         let stop = deps.cancel.child_token();
+        // Exactly-once: a producer of the pipeline's own, whose
+        // `transactional.id` names the group and the host, so the host's
+        // next incarnation fences this one (DESIGN.md, "Exactly-once
+        // delivery"); inputs are read `read_committed` unless overridden.
+        let (producer, exactly_once) = match spec.delivery {
+            Delivery::AtLeastOnce => (deps.producer.clone(), None),
+            Delivery::ExactlyOnce => {
+                let transactional_id = format!("kwasm-{}-{}", spec.group_id(), deps.host.id);
+                let producer = OutputProducer::new(&transactional_producer_config(
+                    &deps.kafka,
+                    &deps.host.id,
+                    &transactional_id,
+                    spec.transaction.timeout_ms,
+                ))
+                .map_err(kafka_err("create the transactional producer".to_owned()))?;
+                if !deps.kafka.properties.contains_key("isolation.level")
+                    && !deps
+                        .kafka
+                        .consumer_properties
+                        .contains_key("isolation.level")
+                {
+                    config.set("isolation.level", "read_committed");
+                }
+                let (_, generation) = deployment.current();
+                (
+                    producer,
+                    Some(ExactlyOnce::new(
+                        &spec.name,
+                        spec.transaction.clone(),
+                        generation,
+                    )),
+                )
+            }
+        };
         let shared = Arc::new(PipelineShared {
             cancel: stop.clone(),
             reader,
             outputs: Arc::new(outputs),
             deployment,
-            producer: deps.producer.clone(),
+            producer,
+            exactly_once,
             permits: deps.permits.clone(),
             runtime: deps.runtime.clone(),
             grace: Duration::from_millis(deps.host.shutdown_grace_ms),
@@ -175,7 +215,10 @@ impl Pipeline {
             .name(format!("kwasm-consumer-{name}"))
             .spawn({
                 let stop = stop.clone();
-                let interval = Duration::from_millis(deps.host.commit_interval_ms);
+                let interval = match &shared.exactly_once {
+                    Some(eos) => eos.interval(),
+                    None => Duration::from_millis(deps.host.commit_interval_ms),
+                };
                 move || run_consumer(consumer, stop, interval, leave_group)
             })
             .map_err(|source| PipelineError::Thread {
@@ -259,6 +302,9 @@ fn run_consumer(
     leave_group: bool,
 ) {
     let ctx = consumer.context();
+    if !ctx.init_transactions(&stop) {
+        return;
+    }
     let mut fetched = FetchQueue::new(&consumer, FETCH_BATCH);
     ctx.set_fetch_queue(Some(fetched.handle()));
     let mut last_commit = Instant::now();

@@ -71,6 +71,32 @@ pub(crate) enum Action {
     },
 }
 
+/// The `kwasm.error.kind` of a message whose output the producer or the
+/// broker refused for good: [`decide`]'s verdict for
+/// [`Fault::ProducerRefused`] and permanent delivery faults, named once for
+/// the callers that know the fault without asking (a rejected delivery's
+/// dead letter, an exactly-once redo).
+pub(crate) const OUTPUT_REJECTED: &str = "output-rejected";
+
+/// How long a partition stalls after its `attempt`-th failed instantiation:
+/// [`decide`]'s verdict for [`Fault::Instantiate`], which always stalls.
+pub(crate) fn instantiation_stall(attempt: u32, retry: &RetryPolicy) -> Duration {
+    match decide(Fault::Instantiate, attempt, retry) {
+        Action::Stall { after } => after,
+        other => unreachable!("an instantiation fault stalls, not {other:?}"),
+    }
+}
+
+/// The dead-letter kind of a message one of whose records the producer
+/// refused outright: [`decide`]'s verdict for [`Fault::ProducerRefused`],
+/// which always dead-letters.
+pub(crate) fn producer_refused_kind() -> &'static str {
+    match decide(Fault::ProducerRefused, 1, &RetryPolicy::default()) {
+        Action::DeadLetter { kind } => kind,
+        other => unreachable!("a refused record dead-letters its message, not {other:?}"),
+    }
+}
+
 /// The policy: what to do after attempt `attempt` (1 is the first) failed
 /// with `fault`.
 pub(crate) fn decide(fault: Fault<'_>, attempt: u32, retry: &RetryPolicy) -> Action {
@@ -87,7 +113,7 @@ pub(crate) fn decide(fault: Fault<'_>, attempt: u32, retry: &RetryPolicy) -> Act
             kind: "output-not-allowed",
         },
         Fault::ProducerRefused => Action::DeadLetter {
-            kind: "output-rejected",
+            kind: OUTPUT_REJECTED,
         },
         Fault::Plugin(PluginErrorKind::InitRejected(_) | PluginErrorKind::Instantiate(_))
         | Fault::Instantiate => Action::Stall {
@@ -95,7 +121,7 @@ pub(crate) fn decide(fault: Fault<'_>, attempt: u32, retry: &RetryPolicy) -> Act
         },
         Fault::Plugin(kind) => Action::DeadLetter { kind: kind.code() },
         Fault::Delivery(code) if delivery_failure_is_permanent(code) => Action::DeadLetter {
-            kind: "output-rejected",
+            kind: OUTPUT_REJECTED,
         },
         Fault::Delivery(_) => Action::Stall {
             after: stall_backoff(attempt, retry),

@@ -292,7 +292,7 @@ mod tests {
             lag: None,
             state: stalled("cannot instantiate"),
         })
-        .unwrap();
+        .expect("a status serialises");
         assert_eq!(json["state"], "stalled");
         assert_eq!(json["reason"], "cannot instantiate");
         assert_eq!(stalled("x").name(), "stalled");

@@ -27,6 +27,7 @@
 //! instance, once its queue is empty or its turn (100 ms) is over, and when
 //! idle (see `runtime::budget`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
@@ -35,7 +36,10 @@ use rdkafka::Message;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use tokio_util::sync::CancellationToken;
 
-use super::policy::{Action, Fault, decide};
+use super::policy::{
+    Action, Fault, OUTPUT_REJECTED, decide, instantiation_stall, producer_refused_kind,
+};
+use super::transaction::{GateGuard, TxnGate};
 use super::{DeploymentCell, PartitionEvent, PipelineStatus};
 use crate::config::RetryPolicy;
 use crate::kafka::reread::{InputReader, RereadError};
@@ -76,6 +80,12 @@ pub(crate) struct WorkerContext {
     pub deployment: Arc<DeploymentCell>,
     /// Hands processed batches back, emptied, for reuse.
     pub recycle: std::sync::mpsc::SyncSender<InputBatch>,
+    /// Exactly-once: the pipeline's transaction gate. A batch produces only
+    /// from inside it, so a transaction is cut between batches.
+    pub gate: Option<Arc<TxnGate>>,
+    /// Exactly-once: inputs whose outputs the broker rejected for good in
+    /// an aborted transaction; this redo dead-letters them instead.
+    pub redo_rejected: BTreeMap<i64, String>,
 }
 
 /// How often an idle worker checks whether another partition waits for
@@ -130,6 +140,9 @@ pub(crate) struct Worker {
     stalled: bool,
     /// A newer deployment failed to start: when to try it again.
     switch_retry_at: Option<Instant>,
+    /// Exactly-once: this worker's place in the open transaction, held
+    /// while a batch produces and given up for any wait.
+    inside: Option<GateGuard>,
 }
 
 /// Topics whose verdicts a worker remembers. Names come from untrusted
@@ -164,6 +177,7 @@ impl Worker {
             topic_verdicts: Default::default(),
             stalled: false,
             switch_retry_at: None,
+            inside: None,
         }
     }
 
@@ -172,14 +186,20 @@ impl Worker {
     /// the switch is tried again a second later: the generation moves only
     /// once the new handler runs, so no partition stays on old code.
     fn follow_deployment(&mut self, next_offset: Option<(i64, i64)>) {
-        if self.ctx.deployment.generation() == self.generation
-            || self.switch_retry_at.is_some_and(|t| Instant::now() < t)
-        {
+        if !self.switch_due() || self.switch_retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
         // Read as one value: a replace between two reads must not pair the
         // old code with the new generation.
         let (deployment, generation) = self.ctx.deployment.current();
+        if self
+            .ctx
+            .gate
+            .as_ref()
+            .is_some_and(|g| g.generation() != generation)
+        {
+            return; // deployed again since the boundary: the next one switches
+        }
         // The old instance's memory goes back first: waiting for the new
         // one's while holding it could deadlock a full budget.
         self.handler.release_memory();
@@ -204,6 +224,58 @@ impl Worker {
         }
     }
 
+    /// Whether this worker should switch deployments now: at once when
+    /// there is a newer one, or, under exactly-once, once a transaction
+    /// boundary allowed it (each transaction runs one deployment).
+    fn switch_due(&self) -> bool {
+        match &self.ctx.gate {
+            None => self.ctx.deployment.generation() != self.generation,
+            Some(gate) => {
+                let allowed = gate.generation();
+                allowed != self.generation && self.ctx.deployment.generation() == allowed
+            }
+        }
+    }
+
+    /// Exactly-once: takes this batch's place in the open transaction, on
+    /// the deployment that transaction allows (a boundary may have passed
+    /// while this worker waited at the gate: it then switches first, outside
+    /// the gate, since instantiating may wait for plugin memory). False when
+    /// stopped meanwhile. A no-op under at-least-once.
+    fn enter_transaction(&mut self) -> bool {
+        let Some(gate) = self.ctx.gate.clone() else {
+            return true;
+        };
+        for _ in 0..2 {
+            let Some(guard) = gate.enter(&self.ctx.stop) else {
+                return false;
+            };
+            if !self.switch_due() {
+                self.inside = Some(guard);
+                return true;
+            }
+            drop(guard);
+            self.follow_deployment(None);
+            if !self.handler.holds_memory() {
+                let stop = self.ctx.stop.clone();
+                if !self.handler.wait_for_memory(&|| stop.is_cancelled()) {
+                    return false;
+                }
+            }
+            if !self.ensure_started() {
+                return false;
+            }
+        }
+        // The switch failed (it is retried later): go on with the old one.
+        match gate.enter(&self.ctx.stop) {
+            Some(guard) => {
+                self.inside = Some(guard);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Instantiates the handler if it has no instance, stalling (and
     /// retrying with backoff) for as long as it cannot: the batch in hand is
     /// not at fault. False when stopped meanwhile.
@@ -220,11 +292,7 @@ impl Worker {
                 }
                 Err(e) => {
                     metrics::counter!(m::ERRORS, "pipeline" => self.ctx.pipeline.clone(), "kind" => e.kind.code()).increment(1);
-                    let Action::Stall { after } =
-                        decide(Fault::Instantiate, attempt, &self.ctx.retry)
-                    else {
-                        unreachable!("instantiation faults stall")
-                    };
+                    let after = instantiation_stall(attempt, &self.ctx.retry);
                     let reason = format!("cannot instantiate the plugin: {e}");
                     tracing::error!(pipeline = %self.ctx.pipeline, topic = %self.ctx.topic, partition = self.ctx.partition,
                         error = %e, retry_in = ?after, "partition stalled: cannot instantiate the plugin");
@@ -305,7 +373,11 @@ impl Worker {
             if self.stopped() {
                 break;
             }
-            self.send_owed_dead_letters();
+            // Exactly-once redoes an aborted transaction instead (the
+            // redo dead-letters the rejected inputs: `redo_rejected`).
+            if self.ctx.gate.is_none() {
+                self.send_owed_dead_letters();
+            }
             self.follow_deployment(batch.offsets());
             if !self.handler.holds_memory() {
                 let stop = self.ctx.stop.clone();
@@ -314,10 +386,11 @@ impl Worker {
                 }
                 turn_started = Instant::now();
             }
-            if !self.ensure_started() {
+            if !self.ensure_started() || !self.enter_transaction() {
                 break;
             }
             self.process(&batch);
+            self.inside = None;
             self.metrics
                 .messages_out
                 .increment(std::mem::take(&mut self.produced));
@@ -414,7 +487,7 @@ impl Worker {
             self.send_dead_letter(
                 single.message(0),
                 Failure {
-                    kind: "output-rejected",
+                    kind: OUTPUT_REJECTED,
                     message: format!("{reason}{note}"),
                     attempts: 1,
                 },
@@ -564,6 +637,27 @@ impl Worker {
     /// Acts on a message's outcome from attempt `attempt`.
     fn settle(&mut self, msg: InputMessage<'_>, outcome: OutcomeView<'_>, attempt: u32) -> Next {
         match outcome {
+            // Exactly-once redo: the broker rejected this input's outputs
+            // for good in the aborted transaction; its dead letter goes in
+            // this one instead.
+            OutcomeView::Ok(_) if self.ctx.redo_rejected.contains_key(&msg.offset()) => {
+                let reason = self
+                    .ctx
+                    .redo_rejected
+                    .remove(&msg.offset())
+                    .unwrap_or_default();
+                metrics::counter!(m::DELIVERY_REJECTED, "pipeline" => self.ctx.pipeline.clone())
+                    .increment(1);
+                self.dead_letter(
+                    msg,
+                    Failure {
+                        kind: OUTPUT_REJECTED,
+                        message: reason,
+                        attempts: attempt,
+                    },
+                );
+                Next::Done
+            }
             OutcomeView::Ok(records) => match self.first_denied_topic(records) {
                 None => {
                     self.produce(msg, records);
@@ -589,14 +683,27 @@ impl Worker {
     /// Waits `after` (a backoff or a stall), holding no permit; false when
     /// stopped meanwhile (the message is then abandoned uncommitted, for the
     /// next owner).
-    fn sleep(&self, after: Duration) -> bool {
+    ///
+    /// Under exactly-once the worker leaves the transaction for the wait
+    /// (the messages before this one commit meanwhile) and enters the open
+    /// one again after it.
+    fn sleep(&mut self, after: Duration) -> bool {
+        let inside = self.inside.take().is_some();
         let stop = self.ctx.stop.clone();
-        self.ctx.runtime.block_on(async move {
+        let slept = self.ctx.runtime.block_on(async move {
             tokio::select! {
                 _ = stop.cancelled() => false,
                 _ = tokio::time::sleep(after) => true,
             }
-        }) && !self.stopped()
+        }) && !self.stopped();
+        if slept
+            && inside
+            && let Some(gate) = &self.ctx.gate
+        {
+            self.inside = gate.enter(&self.ctx.stop);
+            return self.inside.is_some();
+        }
+        slept
     }
 
     /// Hands a message's records to the producer. The tracker hears of them
@@ -622,13 +729,8 @@ impl Worker {
                     .route
                     .tracker()
                     .replace_unsent(offset, count - sent as u32);
-                let Action::DeadLetter { kind } =
-                    decide(Fault::ProducerRefused, 1, &self.ctx.retry)
-                else {
-                    unreachable!("a refused record dead-letters its message")
-                };
                 let failure = Failure {
-                    kind,
+                    kind: producer_refused_kind(),
                     message: format!("output record {} of {count}: {e}", sent + 1),
                     attempts: 1,
                 };

@@ -1,0 +1,358 @@
+//! End-to-end: `delivery = "exactly-once"` on the real Apache Kafka broker
+//! started by scripts/test, with several `kwasm serve` processes. Every
+//! count reads the output to the end of every partition as a
+//! `read_committed` reader (`kwasm_tests::read_to_end`), so a duplicate
+//! that became visible is counted, and an aborted transaction's records
+//! are not.
+//!
+//! The broker-failover case needs a cluster of its own:
+//! `tests/exactly_once_failover.rs`.
+
+mod e2e;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use e2e::{Accounting, Host, PipelineDef, account, pipeline_toml};
+use kwasm_tests::{
+    OutRecord, create_topic, produce, produce_sequence, read_to_end, unique, wait_until,
+};
+
+const PARTITIONS: i32 = 6;
+
+struct Topics {
+    input: String,
+    output: String,
+    group: String,
+    dlq: String,
+}
+
+fn topics(test: &str) -> Topics {
+    let input = unique(&format!("{test}-in"));
+    let t = Topics {
+        output: format!("{input}-out"),
+        group: format!("{input}-group"),
+        dlq: format!("{input}-dlq"),
+        input,
+    };
+    create_topic(&t.input, PARTITIONS);
+    create_topic(&t.output, PARTITIONS);
+    create_topic(&t.dlq, 1);
+    t
+}
+
+fn passthrough(t: &Topics) -> PipelineDef<'_> {
+    PipelineDef {
+        name: "eos",
+        plugin: "passthrough",
+        config: &[],
+        input: &t.input,
+        output: &t.output,
+        group: &t.group,
+        dead_letter: Some(&t.dlq),
+    }
+}
+
+/// The pipeline's TOML with `delivery` set.
+fn with_delivery(pipeline: &PipelineDef<'_>, delivery: &str) -> String {
+    pipeline_toml(pipeline).replace(
+        "[pipeline.retry]",
+        &format!("delivery = {delivery:?}\n[pipeline.retry]"),
+    )
+}
+
+fn start(id: &str, t: &Topics, pipeline: &PipelineDef<'_>, delivery: &str) -> Host {
+    Host::start_with_pipelines(id, &t.group, &with_delivery(pipeline, delivery))
+}
+
+/// Waits until the group's committed offsets on the input equal its end
+/// offsets: everything was processed and its transaction committed.
+fn wait_committed_to_end(t: &Topics, timeout: Duration) -> (Vec<i64>, Vec<Option<i64>>) {
+    kwasm_tests::wait_committed_to_end(&t.group, &t.input, timeout)
+}
+
+fn print_accounting(what: &str, acc: &Accounting, output: usize) {
+    println!(
+        "{what}: {output} output records read to the end: lost {}, duplicates {}, out of order {}",
+        acc.lost, acc.duplicates, acc.out_of_order
+    );
+}
+
+#[test]
+fn one_host_outputs_each_of_100k_inputs_exactly_once_and_commits_the_end() {
+    let t = topics("eos-one");
+    let produced = produce_sequence(&t.input, PARTITIONS, 100_000);
+    let host = start("host-a", &t, &passthrough(&t), "exactly-once");
+
+    let started = Instant::now();
+    let output = read_to_end(&t.output, produced.len(), Duration::from_secs(120));
+    let acc = account(&produced, &output);
+    print_accounting("exactly-once, one host, 100k", &acc, output.len());
+    println!(
+        "  read to the end after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (acc.lost, acc.duplicates, acc.out_of_order),
+        (0, 0, 0),
+        "{acc:?}"
+    );
+    assert_eq!(output.len(), produced.len());
+    let (ends, committed) = wait_committed_to_end(&t, Duration::from_secs(30));
+    assert_eq!(
+        committed,
+        ends.iter().map(|e| Some(*e)).collect::<Vec<_>>(),
+        "committed offsets must reach the end offsets"
+    );
+    // The API says which mode the pipeline runs in.
+    let (status, body) = host.call("GET", "/v1/assignments", b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pipelines"][0]["delivery"], "exactly-once", "{body}");
+    // And the transactions are counted.
+    let (_, metrics) = e2e::http_get(host.admin_port, "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kwasm_transactions_committed_total") && !l.ends_with(" 0")),
+        "no committed transactions in /metrics"
+    );
+}
+
+/// Produces `total` records `"{p}:{seq}"` over `over`, in 40 chunks.
+fn produce_slowly(
+    topic: String,
+    total: usize,
+    over: Duration,
+) -> std::thread::JoinHandle<Vec<(i32, String)>> {
+    std::thread::spawn(move || {
+        let chunks = 40;
+        let per_chunk = total / chunks;
+        let mut produced = Vec::with_capacity(total);
+        for c in 0..chunks {
+            let chunk: Vec<(i32, String)> = (0..per_chunk)
+                .map(|i| {
+                    let n = c * per_chunk + i;
+                    let p = (n % PARTITIONS as usize) as i32;
+                    (p, format!("{p}:{}", n / PARTITIONS as usize))
+                })
+                .collect();
+            produce(
+                &topic,
+                chunk
+                    .iter()
+                    .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
+            );
+            produced.extend(chunk);
+            std::thread::sleep(over / chunks as u32);
+        }
+        produced
+    })
+}
+
+/// Three hosts; every 3 s one of them is SIGKILLed and started again (same
+/// host id) while `total` records flow. Returns the accounting of the
+/// output read to the end.
+fn sigkill_chaos(delivery: &str, total: usize) -> (Accounting, usize) {
+    let t = topics(&format!("eos-chaos-{}", &delivery[..5]));
+    let pipeline = passthrough(&t);
+    let ids = ["host-a", "host-b", "host-c"];
+    let mut hosts: Vec<Host> = ids
+        .iter()
+        .map(|id| start(id, &t, &pipeline, delivery))
+        .collect();
+    for h in &hosts {
+        h.wait_ready(Duration::from_secs(60));
+    }
+    let producer = produce_slowly(t.input.clone(), total, Duration::from_secs(20));
+    let mut kills = 0;
+    let chaos_until = Instant::now() + Duration::from_secs(21);
+    let mut victim = 0;
+    while Instant::now() < chaos_until {
+        std::thread::sleep(Duration::from_secs(3));
+        hosts[victim].process.sigkill();
+        kills += 1;
+        hosts[victim] = start(ids[victim], &t, &pipeline, delivery);
+        victim = (victim + 1) % hosts.len();
+    }
+    let produced = producer.join().expect("producer thread");
+    let output = read_to_end(&t.output, produced.len(), Duration::from_secs(180));
+    let acc = account(&produced, &output);
+    print_accounting(
+        &format!("{delivery}, 3 hosts, {kills} SIGKILLs, {total} inputs"),
+        &acc,
+        output.len(),
+    );
+    let (ends, committed) = wait_committed_to_end(&t, Duration::from_secs(60));
+    println!("  committed {committed:?}, end offsets {ends:?}");
+    (acc, output.len())
+}
+
+#[test]
+fn sigkill_chaos_duplicates_under_at_least_once_and_never_under_exactly_once() {
+    let total = 200_000;
+    let (alo, _) = sigkill_chaos("at-least-once", total);
+    let (eos, eos_len) = sigkill_chaos("exactly-once", total);
+    println!(
+        "SIGKILL chaos, {total} inputs: at-least-once lost {} duplicates {}; exactly-once lost {} duplicates {}",
+        alo.lost, alo.duplicates, eos.lost, eos.duplicates
+    );
+    assert_eq!(alo.lost, 0, "at-least-once lost inputs: {alo:?}");
+    // The check can see duplicates: at-least-once redoes what a killed
+    // host had not committed, and its outputs were already visible.
+    assert!(
+        alo.duplicates > 0,
+        "at-least-once showed no duplicate under SIGKILL chaos: the test would not see one either"
+    );
+    assert_eq!(
+        (eos.lost, eos.duplicates, eos.out_of_order),
+        (0, 0, 0),
+        "exactly-once: {eos:?}"
+    );
+    assert_eq!(eos_len, total);
+}
+
+#[test]
+fn a_frozen_host_is_fenced_and_its_late_transaction_never_shows() {
+    let t = topics("eos-zombie");
+    let pipeline = passthrough(&t);
+    let mut a = start("host-a", &t, &pipeline, "exactly-once");
+    let b = start("host-b", &t, &pipeline, "exactly-once");
+    let all: BTreeSet<i32> = (0..PARTITIONS).collect();
+    let split = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        let pa = a.partitions(&t.input).unwrap_or_default();
+        let pb = b.partitions(&t.input).unwrap_or_default();
+        !pa.is_empty() && !pb.is_empty() && pa.union(&pb).count() == PARTITIONS as usize
+    });
+    assert!(split, "the two hosts never split the partitions");
+    let held_by_a = a.partitions(&t.input).unwrap_or_default();
+
+    let producer = produce_slowly(t.input.clone(), 60_000, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    // Frozen mid-stream, mid-transaction: past the session timeout (6 s)
+    // its partitions move to host-b, which redoes their uncommitted tail.
+    a.process.sigstop();
+    let frozen = Instant::now();
+    let moved = wait_until(Duration::from_secs(40), Duration::from_millis(100), || {
+        b.partitions(&t.input).is_some_and(|p| p == all)
+    });
+    assert!(
+        moved,
+        "host-b never took over host-a's partitions {held_by_a:?}"
+    );
+    println!(
+        "host-a frozen; host-b holds every partition {:.1} s later",
+        frozen.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    a.process.sigcont();
+    // The zombie wakes inside a transaction of the old generation: it must
+    // be aborted (fenced), never committed.
+    let fenced = a
+        .process
+        .wait_for_log("transaction aborted", Duration::from_secs(30));
+    let log = a.process.log_contents();
+    assert!(
+        fenced,
+        "host-a did not log its late transaction aborted after waking; its log ends:\n{}",
+        tail(&log, 40)
+    );
+    let produced = producer.join().expect("producer thread");
+    let output = read_to_end(&t.output, produced.len(), Duration::from_secs(120));
+    let acc = account(&produced, &output);
+    print_accounting("exactly-once, zombie host", &acc, output.len());
+    if acc.duplicates > 0 {
+        print_duplicates(&output);
+    }
+    assert_eq!(
+        (acc.lost, acc.duplicates, acc.out_of_order),
+        (0, 0, 0),
+        "{acc:?}"
+    );
+    // The woken host recovered (it rejoined the group) or exited non-zero;
+    // never a clean exit that would hide the fencing.
+    if let Some(status) = a.process.wait_exit(Duration::from_secs(1)) {
+        assert!(
+            !status.success(),
+            "a fenced host must not exit 0: {status:?}"
+        );
+    } else {
+        let rejoined = wait_until(Duration::from_secs(40), Duration::from_millis(200), || {
+            a.partitions(&t.input).is_some_and(|p| !p.is_empty())
+        });
+        assert!(rejoined, "host-a neither exited nor got partitions again");
+    }
+}
+
+#[test]
+fn a_poison_message_is_dead_lettered_exactly_once() {
+    let t = topics("eos-poison");
+    let config = [
+        ("mode", "poison"),
+        ("poison", "poison"),
+        ("poison_action", "trap"),
+    ];
+    let pipeline = PipelineDef {
+        name: "poison",
+        plugin: "misbehave",
+        config: &config,
+        ..passthrough(&t)
+    };
+    let mut records: Vec<OutRecord> = (0..3000)
+        .map(|i| OutRecord::to(i % 3, format!("ok-{i}")).key(format!("k{i}")))
+        .collect();
+    records[1000] = OutRecord::to(1, "poison").key("bad");
+    let produced = produce(&t.input, records);
+    let (poison_partition, poison_offset) = produced[1000];
+    let _host = start("host-a", &t, &pipeline, "exactly-once");
+
+    let output = read_to_end(&t.output, 2999, Duration::from_secs(60));
+    let values: BTreeSet<String> = output.iter().map(|r| r.value_str()).collect();
+    assert_eq!(output.len(), 2999, "each good input once");
+    assert_eq!(values.len(), 2999);
+    assert!(!values.contains("poison"));
+    let dead = read_to_end(&t.dlq, 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1, "exactly one dead letter: {dead:?}");
+    let d = &dead[0];
+    assert_eq!(d.value_str(), "poison");
+    let header = |n: &str| String::from_utf8_lossy(d.header(n).unwrap_or_default()).into_owned();
+    assert_eq!(
+        header("kwasm.source.partition"),
+        poison_partition.to_string()
+    );
+    assert_eq!(header("kwasm.source.offset"), poison_offset.to_string());
+    assert_eq!(header("kwasm.error.kind"), "trap");
+    let (ends, committed) = wait_committed_to_end(&t, Duration::from_secs(30));
+    assert_eq!(
+        committed.iter().take(3).copied().collect::<Vec<_>>(),
+        ends.iter().take(3).map(|e| Some(*e)).collect::<Vec<_>>()
+    );
+}
+
+/// For a failure message: which inputs came out twice, and where.
+fn print_duplicates(output: &[kwasm_tests::Record]) {
+    let mut at: std::collections::BTreeMap<String, Vec<(i32, i64)>> = Default::default();
+    for r in output {
+        at.entry(r.value_str())
+            .or_default()
+            .push((r.partition, r.offset));
+    }
+    let dups: Vec<_> = at.iter().filter(|(_, w)| w.len() > 1).collect();
+    let mut per_input: std::collections::BTreeMap<i32, (i64, i64, usize)> = Default::default();
+    for (v, _) in &dups {
+        if let Some((p, seq)) = kwasm_tests::sequence_of(v) {
+            let e = per_input.entry(p).or_insert((i64::MAX, i64::MIN, 0));
+            e.0 = e.0.min(seq);
+            e.1 = e.1.max(seq);
+            e.2 += 1;
+        }
+    }
+    println!("  duplicated inputs per input partition (first seq, last seq, count): {per_input:?}");
+    for (v, w) in dups.iter().take(5) {
+        println!("  {v} at (output partition, offset) {w:?}");
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
