@@ -26,7 +26,7 @@ fn input(i: usize) -> String {
     if i % 50 == 7 {
         format!("not json {i}")
     } else {
-        let status = if i % 3 == 0 { "test" } else { "paid" };
+        let status = if i.is_multiple_of(3) { "test" } else { "paid" };
         format!(r#"{{"order":{{"id":{i},"status":"{status}"}}}}"#)
     }
 }
@@ -60,7 +60,7 @@ fn filter_pipeline_processes_every_input_exactly_once(plugin: &str) {
     let _host = Host::start("host-a", &pipeline);
 
     let forwarded: Vec<usize> = (0..MESSAGES)
-        .filter(|i| i % 50 != 7 && i % 3 != 0)
+        .filter(|i| i % 50 != 7 && !i.is_multiple_of(3))
         .collect();
     let dead: Vec<usize> = (0..MESSAGES).filter(|i| i % 50 == 7).collect();
     // Start-up of a Python or JavaScript instance is slow on 2 cores (the
