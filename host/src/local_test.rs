@@ -29,6 +29,11 @@ pub struct TestArgs {
     /// Topic name shown to the plugin.
     #[arg(long, default_value = "test")]
     topic: String,
+    /// Where compiled plugins are cached, keyed by digest and engine (a
+    /// Python or JavaScript component takes tens of seconds to compile, a
+    /// cached one milliseconds to load). Default: `~/.cache/kwasm/compiled`.
+    #[arg(long, env = "KWASM_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -62,7 +67,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         .plugin
         .file_stem()
         .map_or("plugin".into(), |s| s.to_string_lossy().into_owned());
-    let runtime = Runtime::new(RuntimeConfig::default())?;
+    let cache_dir = args.cache_dir.or_else(|| {
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/kwasm/compiled"))
+    });
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir,
+        ..RuntimeConfig::default()
+    })?;
     let plugin = runtime.load(&name, &bytes)?;
     let mut handler = plugin.handler(args.config, Limits::default())?;
     let (reader, progress): (Box<dyn BufRead>, Progress) = if args.input.as_os_str() == "-" {

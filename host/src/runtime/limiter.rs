@@ -20,8 +20,10 @@ use wasmtime::ResourceLimiter;
 /// element (see `ResourceLimiter::table_growing`).
 pub const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
 /// Core module instances per store. A Rust component built for
-/// wasm32-wasip2 has about five (its code, the WASI adapter, shims).
-pub const MAX_INSTANCES: usize = 32;
+/// wasm32-wasip2 has about five (its code, the WASI adapter, shims); Go and
+/// JavaScript components about as many; a Python one (componentize-py) 38,
+/// since libpython, libc and its other libraries are separate modules.
+pub const MAX_INSTANCES: usize = 64;
 /// Linear memories per store (a Rust component has one or two).
 pub const MAX_MEMORIES: usize = 8;
 /// Tables per store (a Rust component has a few: its own, the shims').

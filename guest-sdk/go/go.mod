@@ -1,0 +1,3 @@
+module kwasm/guest
+
+go 1.24

@@ -1,0 +1,7 @@
+module go-filter
+
+go 1.24
+
+require kwasm/guest v0.0.0
+
+replace kwasm/guest => ../../guest-sdk/go
