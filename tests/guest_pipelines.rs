@@ -57,7 +57,16 @@ fn filter_pipeline_processes_every_input_exactly_once(plugin: &str) {
         group: &group,
         dead_letter: Some(&dlq),
     };
-    let _host = Host::start("host-a", &pipeline);
+    let host = Host::start("host-a", &pipeline);
+    // A fresh debug host compiles the 12 to 18 MB Python and JavaScript
+    // components before the pipeline starts: minutes on 2 shared cores
+    // (the compile cache then keeps them). Wait for that first, so the
+    // read below measures processing, not compilation.
+    assert!(
+        host.process
+            .wait_for_log("pipeline started", Duration::from_secs(900)),
+        "{plugin}: the pipeline never started (the plugin did not compile within 15 min)"
+    );
 
     let forwarded: Vec<usize> = (0..MESSAGES)
         .filter(|i| i % 50 != 7 && !i.is_multiple_of(3))

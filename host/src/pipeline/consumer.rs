@@ -30,9 +30,9 @@ use tokio_util::sync::CancellationToken;
 use super::transaction::{PartitionVerdict, TxnRecovery, fenced, recovery_for, verdict};
 use super::worker::{Worker, WorkerContext};
 use super::{PartitionEvent, PipelineShared};
-use crate::kafka::OffsetTracker;
 use crate::kafka::fetch_queue::{Fetched, QueueHandle, forward_partition};
 use crate::kafka::offsets::commit_offset;
+use crate::kafka::{OffsetTracker, OutputProducer};
 use crate::runtime::InputBatch;
 
 /// Messages queued to a worker beyond the batch it is running. Pausing a
@@ -311,8 +311,8 @@ impl PipelineContext {
                 dead_letter_topic: s.spec.dead_letter_topic(),
                 outputs: s.outputs.clone(),
                 retry: s.spec.retry.clone(),
-                producer: s.producer.clone(),
-                route: s.producer.route(tracker.clone()),
+                route: s.producer().route(tracker.clone()),
+                producer: s.producer(),
                 topic: key.0.clone(),
                 partition: key.1,
                 status: s.status.clone(),
@@ -540,7 +540,7 @@ impl PipelineContext {
                 return false;
             }
             match s
-                .producer
+                .producer()
                 .init_transactions(eos.timeout().min(Duration::from_secs(30)))
             {
                 Ok(()) => break,
@@ -556,7 +556,7 @@ impl PipelineContext {
                 }
             }
         }
-        if let Err(e) = s.producer.begin_transaction() {
+        if let Err(e) = s.producer().begin_transaction() {
             self.fatal_transaction(&format!("cannot begin a transaction: {e}"));
             return false;
         }
@@ -697,16 +697,25 @@ impl PipelineContext {
                     if s.cancel.is_cancelled() {
                         tracing::warn!(pipeline = %s.spec.name, error = %e,
                             "stopping with the transaction not aborted; the broker aborts it at its timeout");
-                    } else {
-                        self.fatal_transaction(&format!("cannot abort the transaction: {e}"));
+                        return;
                     }
+                    // Seen after an outage longer than the transaction
+                    // timeout: the coordinator aborted the transaction
+                    // itself and refuses this abort (INVALID_TXN_STATE). A
+                    // new producer with the same `transactional.id` fences
+                    // the old one and completes whatever it left open; then
+                    // the work is redone as after any abort.
+                    tracing::warn!(pipeline = %s.spec.name, error = %e,
+                        "cannot abort the transaction; replacing the transactional producer");
+                    eos.metrics.aborted.increment(1);
+                    self.rewind_with(consumer, true);
                     return;
                 }
                 eos.metrics.aborted.increment(1);
                 self.rewind(consumer);
             }
         }
-        if let Err(e) = s.producer.begin_transaction() {
+        if let Err(e) = s.producer().begin_transaction() {
             self.fatal_transaction(&format!("cannot begin a transaction: {e}"));
             return;
         }
@@ -721,7 +730,7 @@ impl PipelineContext {
         offsets: &TopicPartitionList,
         timeout: Duration,
     ) -> Result<(), (TxnRecovery, String)> {
-        let producer = &self.shared.producer;
+        let producer = self.shared.producer();
         let deadline = Instant::now() + timeout / 2;
         let retry = |e: &KafkaError| {
             let r = recovery_for(e);
@@ -782,7 +791,7 @@ impl PipelineContext {
         let started = Instant::now();
         let mut next_log = Duration::from_secs(10);
         loop {
-            match s.producer.abort_transaction(Duration::from_secs(5)) {
+            match s.producer().abort_transaction(Duration::from_secs(5)) {
                 Ok(()) => return Ok(()),
                 Err(e) if recovery_for(&e) == TxnRecovery::Retry && !s.cancel.is_cancelled() => {
                     if started.elapsed() >= next_log {
@@ -812,8 +821,38 @@ impl PipelineContext {
     /// stopped, its batches dropped) and set up again at its last committed
     /// offset; what the aborted transaction held is redone.
     fn rewind(&self, consumer: &BaseConsumer<Self>) {
+        self.rewind_with(consumer, false);
+    }
+
+    /// [`rewind`](Self::rewind), replacing the transactional producer
+    /// between taking the partitions down and setting them up again when
+    /// `new_producer` (the new one is initialised and in a transaction
+    /// when this returns, and the gate is open).
+    fn rewind_with(&self, consumer: &BaseConsumer<Self>, new_producer: bool) {
         let keys = self.assigned_keys();
-        for (key, a) in self.drain(&keys, false) {
+        let drained = self.drain(&keys, false);
+        if new_producer {
+            let s = &self.shared;
+            let Some(config) = &s.transactional_config else {
+                return;
+            };
+            match OutputProducer::new(config) {
+                Ok(p) => *s.producer.write().unwrap_or_else(|p| p.into_inner()) = p,
+                Err(e) => {
+                    self.fatal_transaction(&format!(
+                        "cannot create a new transactional producer: {e}"
+                    ));
+                    return;
+                }
+            }
+            if !self.init_transactions(&s.cancel) {
+                return;
+            }
+            if let Some(eos) = &s.exactly_once {
+                eos.gate.open(s.deployment.generation());
+            }
+        }
+        for (key, a) in drained {
             // Rejections reported after the boundary (the abort flushed
             // them) are dead-lettered on the redo too.
             let late = a.tracker.take_rejections();

@@ -42,7 +42,13 @@ pub(crate) struct PipelineShared {
     /// Which topics the pipeline's plugin may write.
     outputs: Arc<OutputPolicy>,
     deployment: Arc<DeploymentCell>,
-    producer: OutputProducer,
+    /// The output producer (the host's, or under exactly-once the
+    /// pipeline's own, which the consumer thread replaces when its
+    /// transaction state cannot be repaired: workers take a clone when
+    /// they start, so a record's send never takes this lock).
+    producer: std::sync::RwLock<OutputProducer>,
+    /// Exactly-once: how to make that producer again.
+    transactional_config: Option<rdkafka::ClientConfig>,
     permits: Arc<tokio::sync::Semaphore>,
     runtime: tokio::runtime::Handle,
     grace: Duration,
@@ -154,17 +160,18 @@ impl Pipeline {
         // `transactional.id` names the group and the host, so the host's
         // next incarnation fences this one (DESIGN.md, "Exactly-once
         // delivery"); inputs are read `read_committed` unless overridden.
-        let (producer, exactly_once) = match spec.delivery {
-            Delivery::AtLeastOnce => (deps.producer.clone(), None),
+        let (producer, exactly_once, transactional_config) = match spec.delivery {
+            Delivery::AtLeastOnce => (deps.producer.clone(), None, None),
             Delivery::ExactlyOnce => {
                 let transactional_id = format!("kwasm-{}-{}", spec.group_id(), deps.host.id);
-                let producer = OutputProducer::new(&transactional_producer_config(
+                let txn_config = transactional_producer_config(
                     &deps.kafka,
                     &deps.host.id,
                     &transactional_id,
                     spec.transaction.timeout_ms,
-                ))
-                .map_err(kafka_err("create the transactional producer".to_owned()))?;
+                );
+                let producer = OutputProducer::new(&txn_config)
+                    .map_err(kafka_err("create the transactional producer".to_owned()))?;
                 if !deps.kafka.properties.contains_key("isolation.level")
                     && !deps
                         .kafka
@@ -181,6 +188,7 @@ impl Pipeline {
                         spec.transaction.clone(),
                         generation,
                     )),
+                    Some(txn_config),
                 )
             }
         };
@@ -189,7 +197,8 @@ impl Pipeline {
             reader,
             outputs: Arc::new(outputs),
             deployment,
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            transactional_config,
             exactly_once,
             permits: deps.permits.clone(),
             runtime: deps.runtime.clone(),
@@ -262,6 +271,16 @@ impl Pipeline {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl PipelineShared {
+    /// The output producer now (a clone: one `Arc`).
+    pub(crate) fn producer(&self) -> OutputProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
