@@ -10,10 +10,10 @@ mod e2e;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use e2e::{Host, PipelineDef, Protocol, account};
+use e2e::{Host, PipelineDef, Protocol, Topics, account, passthrough};
 use kwasm_tests::{
-    OutRecord, by_partition, committed_offsets, committed_to_end, consume_all, create_topic,
-    end_offsets, produce, produce_sequence, read_to_end, unique, wait_committed_to_end, wait_until,
+    OutRecord, by_partition, committed_offsets, committed_to_end, consume_all, end_offsets,
+    produce, produce_sequence, read_to_end, wait_committed_to_end, wait_until,
 };
 
 const PARTITIONS: i32 = 6;
@@ -47,37 +47,8 @@ both_protocols!(
     consumption_never_stalls_across_many_rebalances,
 );
 
-struct Topics {
-    input: String,
-    output: String,
-    group: String,
-    dlq: String,
-}
-
 fn topics(test: &str) -> Topics {
-    let input = unique(&format!("{test}-in"));
-    let t = Topics {
-        output: format!("{input}-out"),
-        group: format!("{input}-group"),
-        dlq: format!("{input}-dlq"),
-        input,
-    };
-    create_topic(&t.input, PARTITIONS);
-    create_topic(&t.output, PARTITIONS);
-    create_topic(&t.dlq, 1);
-    t
-}
-
-fn passthrough(t: &Topics) -> PipelineDef<'_> {
-    PipelineDef {
-        name: "passthrough",
-        plugin: "passthrough",
-        config: &[],
-        input: &t.input,
-        output: &t.output,
-        group: &t.group,
-        dead_letter: Some(&t.dlq),
-    }
+    e2e::topics(test, PARTITIONS)
 }
 
 /// Waits until every host holds partitions and together they hold every

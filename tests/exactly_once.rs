@@ -13,44 +13,13 @@ mod e2e;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use e2e::{Accounting, Host, PipelineDef, account, pipeline_toml};
-use kwasm_tests::{
-    OutRecord, create_topic, produce, produce_sequence, read_to_end, unique, wait_until,
-};
+use e2e::{Accounting, Host, PipelineDef, Topics, account, passthrough, pipeline_toml};
+use kwasm_tests::{OutRecord, produce, produce_sequence, read_to_end, wait_until};
 
 const PARTITIONS: i32 = 6;
 
-struct Topics {
-    input: String,
-    output: String,
-    group: String,
-    dlq: String,
-}
-
 fn topics(test: &str) -> Topics {
-    let input = unique(&format!("{test}-in"));
-    let t = Topics {
-        output: format!("{input}-out"),
-        group: format!("{input}-group"),
-        dlq: format!("{input}-dlq"),
-        input,
-    };
-    create_topic(&t.input, PARTITIONS);
-    create_topic(&t.output, PARTITIONS);
-    create_topic(&t.dlq, 1);
-    t
-}
-
-fn passthrough(t: &Topics) -> PipelineDef<'_> {
-    PipelineDef {
-        name: "eos",
-        plugin: "passthrough",
-        config: &[],
-        input: &t.input,
-        output: &t.output,
-        group: &t.group,
-        dead_letter: Some(&t.dlq),
-    }
+    e2e::topics(test, PARTITIONS)
 }
 
 /// The pipeline's TOML with `delivery` set.

@@ -46,6 +46,44 @@ pub struct PipelineDef<'a> {
     pub dead_letter: Option<&'a str>,
 }
 
+/// One test's topics and group: `<test>-in-<unique>` and its `-out`,
+/// `-group` and `-dlq`.
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub group: String,
+    pub dlq: String,
+}
+
+/// Creates a test's input and output topics (`partitions` each) and its
+/// one-partition dead-letter topic.
+pub fn topics(test: &str, partitions: i32) -> Topics {
+    let input = kwasm_tests::unique(&format!("{test}-in"));
+    let t = Topics {
+        output: format!("{input}-out"),
+        group: format!("{input}-group"),
+        dlq: format!("{input}-dlq"),
+        input,
+    };
+    kwasm_tests::create_topic(&t.input, partitions);
+    kwasm_tests::create_topic(&t.output, partitions);
+    kwasm_tests::create_topic(&t.dlq, 1);
+    t
+}
+
+/// The passthrough pipeline over `t`.
+pub fn passthrough(t: &Topics) -> PipelineDef<'_> {
+    PipelineDef {
+        name: "passthrough",
+        plugin: "passthrough",
+        config: &[],
+        input: &t.input,
+        output: &t.output,
+        group: &t.group,
+        dead_letter: Some(&t.dlq),
+    }
+}
+
 impl Host {
     /// Starts `kwasm serve` with `pipeline`, named `id`; its registry topics
     /// are named after the pipeline's group, so tests stay apart.
