@@ -124,35 +124,13 @@ fn one_host_processes_every_message_once_in_order_and_commits_the_end(protocol: 
     assert!(host.process.log_contents().contains("partition assigned"));
 }
 
-/// Produces `total` records in chunks over `over`, from a thread.
+/// `e2e::produce_slowly` over this file's partitions, in 20 chunks.
 fn produce_slowly(
     topic: String,
     total: usize,
     over: Duration,
 ) -> std::thread::JoinHandle<Vec<(i32, String)>> {
-    std::thread::spawn(move || {
-        let chunks = 20;
-        let per_chunk = total / chunks;
-        let mut produced = Vec::with_capacity(total);
-        for c in 0..chunks {
-            let chunk: Vec<(i32, String)> = (0..per_chunk)
-                .map(|i| {
-                    let n = c * per_chunk + i;
-                    let p = (n % PARTITIONS as usize) as i32;
-                    (p, format!("{p}:{}", n / PARTITIONS as usize))
-                })
-                .collect();
-            produce(
-                &topic,
-                chunk
-                    .iter()
-                    .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
-            );
-            produced.extend(chunk);
-            std::thread::sleep(over / chunks as u32);
-        }
-        produced
-    })
+    e2e::produce_slowly(topic, PARTITIONS, total, over, 20)
 }
 
 fn print_accounting(label: &str, acc: &e2e::Accounting) {

@@ -87,35 +87,13 @@ fn one_host_outputs_each_of_100k_inputs_exactly_once_and_commits_the_end() {
     );
 }
 
-/// Produces `total` records `"{p}:{seq}"` over `over`, in 40 chunks.
+/// `e2e::produce_slowly` over this file's partitions, in 40 chunks.
 fn produce_slowly(
     topic: String,
     total: usize,
     over: Duration,
 ) -> std::thread::JoinHandle<Vec<(i32, String)>> {
-    std::thread::spawn(move || {
-        let chunks = 40;
-        let per_chunk = total / chunks;
-        let mut produced = Vec::with_capacity(total);
-        for c in 0..chunks {
-            let chunk: Vec<(i32, String)> = (0..per_chunk)
-                .map(|i| {
-                    let n = c * per_chunk + i;
-                    let p = (n % PARTITIONS as usize) as i32;
-                    (p, format!("{p}:{}", n / PARTITIONS as usize))
-                })
-                .collect();
-            produce(
-                &topic,
-                chunk
-                    .iter()
-                    .map(|(p, v)| OutRecord::to(*p, v.clone()).key(v.clone())),
-            );
-            produced.extend(chunk);
-            std::thread::sleep(over / chunks as u32);
-        }
-        produced
-    })
+    e2e::produce_slowly(topic, PARTITIONS, total, over, 40)
 }
 
 /// Three hosts; every 3 s one of them is SIGKILLed and started again (same

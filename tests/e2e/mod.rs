@@ -71,6 +71,40 @@ pub fn topics(test: &str, partitions: i32) -> Topics {
     t
 }
 
+/// Produces `total` records `"{p}:{seq}"` (keyed by themselves) round-robin
+/// over `partitions`, in `chunks` chunks spread over `over`, on a thread;
+/// joins with what was produced, in order.
+pub fn produce_slowly(
+    topic: String,
+    partitions: i32,
+    total: usize,
+    over: Duration,
+    chunks: usize,
+) -> std::thread::JoinHandle<Vec<(i32, String)>> {
+    std::thread::spawn(move || {
+        let per_chunk = total / chunks;
+        let mut produced = Vec::with_capacity(total);
+        for c in 0..chunks {
+            let chunk: Vec<(i32, String)> = (0..per_chunk)
+                .map(|i| {
+                    let n = c * per_chunk + i;
+                    let p = (n % partitions as usize) as i32;
+                    (p, format!("{p}:{}", n / partitions as usize))
+                })
+                .collect();
+            kwasm_tests::produce(
+                &topic,
+                chunk
+                    .iter()
+                    .map(|(p, v)| kwasm_tests::OutRecord::to(*p, v.clone()).key(v.clone())),
+            );
+            produced.extend(chunk);
+            std::thread::sleep(over / chunks as u32);
+        }
+        produced
+    })
+}
+
 /// The passthrough pipeline over `t`.
 pub fn passthrough(t: &Topics) -> PipelineDef<'_> {
     PipelineDef {
@@ -290,8 +324,10 @@ members_topic = "{registry}-members"
         let mut config = tempfile::NamedTempFile::new().expect("temp config file");
         config.write_all(text.as_bytes()).expect("write config");
         let path = config.path().to_string_lossy().into_owned();
-        let process =
-            HostProcess::spawn(&["serve", "--config", &path], &[("KWASM_LOG", "info")], id);
+        // KWASM_TEST_HOST_LOG (e.g. `info,librdkafka=debug` with
+        // KWASM_KAFKA_CONSUMER_PROPERTY_DEBUG=cgrp,fetch) to diagnose a run.
+        let log = std::env::var("KWASM_TEST_HOST_LOG").unwrap_or_else(|_| "info".into());
+        let process = HostProcess::spawn(&["serve", "--config", &path], &[("KWASM_LOG", &log)], id);
         Host {
             process,
             admin_port,

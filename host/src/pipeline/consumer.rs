@@ -27,6 +27,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Admission, admit};
 use super::transaction::{PartitionVerdict, TxnRecovery, fenced, recovery_for, verdict};
 use super::worker::{Worker, WorkerContext};
 use super::{PartitionEvent, PipelineShared};
@@ -46,6 +47,12 @@ type PartitionKey = (String, i32);
 
 /// How often the periodic commit sends unchanged offsets again.
 const RECOMMIT_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a rebalance callback waits for the committed offsets of the
+/// partitions it was given ([`PipelineContext::floors`]): one round trip
+/// normally; longer only while a transaction holds them unstable or the
+/// coordinator moves.
+const FLOOR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether a partition is fetched (the consumer thread's side of
 /// `PartitionState`).
@@ -83,6 +90,13 @@ struct Assigned {
     /// (the offset its last transaction committed, or the first offset
     /// routed since it was assigned).
     resume_at: Option<i64>,
+    /// The committed offset when this assignment began (or the offset a
+    /// rewind sought to): nothing below it is processed
+    /// ([`admit`](super::admission::admit)).
+    floor: Option<i64>,
+    /// Fetched messages [`admit`](super::admission::admit) turned away in
+    /// this assignment (logged when the first one is, and on release).
+    refused: u64,
 }
 
 /// The consumer's context: rebalance callbacks and the partition table.
@@ -217,8 +231,10 @@ impl ConsumerContext for PipelineContext {
             if let Err(e) = consumer.resume(tpl) {
                 tracing::warn!(pipeline = %self.shared.spec.name, error = %e, "cannot resume newly assigned partitions");
             }
+            let floors = self.floors(consumer, tpl);
             for key in keys(tpl) {
-                self.assign(key);
+                let floor = floors.get(&key).copied();
+                self.assign_at(key, None, floor);
             }
         }
     }
@@ -270,14 +286,38 @@ impl PipelineContext {
         self.partitions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a worker for a newly assigned partition.
-    fn assign(&self, key: PartitionKey) {
-        self.assign_at(key, None);
+    /// The committed offsets of newly assigned partitions, read once per
+    /// assignment (one round trip, inside the rebalance callback, before
+    /// any of their messages is routed): the floor below which a fetched
+    /// message belongs to an earlier owner. Unknown (no commit yet, or the
+    /// read failed) leaves a partition without a floor; the order check
+    /// still holds.
+    fn floors(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> FxHashMap<PartitionKey, i64> {
+        let mut floors = FxHashMap::default();
+        match consumer.committed_offsets(tpl.clone(), FLOOR_TIMEOUT) {
+            Ok(committed) => {
+                for e in committed.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        floors.insert((e.topic().to_owned(), e.partition()), o);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %self.shared.spec.name, error = %e,
+                    "cannot read the committed offsets of newly assigned partitions; a stale fetch below them would not be recognised")
+            }
+        }
+        floors
     }
 
     /// Starts a worker for a partition; `resume_at` is where an aborted
-    /// transaction rewound it to (exactly-once).
-    fn assign_at(&self, key: PartitionKey, resume_at: Option<i64>) {
+    /// transaction rewound it to (exactly-once), `floor` the offset below
+    /// which its fetched messages are not processed.
+    fn assign_at(&self, key: PartitionKey, resume_at: Option<i64>, floor: Option<i64>) {
         let s = &self.shared;
         if self
             .shutting_down
@@ -345,6 +385,8 @@ impl PipelineContext {
                 reported_failure: None,
                 last_routed: None,
                 resume_at,
+                floor,
+                refused: 0,
             },
         );
     }
@@ -460,7 +502,7 @@ impl PipelineContext {
         let drain_ms = drained.as_millis() as u64;
         for (key, a) in leaving {
             tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, host = %s.host_id,
-                committed = ?a.tracker.committable(), reason, drain_ms, "partition released");
+                committed = ?a.tracker.committable(), reason, drain_ms, stale_refused = a.refused, "partition released");
             s.status.released(&key.0, key.1);
         }
     }
@@ -877,7 +919,7 @@ impl PipelineContext {
             }
             tracing::info!(pipeline = %self.shared.spec.name, topic = %key.0, partition = key.1,
                 resume_at = ?a.resume_at, "partition rewound after an aborted transaction");
-            self.assign_at(key, a.resume_at);
+            self.assign_at(key, a.resume_at, a.resume_at);
         }
     }
 
@@ -964,6 +1006,29 @@ impl PipelineContext {
             // Not ours (any more): never processed, never committed.
             return;
         };
+        let mut admission = admit(msg.offset, a.floor, a.last_routed);
+        if admission == Admission::BelowFloor
+            && a.refused == 0
+            && let Some(floor) = a.floor
+            && floor_past_log_end(consumer, key, floor)
+        {
+            // Not a stale fetch: the committed offset is past the log end
+            // (the topic was deleted and recreated under this group), and
+            // librdkafka restarted at the log start. Process from there.
+            tracing::warn!(pipeline = %self.shared.spec.name, topic = %key.0, partition = key.1, floor,
+                "the committed offset is past the partition's end (topic recreated?); processing from where librdkafka restarted");
+            a.floor = None;
+            admission = admit(msg.offset, None, a.last_routed);
+        }
+        if admission != Admission::Admit {
+            if a.refused == 0 {
+                tracing::warn!(pipeline = %self.shared.spec.name, topic = %key.0, partition = key.1,
+                    offset = msg.offset, floor = ?a.floor, last = ?a.last_routed, ?admission,
+                    "fetched message not processed: below the committed offset or already seen in this assignment (a stale fetch)");
+            }
+            a.refused += 1;
+            return;
+        }
         a.open
             .push(msg.offset, msg.timestamp_ms, msg.key, msg.value, headers);
         a.last_routed = Some(msg.offset);
@@ -1083,6 +1148,19 @@ impl Assigned {
 
 /// The consumer's position of every assigned partition (empty if librdkafka
 /// cannot say: then only the trackers' offsets are committed).
+/// Whether `floor` lies past the end of the partition's log (one round
+/// trip; asked at most once per assignment, when a message below the floor
+/// first arrives). Unknown counts as no: the floor stays.
+fn floor_past_log_end(
+    consumer: &BaseConsumer<PipelineContext>,
+    key: &PartitionKey,
+    floor: i64,
+) -> bool {
+    consumer
+        .fetch_watermarks(&key.0, key.1, Duration::from_secs(2))
+        .is_ok_and(|(_, high)| high < floor)
+}
+
 fn positions(consumer: &BaseConsumer<PipelineContext>) -> TopicPartitionList {
     consumer.position().unwrap_or_default()
 }

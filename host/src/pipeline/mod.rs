@@ -9,6 +9,7 @@
 //! commits the tracker's committable offset (periodically, on revoke, at
 //! shutdown).
 
+mod admission;
 mod consumer;
 pub mod deployment;
 pub mod manager;
