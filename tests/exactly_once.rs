@@ -275,6 +275,116 @@ fn a_poison_message_is_dead_lettered_exactly_once() {
     );
 }
 
+/// A dead letter the broker refuses for good under exactly-once (the
+/// dead-letter topic's `max.message.bytes` is below the poison message it
+/// must carry) fails every transaction holding it. Its partition stalls,
+/// visibly, and redoes its work after a growing wait; every other
+/// partition's work commits in between, exactly once. Before the fix each
+/// redo aborted the next transaction at once, taking every partition's
+/// work with it, again and again.
+#[test]
+fn a_refused_dead_letter_stalls_its_partition_while_the_others_commit() {
+    let t = topics("eos-refused-dl");
+    let small_dlq = format!("{}-small-dlq", t.input);
+    kwasm_tests::create_topic_with_config(&small_dlq, 1, 1, &[("max.message.bytes", "4096")]);
+    let poison = "P".repeat(8_000);
+    let config = [
+        ("mode", "poison"),
+        ("poison", poison.as_str()),
+        ("poison_action", "permanent"),
+    ];
+    let pipeline = PipelineDef {
+        name: "refused",
+        plugin: "misbehave",
+        config: &config,
+        dead_letter: Some(&small_dlq),
+        ..passthrough(&t)
+    };
+    // The poison first on partition 1: nothing of it can commit.
+    produce(&t.input, [OutRecord::to(1, poison.clone()).key("bad")]);
+    let records: Vec<OutRecord> = (0..3000)
+        .map(|i| OutRecord::to(i % PARTITIONS, format!("ok-{i}")).key(format!("k{i}")))
+        .collect();
+    produce(&t.input, records);
+    let expected: BTreeSet<String> = (0..3000)
+        .filter(|i| i % PARTITIONS != 1)
+        .map(|i| format!("ok-{i}"))
+        .collect();
+    let host = start("host-a", &t, &pipeline, "exactly-once");
+    let started = Instant::now();
+
+    // Aborted transactions count in the end offsets, so reading to the end
+    // once may come before the redone work commits: read again until it has.
+    let output = loop {
+        let output = read_to_end(&t.output, expected.len(), Duration::from_secs(90));
+        if output.len() >= expected.len() || started.elapsed() > Duration::from_secs(90) {
+            break output;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let values: Vec<String> = output.iter().map(|r| r.value_str()).collect();
+    let distinct: BTreeSet<String> = values.iter().cloned().collect();
+    let missing: Vec<&String> = expected.difference(&distinct).take(5).collect();
+    let unexpected: Vec<&String> = distinct.difference(&expected).take(5).collect();
+    println!(
+        "refused dead letter: {} outputs read to the end after {:.1} s ({} expected from the 5 other partitions)",
+        values.len(),
+        started.elapsed().as_secs_f64(),
+        expected.len()
+    );
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "every other partition's inputs, and none of partition 1: missing {} (e.g. {missing:?}), unexpected {} (e.g. {unexpected:?})",
+        expected.difference(&distinct).count(),
+        distinct.difference(&expected).count()
+    );
+    assert_eq!(values.len(), expected.len(), "no duplicates");
+
+    let stalled = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        e2e::assignment_rows(&host, "refused")
+            .iter()
+            .any(|r| r["partition"] == 1 && r["state"] == "stalled")
+    });
+    let rows = e2e::assignment_rows(&host, "refused");
+    assert!(stalled, "partition 1 shows as stalled: {rows:?}");
+    let reason = rows
+        .iter()
+        .find(|r| r["partition"] == 1)
+        .and_then(|r| r["reason"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("aborted because of this partition"),
+        "reason: {reason}"
+    );
+
+    // Aborts are paced by the partition's growing wait (1, 2, 4, 8 s ...),
+    // not one per transaction (100 ms).
+    std::thread::sleep(Duration::from_secs(25).saturating_sub(started.elapsed()));
+    let aborted = e2e::metric(&host, "kwasm_transactions_aborted_total", "refused").unwrap_or(0.0);
+    println!(
+        "  {aborted} transactions aborted in {:.0} s; partition 1: {reason}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        aborted >= 2.0,
+        "the refused dead letter aborted transactions: {aborted}"
+    );
+    assert!(aborted <= 12.0, "aborts not paced: {aborted} in 25 s");
+    // Nothing past the poison committed, nothing refused got through.
+    let committed = kwasm_tests::committed_offsets(&t.group, &t.input, PARTITIONS);
+    assert!(
+        committed[1].is_none_or(|o| o == 0),
+        "partition 1 committed past its poison: {committed:?}"
+    );
+    // (Its end offset moved: each aborted transaction left a marker there.)
+    let dead = read_to_end(&small_dlq, 0, Duration::from_secs(5));
+    assert!(
+        dead.is_empty(),
+        "a refused dead letter got through: {dead:?}"
+    );
+}
+
 /// For a failure message: which inputs came out twice, and where.
 fn print_duplicates(output: &[kwasm_tests::Record]) {
     let mut at: std::collections::BTreeMap<String, Vec<(i32, i64)>> = Default::default();

@@ -26,7 +26,16 @@ fn new_version_of(bytes: &[u8], marker: &str) -> Vec<u8> {
     out
 }
 
-fn tagger(input: &str, output: &str, group: &str, version: u32, tag: &str) -> Vec<u8> {
+/// The `tagger` pipeline's JSON: `tagger@{version}` tagging with `tag`,
+/// under `delivery`.
+fn tagger_with(
+    input: &str,
+    output: &str,
+    group: &str,
+    version: u32,
+    tag: &str,
+    delivery: &str,
+) -> Vec<u8> {
     json!({
         "plugin": format!("tagger@{version}"),
         "config": {"mode": "tag", "tag": tag},
@@ -34,6 +43,7 @@ fn tagger(input: &str, output: &str, group: &str, version: u32, tag: &str) -> Ve
         "output": output,
         "group_id": group,
         "batch": {"max_messages": 64, "max_wait_ms": 20},
+        "delivery": delivery,
     })
     .to_string()
     .into_bytes()
@@ -70,6 +80,11 @@ struct Setup {
 
 /// Two bare hosts; `tagger` v1 uploaded to A and a pipeline using it PUT on A.
 fn two_hosts_running_tagger(test: &str) -> Setup {
+    two_hosts_running_tagger_with(test, "at-least-once")
+}
+
+/// [`two_hosts_running_tagger`] with a `delivery` mode.
+fn two_hosts_running_tagger_with(test: &str, delivery: &str) -> Setup {
     let input = unique(&format!("{test}-in"));
     let output = format!("{input}-out");
     let group = format!("{input}-group");
@@ -87,7 +102,7 @@ fn two_hosts_running_tagger(test: &str) -> Setup {
     let (status, body) = a.call(
         "PUT",
         "/v1/pipelines/tagging",
-        &tagger(&input, &output, &group, 1, "v1"),
+        &tagger_with(&input, &output, &group, 1, "v1", delivery),
     );
     assert_eq!(status, 200, "{body}");
     Setup {
@@ -170,7 +185,22 @@ fn a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree() {
 
 #[test]
 fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
-    let s = two_hosts_running_tagger("hot-deploy");
+    hot_deploy_under_load("hot-deploy", "at-least-once");
+}
+
+/// Under exactly-once a deploy takes effect at a transaction boundary (the
+/// deployment generation the gate publishes when it opens): the
+/// `read_committed` output still holds each input once, and each partition
+/// switches once.
+#[test]
+fn hot_deploy_under_exactly_once_switches_at_a_transaction_boundary_with_no_duplicate() {
+    hot_deploy_under_load("hot-deploy-eos", "exactly-once");
+}
+
+/// 100k keyed inputs over ~10 s; tagger v2 deployed 3 s in, then rolled
+/// back: every input once, each partition v1 then v2, no rebalance.
+fn hot_deploy_under_load(test: &str, delivery: &str) {
+    let s = two_hosts_running_tagger_with(test, delivery);
     let before = wait_cover(&[&s.a, &s.b], &s.input);
 
     // 100k messages over ~10 s, values "p:seq", keyed so order can be read back.
@@ -214,7 +244,7 @@ fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
     let (status, body) = s.b.call(
         "PUT",
         "/v1/pipelines/tagging",
-        &tagger(&s.input, &s.output, &s.group, 2, "v2"),
+        &tagger_with(&s.input, &s.output, &s.group, 2, "v2", delivery),
     );
     assert_eq!(status, 200, "{body}");
     let produced = producer.join().expect("producer");
@@ -222,7 +252,7 @@ fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
 
     let output = read_to_end(&s.output, total, Duration::from_secs(120));
     println!(
-        "hot deploy: {} outputs for {total} inputs; v2 seen {:.2} s after the PUT",
+        "hot deploy ({delivery}): {} outputs for {total} inputs; v2 seen {:.2} s after the PUT",
         output.len(),
         deployed.elapsed().as_secs_f64()
     );
@@ -268,7 +298,7 @@ fn hot_deploy_under_load_switches_each_partition_once_then_rolls_back() {
     let (status, _) = s.a.call(
         "PUT",
         "/v1/pipelines/tagging",
-        &tagger(&s.input, &s.output, &s.group, 1, "v1"),
+        &tagger_with(&s.input, &s.output, &s.group, 1, "v1", delivery),
     );
     assert_eq!(status, 200);
     std::thread::sleep(Duration::from_secs(3));

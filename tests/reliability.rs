@@ -7,7 +7,7 @@ mod e2e;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use e2e::{Host, PipelineDef, Protocol, http_get, pipeline_toml};
+use e2e::{Host, PipelineDef, Protocol, assignment_rows, http_get, metric, pipeline_toml};
 use kwasm_tests::{
     OutRecord, committed_to_end, create_topic, end_offsets, plugin_path, produce, read_to_end,
     unique, wait_committed_to_end, wait_until,
@@ -16,21 +16,6 @@ use serde_json::{Value, json};
 
 fn header(r: &kwasm_tests::Record, name: &str) -> String {
     String::from_utf8_lossy(r.header(name).unwrap_or_default()).into_owned()
-}
-
-/// The partitions of `pipeline` a host shows in `/v1/assignments`.
-fn assignment_rows(host: &Host, pipeline: &str) -> Vec<Value> {
-    let Some((200, body)) = http_get(host.admin_port, "/v1/assignments") else {
-        return Vec::new();
-    };
-    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    body["pipelines"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["pipeline"] == pipeline)
-        .flat_map(|p| p["partitions"].as_array().cloned().unwrap_or_default())
-        .collect()
 }
 
 /// Values `"{p}:{i}"` spread over partitions `0..partitions`.
@@ -306,13 +291,6 @@ fn a_retry_backoff_holds_no_permit() {
     assert_eq!(dead.len(), 1);
     assert_eq!(header(&dead[0], "kwasm.error.kind"), "retries-exhausted");
     assert_eq!(header(&dead[0], "kwasm.attempts"), "4");
-}
-
-fn metric(host: &Host, name: &str, pipeline: &str) -> Option<f64> {
-    let (_, text) = http_get(host.admin_port, "/metrics")?;
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(&format!("pipeline=\"{pipeline}\"")))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Item 8. A plugin whose `init` traps can never be instantiated: the

@@ -105,6 +105,30 @@ pub fn produce_slowly(
     })
 }
 
+/// The partition rows `/v1/assignments` shows for `pipeline` on `host`
+/// (`state`, `reason`, offsets); empty while the API does not answer.
+pub fn assignment_rows(host: &Host, pipeline: &str) -> Vec<serde_json::Value> {
+    let Some((200, body)) = http_get(host.admin_port, "/v1/assignments") else {
+        return Vec::new();
+    };
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    body["pipelines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["pipeline"] == pipeline)
+        .flat_map(|p| p["partitions"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The value of metric `name` for `pipeline` on `host`'s `/metrics`.
+pub fn metric(host: &Host, name: &str, pipeline: &str) -> Option<f64> {
+    let (_, text) = http_get(host.admin_port, "/metrics")?;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&format!("pipeline=\"{pipeline}\"")))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// The passthrough pipeline over `t`.
 pub fn passthrough(t: &Topics) -> PipelineDef<'_> {
     PipelineDef {

@@ -28,7 +28,7 @@ use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admission, admit};
-use super::transaction::{PartitionVerdict, TxnRecovery, fenced, recovery_for, verdict};
+use super::transaction::{PartitionVerdict, TxnRecovery, fenced, recovery_for, redo_hold, verdict};
 use super::worker::{Worker, WorkerContext};
 use super::{PartitionEvent, PipelineShared};
 use crate::kafka::fetch_queue::{Fetched, QueueHandle, forward_partition};
@@ -118,6 +118,10 @@ pub(crate) struct PipelineContext {
     /// Exactly-once: inputs whose outputs the broker rejected for good in
     /// an aborted transaction, per partition; the redo dead-letters them.
     redo_rejected: Mutex<FxHashMap<PartitionKey, BTreeMap<i64, String>>>,
+    /// Exactly-once: transactions aborted in a row because of a partition
+    /// (one of its records failed), and the last reason; cleared by a
+    /// commit. Sets how long its redo waits ([`redo_hold`]).
+    abort_streak: Mutex<FxHashMap<PartitionKey, (u32, String)>>,
 }
 
 /// The partitions held, plus the key of the last routed message: fetches
@@ -234,7 +238,7 @@ impl ConsumerContext for PipelineContext {
             let floors = self.floors(consumer, tpl);
             for key in keys(tpl) {
                 let floor = floors.get(&key).copied();
-                self.assign_at(key, None, floor);
+                self.assign_at(key, None, floor, None);
             }
         }
     }
@@ -267,6 +271,7 @@ impl PipelineContext {
             last_full_commit: Mutex::new(Instant::now()),
             fetch_queue: Mutex::new(None),
             redo_rejected: Mutex::new(FxHashMap::default()),
+            abort_streak: Mutex::new(FxHashMap::default()),
         }
     }
 
@@ -317,7 +322,13 @@ impl PipelineContext {
     /// Starts a worker for a partition; `resume_at` is where an aborted
     /// transaction rewound it to (exactly-once), `floor` the offset below
     /// which its fetched messages are not processed.
-    fn assign_at(&self, key: PartitionKey, resume_at: Option<i64>, floor: Option<i64>) {
+    fn assign_at(
+        &self,
+        key: PartitionKey,
+        resume_at: Option<i64>,
+        floor: Option<i64>,
+        hold: Option<(Duration, String)>,
+    ) {
         let s = &self.shared;
         if self
             .shutting_down
@@ -364,6 +375,7 @@ impl PipelineContext {
                 recycle,
                 gate: s.exactly_once.as_ref().map(|e| e.gate.clone()),
                 redo_rejected: self.redo().remove(&key).unwrap_or_default(),
+                hold,
             },
             handler,
             generation,
@@ -504,6 +516,10 @@ impl PipelineContext {
             tracing::info!(pipeline = %s.spec.name, topic = %key.0, partition = key.1, host = %s.host_id,
                 committed = ?a.tracker.committable(), reason, drain_ms, stale_refused = a.refused, "partition released");
             s.status.released(&key.0, key.1);
+        }
+        let mut streak = self.streak();
+        for (key, _) in leaving {
+            streak.remove(key);
         }
     }
 
@@ -671,6 +687,7 @@ impl PipelineContext {
         let positions = positions(consumer);
         let mut tpl = TopicPartitionList::new();
         let mut commits: Vec<(PartitionKey, i64)> = Vec::new();
+        let mut culprits: Vec<(PartitionKey, String)> = Vec::new();
         {
             let table = self.table();
             let mut redo = self.redo();
@@ -690,6 +707,7 @@ impl PipelineContext {
                 ) {
                     PartitionVerdict::Abort(why) => {
                         abort.get_or_insert(format!("{}[{}]: {why}", key.0, key.1));
+                        culprits.push((key.clone(), why));
                     }
                     PartitionVerdict::Commit(Some(next)) => {
                         if tpl
@@ -712,6 +730,19 @@ impl PipelineContext {
             }
             None => self.commit_transaction(consumer, &tpl, eos.timeout()),
         };
+        match &outcome {
+            // Progress ends a streak; a partition that sat out its wait
+            // committed nothing and keeps it.
+            Ok(()) => {
+                let mut streak = self.streak();
+                for (key, _) in &commits {
+                    streak.remove(key);
+                }
+            }
+            // Counted by the rewind, which also sees the failures reported
+            // after the boundary.
+            Err(_) => {}
+        }
         match outcome {
             Ok(()) => {
                 let mut table = self.table();
@@ -750,11 +781,11 @@ impl PipelineContext {
                     tracing::warn!(pipeline = %s.spec.name, error = %e,
                         "cannot abort the transaction; replacing the transactional producer");
                     eos.metrics.aborted.increment(1);
-                    self.rewind_with(consumer, true);
+                    self.rewind_with(consumer, true, &culprits);
                     return;
                 }
                 eos.metrics.aborted.increment(1);
-                self.rewind(consumer);
+                self.rewind(consumer, &culprits);
             }
         }
         if let Err(e) = s.producer().begin_transaction() {
@@ -862,15 +893,25 @@ impl PipelineContext {
     /// After an abort: every partition held is taken down (its worker
     /// stopped, its batches dropped) and set up again at its last committed
     /// offset; what the aborted transaction held is redone.
-    fn rewind(&self, consumer: &BaseConsumer<Self>) {
-        self.rewind_with(consumer, false);
+    fn rewind(&self, consumer: &BaseConsumer<Self>, culprits: &[(PartitionKey, String)]) {
+        self.rewind_with(consumer, false, culprits);
     }
 
     /// [`rewind`](Self::rewind), replacing the transactional producer
     /// between taking the partitions down and setting them up again when
     /// `new_producer` (the new one is initialised and in a transaction
     /// when this returns, and the gate is open).
-    fn rewind_with(&self, consumer: &BaseConsumer<Self>, new_producer: bool) {
+    ///
+    /// `culprits` are the partitions the boundary found failed; a partition
+    /// whose failure or rejection was reported after it (the commit's flush,
+    /// the abort) is one too. Each culprit's abort streak grows, and its
+    /// redo may wait ([`redo_hold`]).
+    fn rewind_with(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        new_producer: bool,
+        culprits: &[(PartitionKey, String)],
+    ) {
         let keys = self.assigned_keys();
         let drained = self.drain(&keys, false);
         if new_producer {
@@ -898,6 +939,21 @@ impl PipelineContext {
             // Rejections reported after the boundary (the abort flushed
             // them) are dead-lettered on the redo too.
             let late = a.tracker.take_rejections();
+            let why = culprits
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, why)| why.clone())
+                .or_else(|| a.tracker.failure().map(|(_, why)| why))
+                .or_else(|| {
+                    (!late.is_empty())
+                        .then(|| format!("{} output record(s) rejected by the broker", late.len()))
+                });
+            if let Some(why) = why {
+                let mut streak = self.streak();
+                let e = streak.entry(key.clone()).or_insert((0, String::new()));
+                e.0 += 1;
+                e.1 = why;
+            }
             if !late.is_empty() {
                 self.redo().entry(key.clone()).or_default().extend(late);
             }
@@ -919,8 +975,23 @@ impl PipelineContext {
             }
             tracing::info!(pipeline = %self.shared.spec.name, topic = %key.0, partition = key.1,
                 resume_at = ?a.resume_at, "partition rewound after an aborted transaction");
-            self.assign_at(key, a.resume_at, a.resume_at);
+            let hold = self.streak().get(&key).and_then(|(n, why)| {
+                redo_hold(*n).map(|wait| {
+                    (
+                        wait,
+                        format!(
+                            "{n} transactions in a row aborted because of this partition: {why}"
+                        ),
+                    )
+                })
+            });
+            self.assign_at(key, a.resume_at, a.resume_at, hold);
         }
+    }
+
+    /// Exactly-once: aborts in a row per partition ([`abort_streak`](Self::abort_streak)).
+    fn streak(&self) -> MutexGuard<'_, FxHashMap<PartitionKey, (u32, String)>> {
+        self.abort_streak.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Exactly-once: inputs to dead-letter on the redo, per partition.

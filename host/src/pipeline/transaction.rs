@@ -282,10 +282,35 @@ pub(crate) fn verdict(
     }
 }
 
+/// How long a partition waits before redoing its work after `streak`
+/// transactions in a row aborted because of it (a record of its own
+/// failed). The first redo is at once: a rejected output is dead-lettered
+/// on it. From the second on the cause is not going away by itself (a dead
+/// letter the broker refuses, an output topic gone): the partition stalls,
+/// visibly, doubling from 1 s up to 30 s, so every other partition's work
+/// commits in between instead of being aborted with it again and again.
+pub(crate) fn redo_hold(streak: u32) -> Option<Duration> {
+    match streak {
+        0 | 1 => None,
+        n => Some(Duration::from_secs(1 << (n - 2).min(5)).min(Duration::from_secs(30))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_partition_that_keeps_failing_its_transaction_waits_longer_each_time() {
+        assert_eq!(redo_hold(0), None);
+        assert_eq!(redo_hold(1), None, "the first redo is at once");
+        assert_eq!(redo_hold(2), Some(Duration::from_secs(1)));
+        assert_eq!(redo_hold(3), Some(Duration::from_secs(2)));
+        assert_eq!(redo_hold(6), Some(Duration::from_secs(16)));
+        assert_eq!(redo_hold(7), Some(Duration::from_secs(30)));
+        assert_eq!(redo_hold(100), Some(Duration::from_secs(30)));
+    }
 
     #[test]
     fn fatal_outranks_abort_outranks_retry_and_unknown_aborts() {

@@ -86,6 +86,10 @@ pub(crate) struct WorkerContext {
     /// Exactly-once: inputs whose outputs the broker rejected for good in
     /// an aborted transaction; this redo dead-letters them instead.
     pub redo_rejected: BTreeMap<i64, String>,
+    /// Exactly-once: how long to wait, stalled for the given reason, before
+    /// the first batch (transactions kept aborting because of this
+    /// partition: [`redo_hold`](super::transaction::redo_hold)).
+    pub hold: Option<(Duration, String)>,
 }
 
 /// How often an idle worker checks whether another partition waits for
@@ -366,6 +370,15 @@ impl Worker {
     /// memory budget holds no permit, so the holders of memory always get
     /// one, finish their batch and, while anyone waits, give memory back.
     pub(crate) fn run(mut self, batches: Receiver<InputBatch>) {
+        if let Some((after, reason)) = self.ctx.hold.take() {
+            tracing::warn!(pipeline = %self.ctx.pipeline, topic = %self.ctx.topic, partition = self.ctx.partition,
+                wait = ?after, %reason, "partition stalled: its transactions keep aborting; redoing it after a wait");
+            self.set_stalled(Some(reason));
+            if !self.sleep(after) {
+                return;
+            }
+            self.set_stalled(None);
+        }
         let mut next = self.next_batch(&batches);
         // When this worker's current hold on plugin memory began.
         let mut turn_started = Instant::now();
