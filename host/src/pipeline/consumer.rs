@@ -119,8 +119,9 @@ pub(crate) struct PipelineContext {
     /// an aborted transaction, per partition; the redo dead-letters them.
     redo_rejected: Mutex<FxHashMap<PartitionKey, BTreeMap<i64, String>>>,
     /// Exactly-once: transactions aborted in a row because of a partition
-    /// (one of its records failed), and the last reason; cleared by a
-    /// commit. Sets how long its redo waits ([`redo_hold`]).
+    /// (one of its records failed), and the last reason; cleared when a
+    /// commit moves the partition's offset, or when it is released. Sets
+    /// how long its redo waits ([`redo_hold`]).
     abort_streak: Mutex<FxHashMap<PartitionKey, (u32, String)>>,
 }
 
@@ -730,18 +731,14 @@ impl PipelineContext {
             }
             None => self.commit_transaction(consumer, &tpl, eos.timeout()),
         };
-        match &outcome {
-            // Progress ends a streak; a partition that sat out its wait
-            // committed nothing and keeps it.
-            Ok(()) => {
-                let mut streak = self.streak();
-                for (key, _) in &commits {
-                    streak.remove(key);
-                }
+        // Progress ends a streak; a partition that sat out its wait
+        // committed nothing and keeps it. (An abort's streaks are counted by
+        // the rewind, which also sees failures reported after the boundary.)
+        if outcome.is_ok() {
+            let mut streak = self.streak();
+            for (key, _) in &commits {
+                streak.remove(key);
             }
-            // Counted by the rewind, which also sees the failures reported
-            // after the boundary.
-            Err(_) => {}
         }
         match outcome {
             Ok(()) => {
