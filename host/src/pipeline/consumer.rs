@@ -761,6 +761,17 @@ impl PipelineContext {
                 return;
             }
             Err((_, why)) => {
+                // Failures reported by now are partitions' own (the commit's
+                // flush delivered their reports); the abort purges the other
+                // partitions' queued records next, failing them too, and
+                // those are no partition's fault.
+                for (key, a) in self.table().map.iter() {
+                    if !culprits.iter().any(|(k, _)| k == key)
+                        && let Some((_, why)) = a.tracker.failure()
+                    {
+                        culprits.push((key.clone(), why));
+                    }
+                }
                 tracing::warn!(pipeline = %s.spec.name, reason = %why,
                     "transaction aborted; its outputs stay invisible to read_committed readers, and every partition held is rewound to its last committed offset");
                 if let Err(e) = self.abort_transaction() {
@@ -899,9 +910,10 @@ impl PipelineContext {
     /// `new_producer` (the new one is initialised and in a transaction
     /// when this returns, and the gate is open).
     ///
-    /// `culprits` are the partitions the boundary found failed; a partition
-    /// whose failure or rejection was reported after it (the commit's flush,
-    /// the abort) is one too. Each culprit's abort streak grows, and its
+    /// `culprits` are the partitions whose own records failed the
+    /// transaction (seen at the boundary or by the commit's flush); a
+    /// partition with a record rejected for good reported after it is one
+    /// too. Records the abort purged are nobody's fault. Each culprit's abort streak grows, and its
     /// redo may wait ([`redo_hold`]).
     fn rewind_with(
         &self,
@@ -940,7 +952,6 @@ impl PipelineContext {
                 .iter()
                 .find(|(k, _)| *k == key)
                 .map(|(_, why)| why.clone())
-                .or_else(|| a.tracker.failure().map(|(_, why)| why))
                 .or_else(|| {
                     (!late.is_empty())
                         .then(|| format!("{} output record(s) rejected by the broker", late.len()))
