@@ -313,15 +313,9 @@ fn a_refused_dead_letter_stalls_its_partition_while_the_others_commit() {
     let host = start("host-a", &t, &pipeline, "exactly-once");
     let started = Instant::now();
 
-    // Aborted transactions count in the end offsets, so reading to the end
-    // once may come before the redone work commits: read again until it has.
-    let output = loop {
-        let output = read_to_end(&t.output, expected.len(), Duration::from_secs(90));
-        if output.len() >= expected.len() || started.elapsed() > Duration::from_secs(90) {
-            break output;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    // Aborted transactions count in the end offsets; `read_to_end` reads
+    // again until the redone work has committed.
+    let output = read_to_end(&t.output, expected.len(), Duration::from_secs(90));
     let values: Vec<String> = output.iter().map(|r| r.value_str()).collect();
     let distinct: BTreeSet<String> = values.iter().cloned().collect();
     let missing: Vec<&String> = expected.difference(&distinct).take(5).collect();
@@ -412,4 +406,189 @@ fn print_duplicates(output: &[kwasm_tests::Record]) {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The recovery taken when the coordinator refuses an abort for good (seen
+/// after an outage longer than the transaction timeout: the coordinator
+/// had aborted the transaction itself and answered INVALID_TXN_STATE,
+/// which is fatal to that producer): the pipeline replaces its
+/// transactional producer, rewinds, redoes the work and goes on, instead of
+/// stopping the host. No broker refuses an abort on demand, so librdkafka's
+/// mock cluster (in this process) injects the two refusals. It implements
+/// no transaction semantics, so this checks the calls and the recovery, not
+/// what `read_committed` readers see: every partition's offset reaches the
+/// end of the input in a committed transaction, necessarily through a new
+/// producer (the first one is failed for good once its abort was refused),
+/// and no fatal error was reported.
+#[test]
+fn a_refused_abort_replaces_the_transactional_producer_and_the_pipeline_goes_on() {
+    use std::sync::Arc;
+
+    use kwasm_host::config::{Delivery, HostConfig, KafkaConfig, PipelineSpec};
+    use kwasm_host::kafka::{OutputProducer, producer_config};
+    use kwasm_host::pipeline::{Deployment, Pipeline, PipelineDeps};
+    use kwasm_host::runtime::{Limits, Runtime, RuntimeConfig};
+    use kwasm_host::topics::ControlPlane;
+    use rdkafka::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    const MESSAGES: usize = 300;
+    let log = CapturedLog::install();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let input = kwasm_tests::unique("eos-replace-in");
+    let output = format!("{input}-out");
+    let group = format!("{input}-group");
+    for topic in [&input, &output] {
+        mock.create_topic(topic, 3, 1).expect("mock topic");
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("input producer");
+    for i in 0..MESSAGES {
+        let value = format!("m{i}");
+        producer
+            .send(
+                BaseRecord::<(), _>::to(&input)
+                    .partition((i % 3) as i32)
+                    .payload(&value),
+            )
+            .expect("enqueue an input");
+    }
+    producer
+        .flush(Duration::from_secs(10))
+        .expect("flush inputs");
+
+    // The first transaction's offsets are refused (abortable: the pipeline
+    // aborts), and then its abort (fatal to that producer).
+    mock.request_errors(
+        RDKafkaApiKey::AddOffsetsToTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED],
+    );
+    mock.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TXN_STATE],
+    );
+
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(
+            std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kwasm-eos-mock-cache"),
+        ),
+        ..RuntimeConfig::default()
+    })
+    .expect("wasm runtime");
+    let bytes = std::fs::read(kwasm_tests::plugin_path("passthrough")).expect("passthrough.wasm");
+    let plugin = runtime
+        .load("passthrough", &bytes)
+        .expect("load passthrough");
+    let host = HostConfig {
+        id: "host-mock".into(),
+        ..HostConfig::default()
+    };
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        ..KafkaConfig::default()
+    };
+    let host_producer =
+        OutputProducer::new(&producer_config(&kafka, &host.id)).expect("host producer");
+    let deps = PipelineDeps {
+        permits: Arc::new(tokio::sync::Semaphore::new(2)),
+        host,
+        kafka,
+        producer: host_producer,
+        runtime: rt.handle().clone(),
+        control: ControlPlane::default(),
+        cancel: Default::default(),
+    };
+    let spec = PipelineSpec {
+        name: "eos-replace".into(),
+        plugin: "passthrough.wasm".into(),
+        inputs: vec![input.clone()],
+        output: output.clone(),
+        group_id: Some(group.clone()),
+        delivery: Delivery::ExactlyOnce,
+        ..PipelineSpec::default()
+    };
+    let deployment = Deployment {
+        plugin,
+        version: None,
+        config: Vec::new(),
+        limits: Limits::default(),
+        outputs: vec![output.clone()],
+    };
+    let pipeline = Pipeline::start(spec, deployment, &deps).expect("pipeline starts");
+
+    // The mock answers TxnOffsetCommit without storing the offsets, so the
+    // commits are read from the pipeline's own status: a partition's
+    // `committed` moves only when a transaction holding its offset
+    // committed.
+    let per_partition = (MESSAGES / 3) as i64;
+    let mut committed = Vec::new();
+    let done = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        committed = pipeline
+            .status()
+            .partitions()
+            .iter()
+            .map(|p| p.committed.unwrap_or(-1))
+            .collect();
+        committed.len() == 3 && committed.iter().all(|&o| o == per_partition)
+    });
+    let fatal = kwasm_host::serve::fatal_error();
+    pipeline.join();
+    let text = log.contents();
+    let replaced = text.contains("replacing the transactional producer");
+    println!(
+        "refused abort: offsets committed {committed:?} of {per_partition} per partition; producer replaced: {replaced}; fatal: {fatal:?}"
+    );
+    assert!(
+        replaced,
+        "the injected refusals did not reach the replacement path; log:\n{text}"
+    );
+    assert_eq!(fatal, None, "a refused abort stopped the host");
+    assert!(
+        done,
+        "offsets {committed:?}, expected {per_partition} on each partition: the pipeline did not go on after replacing its producer; log:\n{text}"
+    );
+}
+
+/// What this process logs, kept in memory: the in-process pipeline's log
+/// lines, for the test above to look for the path it took. (The other
+/// tests' hosts are processes of their own and log to their own files.)
+struct CapturedLog;
+
+static CAPTURED: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct CaptureWriter;
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn install() -> CapturedLog {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(|| CaptureWriter)
+            .try_init();
+        CapturedLog
+    }
+
+    fn contents(&self) -> String {
+        String::from_utf8_lossy(&CAPTURED.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
 }

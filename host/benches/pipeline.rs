@@ -61,7 +61,7 @@
 //!   added to every case's clients (as `kafka.properties` does for the host).
 //! - `KWASM_BENCH_TARGETS` (`mock,kafka`; also `nisshi`), `KWASM_BENCH_SECTIONS`
 //!   (`throughput,large,sweep,latency`), `KWASM_BENCH_CASES`
-//!   (`direct,native,passthrough,passthrough-eos,transform,redpanda,kstreams,kstreams-transform,native-spread,passthrough-spread`): subsets, e.g. for
+//!   (`direct,native,passthrough,passthrough-eos,passthrough-eos-1s,transform,redpanda,kstreams,kstreams-eos,kstreams-transform,native-spread,passthrough-spread`): subsets, e.g. for
 //!   profiling one case. `KWASM_BENCH_DEBUG=1` prints latency over time.
 
 use std::collections::BTreeMap;
@@ -73,7 +73,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kwasm_host::config::{
-    BatchPolicy, Delivery, HostConfig, KafkaConfig, PipelineSpec, RetryPolicy,
+    BatchPolicy, Delivery, HostConfig, KafkaConfig, PipelineSpec, RetryPolicy, TransactionPolicy,
 };
 use kwasm_host::kafka::{OutputProducer, consumer_config, producer_config};
 use kwasm_host::pipeline::{Deployment, Pipeline, PipelineDeps, PipelineStatus};
@@ -106,6 +106,52 @@ const TRANSFORM_CONFIG: [(&str, &str); 2] = [("rename", "a=b"), ("add", "meta.vi
 
 type Res<T> = Result<T, String>;
 
+/// The host's metrics, as `/metrics` would show them.
+static METRICS: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+
+/// Prints what pipeline `name`'s transactions cost, from the host's own
+/// metrics: how many committed and aborted, and how long each commit held
+/// the gate closed (no batch runs meanwhile), the figure that explains
+/// exactly-once's throughput beside at-least-once's. Nothing for a
+/// pipeline without transactions.
+fn print_transactions(label: &str, name: &str) {
+    let Some(handle) = METRICS.get() else { return };
+    let text = handle.render();
+    let series = format!("{{pipeline=\"{name}\"}}");
+    let value = |metric: &str| -> Option<f64> {
+        let prefix = format!("{metric}{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let quantile = |q: &str| -> Option<f64> {
+        let prefix = format!(
+            "{}{{pipeline=\"{name}\",quantile=\"{q}\"}} ",
+            kwasm_host::metrics_names::TRANSACTION_COMMIT_SECONDS
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let commit = kwasm_host::metrics_names::TRANSACTION_COMMIT_SECONDS;
+    let (Some(count), Some(sum)) = (
+        value(&format!("{commit}_count")),
+        value(&format!("{commit}_sum")),
+    ) else {
+        return;
+    };
+    if count == 0.0 {
+        return;
+    }
+    let aborted = value(kwasm_host::metrics_names::TRANSACTIONS_ABORTED).unwrap_or(0.0);
+    eprintln!(
+        "[bench] {label}: {count} transactions committed, {aborted} aborted; gate closed per commit: mean {:.1} ms, p50 {:.1} ms, p99 {:.1} ms",
+        sum / count * 1e3,
+        quantile("0.5").unwrap_or(f64::NAN) * 1e3,
+        quantile("0.99").unwrap_or(f64::NAN) * 1e3,
+    );
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -113,10 +159,12 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    // As `kwasm serve` does: the host's metrics go to a real recorder.
-    let _metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+    // As `kwasm serve` does: the host's metrics go to a real recorder (read
+    // back for the exactly-once cases' transaction figures).
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .expect("metrics recorder");
+    let _ = METRICS.set(metrics);
     epoch();
     let opts = Options::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -262,7 +310,7 @@ impl Options {
             sections: list("KWASM_BENCH_SECTIONS", "throughput,large,sweep,latency"),
             cases: list(
                 "KWASM_BENCH_CASES",
-                "direct,native,passthrough,passthrough-eos,transform,redpanda,kstreams,kstreams-transform,native-spread,passthrough-spread",
+                "direct,native,passthrough,passthrough-eos,passthrough-eos-1s,transform,redpanda,kstreams,kstreams-eos,kstreams-transform,native-spread,passthrough-spread",
             ),
         }
     }
@@ -492,11 +540,17 @@ enum Processor {
         config: Vec<(String, String)>,
         batch: usize,
         delivery: Delivery,
+        /// Exactly-once: `transaction.commit_interval_ms` (`None`: the
+        /// default, 100 ms).
+        commit_interval_ms: Option<u64>,
     },
     /// (d), (e): the Kafka Streams peer, a separate JVM process.
     KStreams {
         classpath: String,
         mode: kstreams::Mode,
+        /// `processing.guarantee=exactly_once_v2` (with Kafka Streams' own
+        /// 100 ms commit interval for it) instead of at-least-once.
+        exactly_once: bool,
     },
 }
 
@@ -510,11 +564,17 @@ impl Processor {
                 .collect(),
             batch,
             delivery: Delivery::AtLeastOnce,
+            commit_interval_ms: None,
         }
     }
 
-    /// [`kwasm`](Self::kwasm) under `delivery = "exactly-once"`.
-    fn kwasm_exactly_once(plugin: &Arc<CompiledPlugin>, batch: usize) -> Processor {
+    /// [`kwasm`](Self::kwasm) under `delivery = "exactly-once"`, with
+    /// transactions of `commit_interval_ms` (`None`: the default).
+    fn kwasm_exactly_once(
+        plugin: &Arc<CompiledPlugin>,
+        batch: usize,
+        commit_interval_ms: Option<u64>,
+    ) -> Processor {
         match Processor::kwasm(plugin, &[], batch) {
             Processor::Kwasm {
                 plugin,
@@ -526,6 +586,7 @@ impl Processor {
                 config,
                 batch,
                 delivery: Delivery::ExactlyOnce,
+                commit_interval_ms,
             },
             other => other,
         }
@@ -623,7 +684,13 @@ impl Bench<'_> {
                 "(b\") kwasm passthrough, exactly-once",
                 "passthrough-eos",
                 Layout::Keyed,
-                Processor::kwasm_exactly_once(&self.plugins.passthrough, DEFAULT_BATCH),
+                Processor::kwasm_exactly_once(&self.plugins.passthrough, DEFAULT_BATCH, None),
+            ),
+            (
+                "(b\"') kwasm passthrough, exactly-once, 1 s transactions",
+                "passthrough-eos-1s",
+                Layout::Keyed,
+                Processor::kwasm_exactly_once(&self.plugins.passthrough, DEFAULT_BATCH, Some(1000)),
             ),
             (
                 "(c) kwasm transform",
@@ -644,7 +711,9 @@ impl Bench<'_> {
         }
         // The peer runs on Apache Kafka only: the mock cluster lives inside
         // this process, and nisshi is not what Kafka Streams users run.
-        if b.name == "kafka" && (o.case("kstreams") || o.case("kstreams-transform")) {
+        if b.name == "kafka"
+            && (o.case("kstreams") || o.case("kstreams-eos") || o.case("kstreams-transform"))
+        {
             match std::env::var(kstreams::CLASSPATH_VAR) {
                 Ok(classpath) => {
                     cases.push((
@@ -654,6 +723,17 @@ impl Bench<'_> {
                         Processor::KStreams {
                             classpath: classpath.clone(),
                             mode: kstreams::Mode::Passthrough,
+                            exactly_once: false,
+                        },
+                    ));
+                    cases.push((
+                        "(d\") Kafka Streams passthrough, exactly_once_v2",
+                        "kstreams-eos",
+                        Layout::Keyed,
+                        Processor::KStreams {
+                            classpath: classpath.clone(),
+                            mode: kstreams::Mode::Passthrough,
+                            exactly_once: true,
                         },
                     ));
                     cases.push((
@@ -663,6 +743,7 @@ impl Bench<'_> {
                         Processor::KStreams {
                             classpath,
                             mode: kstreams::Mode::Transform,
+                            exactly_once: false,
                         },
                     ));
                 }
@@ -689,7 +770,7 @@ impl Bench<'_> {
         // Exactly-once needs a broker with transactions: the mock cluster
         // accepts the calls and implements none of their semantics.
         if b.name != "kafka" {
-            cases.retain(|c| c.1 != "passthrough-eos");
+            cases.retain(|c| !c.1.starts_with("passthrough-eos"));
         }
         let mut sizes = Vec::new();
         if o.section("throughput") || o.section("sweep") {
@@ -956,6 +1037,7 @@ impl Bench<'_> {
                 config,
                 batch,
                 delivery,
+                commit_interval_ms,
             } => {
                 let host = HostConfig {
                     id: unique("bench-host"),
@@ -989,7 +1071,12 @@ impl Bench<'_> {
                     },
                     limits: None,
                     delivery: *delivery,
-                    name,
+                    transaction: TransactionPolicy {
+                        commit_interval_ms: commit_interval_ms
+                            .unwrap_or(TransactionPolicy::default().commit_interval_ms),
+                        ..TransactionPolicy::default()
+                    },
+                    name: name.clone(),
                     ..PipelineSpec::default()
                 };
                 let deployment = Deployment {
@@ -1006,14 +1093,27 @@ impl Bench<'_> {
                     status: pipeline.status().clone(),
                     pipeline,
                     producer,
+                    name,
                 }
             }
-            Processor::KStreams { classpath, mode } => {
+            Processor::KStreams {
+                classpath,
+                mode,
+                exactly_once,
+            } => {
                 let config: Vec<(String, String)> = TRANSFORM_CONFIG
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect();
-                let args = kstreams::peer_args(&b.bootstrap, input, output, &group, *mode, &config);
+                let args = kstreams::peer_args(
+                    &b.bootstrap,
+                    input,
+                    output,
+                    &group,
+                    *mode,
+                    *exactly_once,
+                    &config,
+                );
                 Running::KStreams(kstreams::PeerRun::start(classpath, &group, args)?)
             }
         })
@@ -1441,6 +1541,8 @@ enum Running {
         pipeline: Pipeline,
         producer: OutputProducer,
         status: Arc<PipelineStatus>,
+        /// The pipeline's name: its metrics' `pipeline` label.
+        name: String,
     },
     KStreams(kstreams::PeerRun),
 }
@@ -1495,10 +1597,14 @@ impl Running {
             Running::Direct => {}
             Running::Native(n) => n.stop(),
             Running::Kwasm {
-                pipeline, producer, ..
+                pipeline,
+                producer,
+                name,
+                ..
             } => {
                 pipeline.join();
                 producer.flush(Duration::from_secs(30));
+                print_transactions("exactly-once run ending now", &name);
             }
             Running::KStreams(peer) => peer.stop(),
         }

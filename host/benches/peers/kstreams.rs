@@ -60,13 +60,15 @@ pub struct PeerRun {
 }
 
 /// Every argument the peer gets for one case: the harness's topics and
-/// group, and for [`Mode::Transform`] the plugin's own configuration keys.
+/// group, its processing guarantee, and for [`Mode::Transform`] the
+/// plugin's own configuration keys.
 pub fn peer_args(
     brokers: &str,
     input: &str,
     output: &str,
     application_id: &str,
     mode: Mode,
+    exactly_once: bool,
     transform_config: &[(String, String)],
 ) -> Vec<String> {
     let mut args = vec![
@@ -76,6 +78,9 @@ pub fn peer_args(
         format!("application-id={application_id}"),
         format!("mode={}", mode.arg()),
     ];
+    if exactly_once {
+        args.push("guarantee=exactly_once_v2".to_owned());
+    }
     if mode == Mode::Transform {
         args.extend(transform_config.iter().map(|(k, v)| format!("{k}={v}")));
     }

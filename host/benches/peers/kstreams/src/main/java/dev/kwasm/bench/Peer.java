@@ -28,7 +28,10 @@ import org.apache.kafka.streams.kstream.Produced;
  * {@code application-id} (also the group id), {@code mode}, and optionally
  * {@code dlq} (transform failures; default {@code <output>.dlq}), {@code threads}
  * (default: the cores the JVM sees, as kwasm's {@code host.workers}),
- * {@code commit-interval-ms} (default 1000, kwasm's {@code host.commit_interval_ms}),
+ * {@code guarantee} ({@code at_least_once}, the default, or {@code exactly_once_v2}),
+ * {@code commit-interval-ms} (default 1000, kwasm's {@code host.commit_interval_ms}; under
+ * {@code exactly_once_v2} 100, Kafka Streams' own default and kwasm's
+ * {@code transaction.commit_interval_ms}),
  * {@code state-dir} (Kafka Streams' {@code state.dir}; the topology has no state),
  * {@code rename}, {@code drop}, {@code add} (the transform plugin's own keys).
  *
@@ -136,10 +139,21 @@ public final class Peer {
         Properties p = new Properties();
         p.put(StreamsConfig.APPLICATION_ID_CONFIG, args.get("application-id"));
         p.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, args.get("brokers"));
-        p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.AT_LEAST_ONCE);
+        String guarantee = args.getOrDefault("guarantee", StreamsConfig.AT_LEAST_ONCE);
+        boolean exactlyOnce;
+        if (guarantee.equals(StreamsConfig.AT_LEAST_ONCE)) {
+            exactlyOnce = false;
+        } else if (guarantee.equals(StreamsConfig.EXACTLY_ONCE_V2)) {
+            exactlyOnce = true;
+        } else {
+            throw new IllegalArgumentException("guarantee: `" + guarantee + "` is neither "
+                    + StreamsConfig.AT_LEAST_ONCE + " nor " + StreamsConfig.EXACTLY_ONCE_V2);
+        }
+        p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, guarantee);
         p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG,
                 positive(args, "threads", Runtime.getRuntime().availableProcessors()));
-        p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, positive(args, "commit-interval-ms", 1000));
+        p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG,
+                positive(args, "commit-interval-ms", exactlyOnce ? 100 : 1000));
         p.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0);
         if (args.containsKey("state-dir")) {
             p.put(StreamsConfig.STATE_DIR_CONFIG, args.get("state-dir"));
