@@ -995,7 +995,14 @@ async fn assignments_and_members_of_a_host_running_nothing() {
         (members.status, members.body),
         (
             StatusCode::OK,
-            json!({"pipeline": "orders", "group_id": "kwasm-orders", "members": []})
+            // No such group: the broker says `dead`, and no protocol.
+            json!({
+                "pipeline": "orders",
+                "group_id": "kwasm-orders",
+                "group_state": "dead",
+                "group_protocol": null,
+                "members": []
+            })
         )
     );
     assert_error(
@@ -1159,7 +1166,21 @@ async fn members_are_read_from_the_broker_with_their_assignments() {
         json!([{"topic": input, "partition": 0}, {"topic": input, "partition": 1}]),
         "{members:?}"
     );
-    assert_eq!(members.body["group_id"], json!(group));
+    assert_eq!(
+        (
+            &members.body["group_id"],
+            &members.body["group_state"],
+            &members.body["group_protocol"],
+            &m["target_partitions"]
+        ),
+        (
+            &json!(group),
+            &json!("stable"),
+            &json!("classic"),
+            &json!(null)
+        ),
+        "{members:?}"
+    );
     drop(consumer);
 }
 

@@ -2,7 +2,7 @@
 //! scripts/test. Each test uses its own topics and group.
 //!
 //! The consumer-group tests run under both group protocols: each body takes
-//! a [`Protocol`], and [`both_protocols!`] makes a `classic` and a `consumer`
+//! a [`Protocol`], and [`e2e::both_protocols!`] makes a `classic` and a `consumer`
 //! test of it (`one_host_..::classic`, `one_host_..::consumer`).
 
 mod e2e;
@@ -18,27 +18,7 @@ use kwasm_tests::{
 
 const PARTITIONS: i32 = 6;
 
-/// For each named test body `fn name(protocol: Protocol)`, a module `name`
-/// with the tests `classic` and `consumer` (KIP-848), so the test's name says
-/// which protocol failed.
-macro_rules! both_protocols {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn classic() {
-                    super::$name(super::Protocol::Classic)
-                }
-                #[test]
-                fn consumer() {
-                    super::$name(super::Protocol::Consumer)
-                }
-            }
-        )*
-    };
-}
-
-both_protocols!(
+e2e::both_protocols!(
     one_host_processes_every_message_once_in_order_and_commits_the_end,
     three_hosts_own_disjoint_partitions_and_sigterm_hands_off_without_duplicates,
     sigkill_of_one_of_three_hosts_loses_nothing,

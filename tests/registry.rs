@@ -6,7 +6,7 @@ mod e2e;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use e2e::Host;
+use e2e::{Host, Protocol};
 use kwasm_tests::{OutRecord, create_topic, plugin_path, produce, read_to_end, unique, wait_until};
 use serde_json::{Value, json};
 
@@ -78,20 +78,21 @@ struct Setup {
     group: String,
 }
 
-/// Two bare hosts; `tagger` v1 uploaded to A and a pipeline using it PUT on A.
-fn two_hosts_running_tagger(test: &str) -> Setup {
-    two_hosts_running_tagger_with(test, "at-least-once")
+/// Two bare hosts (classic protocol); `tagger` v1 uploaded to A and a
+/// pipeline using it, under `delivery`, PUT on A.
+fn two_hosts_running_tagger_with(test: &str, delivery: &str) -> Setup {
+    two_hosts_running_tagger_as(test, delivery, Protocol::Classic)
 }
 
-/// [`two_hosts_running_tagger`] with a `delivery` mode.
-fn two_hosts_running_tagger_with(test: &str, delivery: &str) -> Setup {
+/// [`two_hosts_running_tagger_with`] with consumers that speak `protocol`.
+fn two_hosts_running_tagger_as(test: &str, delivery: &str, protocol: Protocol) -> Setup {
     let input = unique(&format!("{test}-in"));
     let output = format!("{input}-out");
     let group = format!("{input}-group");
     create_topic(&input, PARTITIONS);
     create_topic(&output, PARTITIONS);
-    let a = Host::start_bare("host-a", &group);
-    let b = Host::start_bare("host-b", &group);
+    let a = Host::start_bare_as("host-a", &group, protocol);
+    let b = Host::start_bare_as("host-b", &group, protocol);
     a.wait_ready(Duration::from_secs(60));
     b.wait_ready(Duration::from_secs(60));
 
@@ -114,13 +115,22 @@ fn two_hosts_running_tagger_with(test: &str, delivery: &str) -> Setup {
     }
 }
 
-#[test]
-fn a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree() {
+e2e::both_protocols!(a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree);
+
+/// Both hosts run the registry's plugin, and `/members` on either host
+/// shows the group as the broker describes it. The bug this guards
+/// against: `/members` read the group with DescribeGroups only, which
+/// Kafka 4 does not answer for a KIP-848 group, so under the consumer
+/// protocol every row came from the hosts' published records (`source:
+/// "published"`, no member id) although the broker could describe it
+/// (ConsumerGroupDescribe).
+fn a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree(protocol: Protocol) {
     let started = Instant::now();
-    let s = two_hosts_running_tagger("spread");
+    let s = two_hosts_running_tagger_as("spread", "at-least-once", protocol);
     let owned = wait_cover(&[&s.a, &s.b], &s.input);
     println!(
-        "pipeline running on both hosts {:.2} s after the upload: {owned:?}",
+        "[{}] pipeline running on both hosts {:.2} s after the upload: {owned:?}",
+        protocol.name(),
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -137,36 +147,28 @@ fn a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree() {
     let (status, body) = s.b.call("GET", "/v1/pipelines/tagging", b"");
     assert_eq!((status, body["plugin"].clone()), (200, json!("tagger@1")));
 
-    // The group as seen from either host: both hosts, disjoint, covering.
+    // The group as seen from either host: stable, in the protocol the
+    // hosts speak; both hosts, each row from the broker with its member
+    // id, partitions disjoint and covering.
     for host in [&s.a, &s.b] {
         let mut members = Value::Null;
         let complete = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
             members = host.call("GET", "/v1/pipelines/tagging/members", b"").1;
-            let parts: Vec<(String, i64)> = members["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|m| {
-                    m["partitions"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|p| {
-                            (
-                                m["host"].as_str().unwrap_or("").to_owned(),
-                                p["partition"].as_i64().unwrap_or(-1),
-                            )
-                        })
-                })
-                .collect();
-            let hosts: BTreeSet<&str> = parts.iter().map(|(h, _)| h.as_str()).collect();
-            let partitions: BTreeSet<i64> = parts.iter().map(|(_, p)| *p).collect();
-            hosts == BTreeSet::from(["host-a", "host-b"])
-                && partitions.len() == PARTITIONS as usize
-                && parts.len() == PARTITIONS as usize
+            members["group_protocol"] == protocol.name()
+                && members["group_state"] == "stable"
+                && members_described_by_the_broker(&members)
         });
-        assert!(complete, "members from {}: {members}", host.process.name());
+        assert!(
+            complete,
+            "[{}] members from {}: {members}",
+            protocol.name(),
+            host.process.name()
+        );
+        println!(
+            "[{}] members from {}: {members}",
+            protocol.name(),
+            host.process.name()
+        );
     }
 
     // The records flow through the registry's plugin, tagged.
@@ -181,6 +183,35 @@ fn a_plugin_uploaded_to_one_host_runs_on_every_host_and_members_agree() {
             .all(|r| r.header("kwasm-tag") == Some(&b"v1"[..]))
     );
     let _ = s.group;
+}
+
+/// Whether a `/members` body shows exactly `host-a` and `host-b`, each
+/// row from the broker (`source: "broker"`, a member id of its own, the
+/// host as its client id), holding every partition of the input once.
+fn members_described_by_the_broker(body: &Value) -> bool {
+    let rows = body["members"].as_array().cloned().unwrap_or_default();
+    let from_broker = rows.iter().all(|m| {
+        m["source"] == "broker"
+            && m["member_id"].as_str().is_some_and(|id| !id.is_empty())
+            && m["client_id"] == m["host"]
+    });
+    let member_ids: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|m| m["member_id"].as_str())
+        .collect();
+    let hosts: BTreeSet<&str> = rows.iter().filter_map(|m| m["host"].as_str()).collect();
+    let partitions: Vec<i64> = rows
+        .iter()
+        .flat_map(|m| m["partitions"].as_array().cloned().unwrap_or_default())
+        .map(|p| p["partition"].as_i64().unwrap_or(-1))
+        .collect();
+    let distinct: BTreeSet<i64> = partitions.iter().copied().collect();
+    from_broker
+        && member_ids.len() == rows.len()
+        && hosts == BTreeSet::from(["host-a", "host-b"])
+        && rows.len() == 2
+        && partitions.len() == PARTITIONS as usize
+        && distinct == (0..i64::from(PARTITIONS)).collect()
 }
 
 #[test]

@@ -183,26 +183,7 @@ fn check_exactly_once(t: &Topics, produced: &[(i32, String)], label: &str) {
     );
 }
 
-/// For each named test body `fn name(protocol: Protocol)`, a module with a
-/// `classic` and a `consumer` (KIP-848) test.
-macro_rules! both_protocols {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[test]
-                fn classic() {
-                    super::$name(super::Protocol::Classic)
-                }
-                #[test]
-                fn consumer() {
-                    super::$name(super::Protocol::Consumer)
-                }
-            }
-        )*
-    };
-}
-
-both_protocols!(
+e2e::both_protocols!(
     a_restarted_static_member_gets_its_partitions_back_without_a_rebalance,
     two_hosts_with_one_instance_id_cannot_both_run,
 );

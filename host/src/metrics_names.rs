@@ -59,8 +59,10 @@ pub const PLUGIN_LOG_LINES_UNSHIPPED: &str = "kwasm_plugin_log_lines_unshipped_t
 /// (`unauthorized`: no or a wrong token; `too_large`: a body over its
 /// route's limit). A climbing `unauthorized` is someone guessing tokens.
 pub const ADMIN_REFUSED: &str = "kwasm_admin_refused_total";
-/// Counter: DescribeGroups calls made for `.../members`, by `result`
-/// (`ok`, `error`); at most one per group per 2 s however often the
+/// Counter: group describes made for `.../members` (librdkafka's
+/// DescribeConsumerGroups: ConsumerGroupDescribe, or DescribeGroups for a
+/// classic group), by `result` (`ok`, `error`: then the members shown are
+/// the published ones); at most one per group per 2 s however often the
 /// endpoint is polled.
 pub const ADMIN_GROUP_DESCRIBES: &str = "kwasm_admin_group_describes_total";
 /// Counter: transactions an exactly-once pipeline committed, by pipeline.

@@ -9,6 +9,30 @@ use std::time::Duration;
 
 use kwasm_tests::{HostProcess, brokers, free_port, plugin_path};
 
+/// For each named test body `fn name(protocol: Protocol)`, a module `name`
+/// with the tests `classic` and `consumer` (KIP-848), so the test's name says
+/// which protocol failed (`name::classic`, `name::consumer`).
+// Not every test binary that includes this module runs both protocols.
+#[allow(unused_macros)]
+macro_rules! both_protocols {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn classic() {
+                    super::$name($crate::e2e::Protocol::Classic)
+                }
+                #[test]
+                fn consumer() {
+                    super::$name($crate::e2e::Protocol::Consumer)
+                }
+            }
+        )*
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both_protocols;
+
 /// A host running one pipeline, with its admin port.
 pub struct Host {
     pub process: HostProcess,
@@ -165,6 +189,11 @@ impl Host {
     /// topics `<registry>-plugins`, `-pipelines`, `-members`.
     pub fn start_bare(id: &str, registry: &str) -> Host {
         Self::start_with(id, registry, None)
+    }
+
+    /// [`start_bare`](Self::start_bare) with consumers that speak `protocol`.
+    pub fn start_bare_as(id: &str, registry: &str, protocol: Protocol) -> Host {
+        Self::start_with_text_as(id, registry, None, protocol)
     }
 
     /// Starts `kwasm serve` with `pipeline` whose consumers speak `protocol`.

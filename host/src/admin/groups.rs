@@ -1,14 +1,17 @@
 //! The members of a pipeline's consumer group, for
-//! `GET /v1/pipelines/{name}/members`: read from the broker (DescribeGroups:
-//! member id, client id, client host, assignment), and from the records
-//! hosts publish to the registry only where the broker cannot tell.
+//! `GET /v1/pipelines/{name}/members`: read from the broker (librdkafka's
+//! DescribeConsumerGroups, [`crate::kafka::describe`]: ConsumerGroupDescribe
+//! for a KIP-848 group, DescribeGroups for a classic one; member id, client
+//! id, client host, assignment, the group's state and protocol), and from
+//! the records hosts publish to the registry only where the broker cannot
+//! tell.
 //!
 //! One long-lived admin client serves every call, and a description is
 //! cached for [`CACHE_TTL`]: an API caller polling the endpoint (or many
-//! callers at once) costs the broker at most one DescribeGroups per group
-//! per TTL, never a new librdkafka client (threads, sockets, a metadata
-//! round) per request. Describes run one at a time, off the async workers
-//! (librdkafka's `list_groups` blocks).
+//! callers at once) costs the broker at most one describe per group per
+//! TTL, never a new librdkafka client (threads, sockets, a metadata round)
+//! per request. Describes run one at a time, off the async workers (the
+//! describe blocks until the broker answers).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,25 +22,27 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use serde::Serialize;
 
+use crate::kafka::describe::{
+    DescribeError, GroupDescription, GroupState, GroupType, describe_consumer_group,
+};
 use crate::registry::{MemberRecord, TopicPartition};
 
 /// How long one description of a group is reused.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
-/// How long a DescribeGroups may take before the published records are used.
+/// How long a describe may take before the published records are used.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One member of a group as the broker reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerMember {
-    /// The member id the coordinator gave it (`<client.id>-<uuid>`).
-    pub member_id: String,
-    /// Its `client.id` (kwasm: the host id); empty when the broker omits it.
-    pub client_id: String,
-    /// The address it connects from (`/127.0.0.1`).
-    pub client_host: String,
-    /// Its assignment, decoded; `None` when absent or not decodable (a
-    /// rebalance in progress, a non-consumer protocol).
-    pub partitions: Option<Vec<TopicPartition>>,
+/// A pipeline's group as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupMembers {
+    /// The group's state as the broker reports it; `null` when the broker
+    /// could not be asked.
+    pub group_state: Option<GroupState>,
+    /// `classic` or `consumer` (KIP-848), as the broker reports it; `null`
+    /// when it could not be asked or the group does not exist (`dead`).
+    pub group_protocol: Option<GroupType>,
+    /// The members, by host.
+    pub members: Vec<MemberView>,
 }
 
 /// One member as the API shows it.
@@ -53,6 +58,9 @@ pub struct MemberView {
     pub client_host: Option<String>,
     /// Partitions it holds, sorted.
     pub partitions: Vec<TopicPartition>,
+    /// KIP-848 only: the partitions the coordinator is moving it to,
+    /// sorted; `null` under the classic protocol and for published rows.
+    pub target_partitions: Option<Vec<TopicPartition>>,
     /// Where `partitions` come from: `broker` (its assignment) or
     /// `published` (the host's own record in the registry).
     pub source: &'static str,
@@ -94,8 +102,8 @@ impl DescriptionCache {
     }
 }
 
-/// A group's members, or why the broker could not say.
-type Description = Result<Vec<BrokerMember>, String>;
+/// A group as the broker describes it, or why it could not.
+type Description = Result<GroupDescription, DescribeError>;
 
 impl GroupDescriber {
     /// Creates the admin client (it connects lazily, on first use).
@@ -130,7 +138,7 @@ impl GroupDescriber {
         &self.inner.reader
     }
 
-    /// The broker's members of `group`, at most [`CACHE_TTL`] old; an
+    /// The broker's description of `group`, at most [`CACHE_TTL`] old; an
     /// error when the broker cannot describe groups or did not answer.
     pub async fn describe(&self, group: &str) -> Description {
         let mut cache = self.inner.cache.lock().await;
@@ -139,9 +147,11 @@ impl GroupDescriber {
         }
         let inner = self.inner.clone();
         let name = group.to_owned();
-        let result = tokio::task::spawn_blocking(move || describe_now(&inner.client, &name))
-            .await
-            .unwrap_or_else(|e| Err(format!("describe task failed: {e}")));
+        let result = tokio::task::spawn_blocking(move || {
+            describe_consumer_group(inner.client.inner(), &name, DESCRIBE_TIMEOUT)
+        })
+        .await
+        .unwrap_or_else(|e| Err(DescribeError::Setup(format!("describe task failed: {e}"))));
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!(crate::metrics_names::ADMIN_GROUP_DESCRIBES, "result" => outcome)
             .increment(1);
@@ -150,52 +160,20 @@ impl GroupDescriber {
     }
 }
 
-fn describe_now(client: &AdminClient<DefaultClientContext>, group: &str) -> Description {
-    let list = client
-        .inner()
-        .fetch_group_list(Some(group), DESCRIBE_TIMEOUT)
-        .map_err(|e| e.to_string())?;
-    Ok(list
-        .groups()
-        .iter()
-        .filter(|g| g.name() == group)
-        .flat_map(|g| g.members())
-        .map(|m| BrokerMember {
-            member_id: m.id().to_owned(),
-            client_id: m.client_id().to_owned(),
-            client_host: m.client_host().to_owned(),
-            partitions: m.assignment().and_then(|a| decode_assignment(a).ok()),
-        })
-        .collect())
-}
-
-/// The members to show. The broker's list is the truth about who is in
-/// the group (a killed host's stale record disappears once the broker
-/// evicts it); a member's partitions come from its assignment, or from its
-/// host's published record when the assignment cannot be read. When the
-/// broker could not be asked (librdkafka's mock cluster cannot describe
-/// groups), the published records are shown as they are, stale ones
-/// included.
-pub fn merge_members(
-    published: Vec<MemberRecord>,
-    broker: Result<Vec<BrokerMember>, String>,
-) -> Vec<MemberView> {
-    let Ok(broker) = broker else {
-        let mut views: Vec<MemberView> = published
-            .into_iter()
-            .map(|r| MemberView {
-                host: r.host,
-                member_id: None,
-                client_id: None,
-                client_host: None,
-                partitions: r.partitions,
-                source: "published",
-            })
-            .collect();
-        views.sort_by(|a, b| a.host.cmp(&b.host));
-        return views;
+/// The members to show. The broker's description is the truth about who
+/// is in the group (a killed host's stale record disappears once the
+/// broker evicts it); a member's partitions come from its assignment, or
+/// from its host's published record where the broker does not report one
+/// ([`reports_assignments`]). When the broker could not be asked
+/// (librdkafka's mock cluster cannot describe groups), the published
+/// records are shown as they are, stale ones included.
+pub fn merge_members(published: Vec<MemberRecord>, broker: Description) -> GroupMembers {
+    let Ok(group) = broker else {
+        return published_only(published);
     };
-    let mut views: Vec<MemberView> = broker
+    let reports_assignments = reports_assignments(&group);
+    let mut views: Vec<MemberView> = group
+        .members
         .into_iter()
         .map(|m| {
             let record = published
@@ -206,13 +184,10 @@ pub fn merge_members(
                 (None, false) => m.client_id.clone(),
                 (None, true) => m.member_id.clone(),
             };
-            let (partitions, source) = match (m.partitions, record) {
-                (Some(mut p), _) => {
-                    p.sort();
-                    (p, "broker")
-                }
-                (None, Some(r)) => (r.partitions.clone(), "published"),
-                (None, None) => (Vec::new(), "broker"),
+            let (partitions, source) = match (reports_assignments, record) {
+                (true, _) => (m.assignment, "broker"),
+                (false, Some(r)) => (r.partitions.clone(), "published"),
+                (false, None) => (Vec::new(), "broker"),
             };
             MemberView {
                 host,
@@ -220,12 +195,52 @@ pub fn merge_members(
                 client_id: Some(m.client_id),
                 client_host: Some(m.client_host),
                 partitions,
+                target_partitions: m.target_assignment,
                 source,
             }
         })
         .collect();
     views.sort_by(|a, b| (&a.host, &a.member_id).cmp(&(&b.host, &b.member_id)));
-    views
+    GroupMembers {
+        group_state: Some(group.state),
+        group_protocol: match (group.state, group.group_type) {
+            (GroupState::Dead, _) | (_, GroupType::Unknown) => None,
+            (_, protocol) => Some(protocol),
+        },
+        members: views,
+    }
+}
+
+/// Whether the members' assignments in `group` are what they hold. A
+/// classic coordinator reports assignments only while the group is stable
+/// (during a rebalance every member's comes back empty, although under
+/// cooperative-sticky most keep their partitions); a KIP-848 coordinator
+/// always reports each member's current assignment.
+fn reports_assignments(group: &GroupDescription) -> bool {
+    group.group_type != GroupType::Classic || group.state == GroupState::Stable
+}
+
+/// Every published record as it is, for a group the broker could not
+/// describe (or on a host with no describer).
+pub fn published_only(published: Vec<MemberRecord>) -> GroupMembers {
+    let mut views: Vec<MemberView> = published
+        .into_iter()
+        .map(|r| MemberView {
+            host: r.host,
+            member_id: None,
+            client_id: None,
+            client_host: None,
+            partitions: r.partitions,
+            target_partitions: None,
+            source: "published",
+        })
+        .collect();
+    views.sort_by(|a, b| a.host.cmp(&b.host));
+    GroupMembers {
+        group_state: None,
+        group_protocol: None,
+        members: views,
+    }
 }
 
 /// Whether a group member is host `host` (its `client.id`). Brokers that
@@ -244,87 +259,10 @@ fn is_member_of(host: &str, member_id: &str, client_id: &str) -> bool {
         })
 }
 
-/// Why an assignment could not be decoded.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AssignmentError {
-    /// The bytes end inside a field.
-    #[error("the assignment ends inside {0}")]
-    Truncated(&'static str),
-    /// A length or count is negative where the protocol forbids it.
-    #[error("negative {0} in the assignment")]
-    Negative(&'static str),
-    /// A topic name is not UTF-8.
-    #[error("a topic name in the assignment is not UTF-8")]
-    NotUtf8,
-}
-
-/// Decodes the partitions of a classic-protocol member assignment
-/// (Kafka's `ConsumerProtocolAssignment`, every version so far: i16
-/// version, then an i32-counted array of {i16-length topic, i32-counted
-/// array of i32 partitions}; the user data that follows is not needed).
-pub fn decode_assignment(bytes: &[u8]) -> Result<Vec<TopicPartition>, AssignmentError> {
-    let mut r = Reader { bytes, at: 0 };
-    r.take(2, "the version")?;
-    let topics = r.count("the topic count")?;
-    let mut out = Vec::new();
-    for _ in 0..topics {
-        let len = r.i16("a topic name length")?;
-        let len = usize::try_from(len).map_err(|_| AssignmentError::Negative("topic length"))?;
-        let topic = std::str::from_utf8(r.take(len, "a topic name")?)
-            .map_err(|_| AssignmentError::NotUtf8)?
-            .to_owned();
-        for _ in 0..r.count("a partition count")? {
-            let partition = r.i32("a partition")?;
-            out.push(TopicPartition {
-                topic: topic.clone(),
-                partition,
-            });
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], AssignmentError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or(AssignmentError::Truncated(what))?;
-        let slice = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(slice)
-    }
-
-    fn i16(&mut self, what: &'static str) -> Result<i16, AssignmentError> {
-        let b = self.take(2, what)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn i32(&mut self, what: &'static str) -> Result<i32, AssignmentError> {
-        let b = self.take(4, what)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// An array count; -1 (null array) counts as empty. A count larger
-    /// than the bytes left could hold is truncation, found as it is read.
-    fn count(&mut self, what: &'static str) -> Result<usize, AssignmentError> {
-        match self.i32(what)? {
-            -1 => Ok(0),
-            n => usize::try_from(n).map_err(|_| AssignmentError::Negative(what)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::describe::MemberDescription;
 
     fn tp(topic: &str, partition: i32) -> TopicPartition {
         TopicPartition {
@@ -333,20 +271,8 @@ mod tests {
         }
     }
 
-    /// An assignment as a Java or librdkafka consumer encodes it.
-    fn encode(topics: &[(&str, &[i32])]) -> Vec<u8> {
-        let mut b = 1i16.to_be_bytes().to_vec();
-        b.extend((topics.len() as i32).to_be_bytes());
-        for (topic, partitions) in topics {
-            b.extend((topic.len() as i16).to_be_bytes());
-            b.extend(topic.as_bytes());
-            b.extend((partitions.len() as i32).to_be_bytes());
-            for p in *partitions {
-                b.extend(p.to_be_bytes());
-            }
-        }
-        b.extend((-1i32).to_be_bytes()); // null user data
-        b
+    fn parts(partitions: &[i32]) -> Vec<TopicPartition> {
+        partitions.iter().map(|&p| tp("in", p)).collect()
     }
 
     #[test]
@@ -354,44 +280,19 @@ mod tests {
         let t0 = Instant::now();
         let mut cache = DescriptionCache::default();
         assert_eq!(cache.fresh("g", t0), None);
-        cache.store("g", t0, Ok(vec![]));
-        cache.store("h", t0 + Duration::from_secs(1), Err("down".into()));
+        let down = DescribeError::TimedOut { timeout_ms: 5000 };
+        cache.store(
+            "g",
+            t0,
+            Ok(group(GroupType::Consumer, GroupState::Stable, vec![])),
+        );
+        cache.store("h", t0 + Duration::from_secs(1), Err(down.clone()));
         let almost = t0 + CACHE_TTL - Duration::from_millis(1);
-        assert_eq!(cache.fresh("g", almost), Some(Ok(vec![])));
-        assert_eq!(cache.fresh("h", almost), Some(Err("down".into())));
+        assert!(matches!(cache.fresh("g", almost), Some(Ok(_))));
+        assert_eq!(cache.fresh("h", almost), Some(Err(down)));
         assert_eq!(cache.fresh("g", t0 + CACHE_TTL), None);
         assert_eq!(cache.entries.len(), 1, "the expired entry is dropped");
         assert!(cache.fresh("h", t0 + CACHE_TTL).is_some());
-    }
-
-    #[test]
-    fn assignments_decode_to_sorted_partitions() {
-        let bytes = encode(&[("orders", &[3, 1]), ("audit", &[0])]);
-        assert_eq!(
-            decode_assignment(&bytes),
-            Ok(vec![tp("audit", 0), tp("orders", 1), tp("orders", 3)])
-        );
-        assert_eq!(decode_assignment(&encode(&[])), Ok(vec![]));
-    }
-
-    #[test]
-    fn broken_assignments_are_errors_not_panics() {
-        let bytes = encode(&[("orders", &[3, 1])]);
-        for cut in 0..bytes.len() - 4 {
-            assert!(decode_assignment(&bytes[..cut]).is_err(), "cut at {cut}");
-        }
-        let mut huge = 0i16.to_be_bytes().to_vec();
-        huge.extend(i32::MAX.to_be_bytes());
-        assert_eq!(
-            decode_assignment(&huge),
-            Err(AssignmentError::Truncated("a topic name length"))
-        );
-        let mut negative = 0i16.to_be_bytes().to_vec();
-        negative.extend((-2i32).to_be_bytes());
-        assert_eq!(
-            decode_assignment(&negative),
-            Err(AssignmentError::Negative("the topic count"))
-        );
     }
 
     #[test]
@@ -409,19 +310,47 @@ mod tests {
             host: host.into(),
             pipeline: "p".into(),
             group_id: "g".into(),
-            partitions: partitions.iter().map(|&p| tp("in", p)).collect(),
+            partitions: parts(partitions),
             updated_ms: 0,
             ..MemberRecord::default()
         }
     }
 
-    fn member(client: &str, partitions: Option<&[i32]>) -> BrokerMember {
-        BrokerMember {
+    /// A member as librdkafka describes it: assignments sorted, a target
+    /// only under KIP-848.
+    fn member(client: &str, assignment: &[i32], target: Option<&[i32]>) -> MemberDescription {
+        MemberDescription {
             member_id: format!("{client}-0f8fad5b-d9cb-469f-a165-70867728950e"),
             client_id: client.into(),
             client_host: "/127.0.0.1".into(),
-            partitions: partitions.map(|p| p.iter().map(|&p| tp("in", p)).collect()),
+            assignment: parts(assignment),
+            target_assignment: target.map(parts),
         }
+    }
+
+    fn group(
+        group_type: GroupType,
+        state: GroupState,
+        members: Vec<MemberDescription>,
+    ) -> GroupDescription {
+        GroupDescription {
+            group_id: "g".into(),
+            state,
+            group_type,
+            members,
+        }
+    }
+
+    /// (host, partitions, source) of each row.
+    fn rows(members: &GroupMembers) -> Vec<(&str, Vec<i32>, &str)> {
+        members
+            .members
+            .iter()
+            .map(|v| {
+                let parts = v.partitions.iter().map(|p| p.partition).collect();
+                (v.host.as_str(), parts, v.source)
+            })
+            .collect()
     }
 
     #[test]
@@ -429,51 +358,129 @@ mod tests {
         // host-c's record is stale (the broker evicted it); host-a's
         // published record is older than its assignment.
         let published = vec![record("host-a", &[0]), record("host-c", &[1])];
-        let broker = vec![
-            member("host-b", Some(&[1])),
-            member("host-a", Some(&[2, 0])),
-        ];
-        let views = merge_members(published, Ok(broker));
-        let got: Vec<(&str, Vec<i32>, &str)> = views
-            .iter()
-            .map(|v| {
-                let parts = v.partitions.iter().map(|p| p.partition).collect();
-                (v.host.as_str(), parts, v.source)
-            })
-            .collect();
+        for protocol in [GroupType::Classic, GroupType::Consumer] {
+            let target = (protocol == GroupType::Consumer).then_some(&[0, 2][..]);
+            let broker = group(
+                protocol,
+                GroupState::Stable,
+                vec![
+                    member("host-b", &[1], target.map(|_| &[1][..])),
+                    member("host-a", &[0, 2], target),
+                ],
+            );
+            let view = merge_members(published.clone(), Ok(broker));
+            assert_eq!(
+                rows(&view),
+                [
+                    ("host-a", vec![0, 2], "broker"),
+                    ("host-b", vec![1], "broker")
+                ],
+                "{protocol:?}"
+            );
+            assert_eq!(
+                (view.group_state, view.group_protocol),
+                (Some(GroupState::Stable), Some(protocol))
+            );
+            let m = &view.members[0];
+            assert_eq!(m.client_host.as_deref(), Some("/127.0.0.1"));
+            assert_eq!(m.target_partitions, target.map(parts));
+        }
+    }
+
+    #[test]
+    fn a_kip_848_member_shows_its_current_assignment_and_its_target() {
+        // The coordinator moves partition 2 from host-a to host-b; host-a
+        // has not released it yet (state `Reconciling`, which librdkafka
+        // 2.12 reports as unknown).
+        let broker = group(
+            GroupType::Consumer,
+            GroupState::Unknown,
+            vec![
+                member("host-a", &[0, 2], Some(&[0])),
+                member("host-b", &[1], Some(&[1, 2])),
+            ],
+        );
+        let view = merge_members(vec![record("host-a", &[0])], Ok(broker));
         assert_eq!(
-            got,
+            rows(&view),
             [
                 ("host-a", vec![0, 2], "broker"),
                 ("host-b", vec![1], "broker")
             ]
         );
-        assert_eq!(views[0].client_host.as_deref(), Some("/127.0.0.1"));
+        let targets: Vec<Option<Vec<TopicPartition>>> = view
+            .members
+            .iter()
+            .map(|m| m.target_partitions.clone())
+            .collect();
+        assert_eq!(targets, [Some(parts(&[0])), Some(parts(&[1, 2]))]);
+        assert_eq!(view.group_protocol, Some(GroupType::Consumer));
     }
 
     #[test]
     fn published_records_fill_in_only_where_the_broker_cannot_tell() {
-        // An unreadable assignment: that host's own record.
-        let views = merge_members(
-            vec![record("host-a", &[4])],
-            Ok(vec![member("host-a", None), member("host-b", None)]),
+        // A classic group mid-rebalance: the coordinator reports every
+        // assignment empty, so each host's own record is shown.
+        let rebalancing = group(
+            GroupType::Classic,
+            GroupState::PreparingRebalance,
+            vec![member("host-a", &[], None), member("host-b", &[], None)],
         );
-        let got: Vec<(&str, usize, &str)> = views
-            .iter()
-            .map(|v| (v.host.as_str(), v.partitions.len(), v.source))
-            .collect();
-        assert_eq!(got, [("host-a", 1, "published"), ("host-b", 0, "broker")]);
+        let view = merge_members(vec![record("host-a", &[4])], Ok(rebalancing));
+        assert_eq!(
+            rows(&view),
+            [
+                ("host-a", vec![4], "published"),
+                ("host-b", vec![], "broker")
+            ]
+        );
+        assert_eq!(view.group_state, Some(GroupState::PreparingRebalance));
+        // A stable classic member with nothing assigned holds nothing,
+        // whatever it published.
+        let stable = group(
+            GroupType::Classic,
+            GroupState::Stable,
+            vec![member("host-a", &[], None)],
+        );
+        let view = merge_members(vec![record("host-a", &[4])], Ok(stable));
+        assert_eq!(rows(&view), [("host-a", vec![], "broker")]);
         // No broker answer: every record as published.
-        let views = merge_members(
+        let view = merge_members(
             vec![record("host-b", &[1]), record("host-a", &[0])],
-            Err("mock cluster".into()),
+            Err(DescribeError::Unsupported {
+                message: "mock cluster".into(),
+            }),
         );
-        let hosts: Vec<(&str, Option<&String>)> = views
+        let hosts: Vec<(&str, Option<&String>, &str)> = view
+            .members
             .iter()
-            .map(|v| (v.host.as_str(), v.member_id.as_ref()))
+            .map(|v| (v.host.as_str(), v.member_id.as_ref(), v.source))
             .collect();
-        assert_eq!(hosts, [("host-a", None), ("host-b", None)]);
-        // An empty group: nobody, whatever was published.
-        assert_eq!(merge_members(vec![record("host-a", &[0])], Ok(vec![])), []);
+        assert_eq!(
+            hosts,
+            [("host-a", None, "published"), ("host-b", None, "published")]
+        );
+        assert_eq!((view.group_state, view.group_protocol), (None, None));
+    }
+
+    #[test]
+    fn a_group_the_broker_does_not_know_has_no_members_and_no_protocol() {
+        // librdkafka falls back to DescribeGroups for an unknown group,
+        // which answers `Dead` and stamps it classic.
+        let dead = group(GroupType::Classic, GroupState::Dead, vec![]);
+        let view = merge_members(vec![record("host-a", &[0])], Ok(dead));
+        assert_eq!(
+            view,
+            GroupMembers {
+                group_state: Some(GroupState::Dead),
+                group_protocol: None,
+                members: vec![],
+            }
+        );
+        let json = serde_json::to_value(&view).ok();
+        assert_eq!(
+            json,
+            Some(serde_json::json!({"group_state": "dead", "group_protocol": null, "members": []}))
+        );
     }
 }

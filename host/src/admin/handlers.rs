@@ -476,10 +476,14 @@ pub async fn members(
         .find(|p| p.spec.name == name)
         .ok_or_else(|| AdminError::NotFound(format!("no pipeline named `{name}`")))?;
     let group = pipeline.spec.group_id();
-    let members = group_members(&state, &group).await?;
-    Ok(Json(
-        json!({"pipeline": name, "group_id": group, "members": members}),
-    ))
+    let described = group_members(&state, &group).await?;
+    Ok(Json(json!({
+        "pipeline": name,
+        "group_id": group,
+        "group_state": described.group_state,
+        "group_protocol": described.group_protocol,
+        "members": described.members,
+    })))
 }
 
 /// The members of `group`: the broker's description merged with what the
@@ -487,12 +491,12 @@ pub async fn members(
 pub(super) async fn group_members(
     state: &AdminState,
     group: &str,
-) -> ApiResult<Vec<super::groups::MemberView>> {
+) -> ApiResult<super::groups::GroupMembers> {
     let published = registry(state)?.members(group);
-    let broker = match &state.groups {
-        Some(groups) => groups.describe(group).await,
-        None => Err("this host has no group describer".to_owned()),
+    let Some(groups) = &state.groups else {
+        return Ok(super::groups::published_only(published));
     };
+    let broker = groups.describe(group).await;
     if let Err(e) = &broker {
         tracing::debug!(group, error = %e, "cannot describe the group; members are as the hosts last published them");
     }

@@ -414,7 +414,9 @@ pub async fn progress_handler(
     let pipeline = find_pipeline(&state, &name)?;
     let spec = &pipeline.spec;
     let group_id = spec.group_id();
-    let members = super::handlers::group_members(&state, &group_id).await?;
+    let members = super::handlers::group_members(&state, &group_id)
+        .await?
+        .members;
     let owners = owners_of(&members);
     let mut inputs = spec.inputs.clone();
     for (topic, _) in owners.keys() {

@@ -1,7 +1,9 @@
 //! Kafka clients: client configuration with kwasm's defaults, the output
-//! producer whose delivery reports drive the offset trackers, and the
-//! trackers themselves.
+//! producer whose delivery reports drive the offset trackers, the trackers
+//! themselves, and the librdkafka calls rust-rdkafka does not wrap (batch
+//! fetch queues, topic regexes, describing a consumer group).
 
+pub mod describe;
 pub mod fetch_queue;
 pub mod offsets;
 mod producer;
