@@ -265,12 +265,6 @@ fn hot_deploy_under_load(test: &str, delivery: &str) {
     let (status, body) = s.b.call("POST", "/v1/plugins/tagger", &v2);
     assert_eq!((status, body["version"].clone()), (201, json!(2)), "{body}");
     let deployed = Instant::now();
-    let releases = |h: &Host| {
-        h.process
-            .log_contents()
-            .matches("partition released")
-            .count()
-    };
     let releases_before = (releases(&s.a), releases(&s.b));
     let (status, body) = s.b.call(
         "PUT",
@@ -349,6 +343,106 @@ fn hot_deploy_under_load(test: &str, delivery: &str) {
             .all(|r| r.header("kwasm-tag") == Some(&b"v1"[..])),
         "rolled back to v1"
     );
+}
+
+/// A deploy whose plugin cannot start (its `init` traps, printing the
+/// panic message to stderr on the way) is refused by every host before it
+/// replaces anything: the old code keeps running, nothing is lost or
+/// dead-lettered, nothing rebalances, and the next good deploy is applied.
+/// (The hosts test-instantiated a deployment on an async worker, where the
+/// guest's stderr flush panicked inside wasmtime-wasi and took the
+/// pipeline manager's task down: no later deploy was ever applied.)
+#[test]
+fn a_deploy_that_cannot_start_is_refused_and_the_next_good_one_applies() {
+    let s = two_hosts_running_tagger_with("refused-deploy", "at-least-once");
+    wait_cover(&[&s.a, &s.b], &s.input);
+    let producer = e2e::produce_slowly(
+        s.input.clone(),
+        PARTITIONS,
+        16_000,
+        Duration::from_secs(8),
+        16,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let releases_before = (releases(&s.a), releases(&s.b));
+    let deploy = |config: Value| {
+        let spec = json!({
+            "plugin": "tagger@1",
+            "config": config,
+            "inputs": [s.input],
+            "output": s.output,
+            "group_id": s.group,
+            "batch": {"max_messages": 64, "max_wait_ms": 20},
+            "delivery": "at-least-once",
+        });
+        let (status, body) =
+            s.a.call("PUT", "/v1/pipelines/tagging", spec.to_string().as_bytes());
+        assert_eq!(status, 200, "{body}");
+    };
+    // Same plugin, new config (a hot deploy, not a restart) whose init
+    // traps for the next ten minutes.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        + 600_000;
+    deploy(json!({"mode": "tag", "tag": "v2", "until_unix_ms": until.to_string()}));
+    let refused = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        [&s.a, &s.b]
+            .iter()
+            .all(|h| h.process.log_contents().contains("cannot deploy pipeline"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    deploy(json!({"mode": "tag", "tag": "v3"}));
+    let produced = producer.join().expect("producer");
+    let total = produced.len();
+
+    let output = read_to_end(&s.output, total, Duration::from_secs(120));
+    let dead: f64 = [&s.a, &s.b]
+        .iter()
+        .filter_map(|h| e2e::metric(h, "kwasm_dead_lettered_total", "tagging"))
+        .fold(0.0, |sum, n| sum + n);
+    println!(
+        "refused deploy: {} outputs for {total} inputs; refused on both hosts: {refused}; {dead} dead letters",
+        output.len(),
+    );
+    assert!(
+        refused,
+        "a host did not refuse the deployment that cannot start"
+    );
+    assert_eq!(dead, 0.0, "nothing is dead-lettered for a refused deploy");
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &output {
+        *counts.entry(r.value_str()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), total, "every input appears");
+    assert!(counts.values().all(|&n| n == 1), "no duplicates");
+    for (p, tags) in &tags_by_input_partition(&output) {
+        let switches = tags.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(
+            (
+                tags.first().map(String::as_str),
+                tags.last().map(String::as_str),
+                switches
+            ),
+            (Some("v1"), Some("v3"), 1),
+            "partition {p} runs v1 until the good deploy, then v3; never the refused v2"
+        );
+    }
+    assert_eq!(
+        (releases(&s.a), releases(&s.b)),
+        releases_before,
+        "no partition moved"
+    );
+}
+
+/// How many partitions `host` has released so far (a rebalance releases
+/// some; a hot deploy none).
+fn releases(host: &Host) -> usize {
+    host.process
+        .log_contents()
+        .matches("partition released")
+        .count()
 }
 
 /// For each input partition, the tags of its outputs in input offset order.

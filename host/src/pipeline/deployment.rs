@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use crate::runtime::{CompiledPlugin, Limits, PluginError, PluginHandler};
 
 /// One deployable unit.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Deployment {
     /// The compiled plugin.
     pub plugin: Arc<CompiledPlugin>,

@@ -172,10 +172,10 @@ impl PipelineManager {
             // Only a deployment about to run is test-instantiated: a pass
             // that changes nothing costs no instance.
             if unchanged != Some(true)
-                && let Err(e) = deployment.handler()
+                && let Err(e) = test_instantiate(&deployment).await
             {
                 tracing::error!(pipeline = %name, error = %e, "cannot deploy pipeline");
-                errors.insert(name, e.to_string());
+                errors.insert(name, e);
                 continue;
             }
             match (unchanged, self.running.get_mut(&name)) {
@@ -319,6 +319,22 @@ fn same_except_deployment(a: &PipelineSpec, b: &PipelineSpec) -> bool {
         ..s.clone()
     };
     strip(a) == strip(b)
+}
+
+/// Instantiates and initialises `deployment` once, off the async workers,
+/// and drops the instance: a deployment whose plugin cannot start is
+/// refused before it replaces a running one. Off the workers because init
+/// runs guest code for as long as its deadline allows, and because a guest
+/// writing to stdout or stderr there (a Rust panic message on its way to a
+/// trap) flushes through wasmtime-wasi, which blocks on the tokio runtime
+/// and panics when called on one of its workers: that panic took the
+/// manager's task down with it, and no later deploy was ever applied.
+async fn test_instantiate(deployment: &Deployment) -> Result<(), String> {
+    let candidate = deployment.clone();
+    match tokio::task::spawn_blocking(move || candidate.handler().map(drop)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the test instantiation failed: {e}")),
+    }
 }
 
 #[cfg(test)]
