@@ -154,15 +154,19 @@ fn every_filter_rejects_a_bad_config_with_the_same_message() {
     }
 }
 
-/// One instance, many batches: a leak per call (the Go SDK keeps the buffers
-/// the host reads until post-return) would exhaust the 64 MiB limit. Python
-/// and JavaScript are not in this list: their instances grow with every batch
-/// (measured with this test: python-filter about 1 MB per 1 MB batch, over
-/// the 64 MiB limit at the 53rd; js-filter about 2.5 MB per batch, over it at
-/// the 23rd), a leak in the toolchains' glue as far as we can tell
-/// (componentize-js has an open report of the same growth), still open.
+/// Issue 13: Python and JavaScript instances grow with every batch, and
+/// such an instance used to reach its 64 MiB limit in the middle of an
+/// innocent batch. Measured with this test before the fix (1 MB batches,
+/// `KWASM_GUEST_MEMORY_TRACE=1` prints each round): python-filter 15.3 MB
+/// after the first batch, then 1.0 MB more per batch (componentize-py never
+/// frees its copy of the returned `bytes`), failing the 52nd; js-filter
+/// 2 to 2.5 MB per batch (garbage SpiderMonkey had not collected yet),
+/// failing at about the 25th. Go (and Rust) stay flat. Now no batch and no
+/// message fails, memory stays within the high-water mark (75 % of the
+/// limit) plus one batch's growth, and the growing instances are replaced
+/// along the way (`runtime/recycle.rs`).
 #[test]
-fn a_guest_instance_handles_many_batches() {
+fn a_guest_instance_handles_many_batches_within_its_memory_limit() {
     let big = "x".repeat(10_000);
     let inputs: Vec<Record> = (0..100)
         .map(|i| {
@@ -171,10 +175,16 @@ fn a_guest_instance_handles_many_batches() {
             ))
         })
         .collect();
-    for name in LEAK_CHECKED {
+    let limits = Limits::default();
+    let mark = limits.memory_bytes / 100 * limits.memory_high_water_percent as usize;
+    for (name, grows) in [
+        ("go-filter", false),
+        ("python-filter", true),
+        ("js-filter", true),
+    ] {
         let mut filter = handler(name, &[("field", "order.status"), ("equals", "test")]);
-        let mut after_first = 0;
-        for round in 0..100 {
+        let mut peak = 0;
+        for round in 0..300 {
             let input = batch("orders", 2, 100, &inputs);
             let out = match filter.handle_batch(&input) {
                 Ok(output) => outcomes(&output),
@@ -183,23 +193,29 @@ fn a_guest_instance_handles_many_batches() {
             assert!(
                 out.iter()
                     .all(|o| matches!(o, Outcome::Ok(r) if r.len() == 1)),
-                "{name}: round {round}"
+                "{name}: round {round}: every message forwarded, none failed"
             );
             let used = filter.instance_memory_bytes().unwrap_or(0);
             if std::env::var_os("KWASM_GUEST_MEMORY_TRACE").is_some() {
-                eprintln!("{name} round {round}: {used} bytes");
+                eprintln!(
+                    "{name} round {round}: {used} bytes, {} replaced",
+                    filter.instances_replaced()
+                );
             }
-            if round == 0 {
-                after_first = used;
-            }
+            peak = peak.max(used);
         }
-        let used = filter.instance_memory_bytes().unwrap_or(0);
         assert!(
-            used <= after_first + (8 << 20),
-            "{name}: the instance grew from {after_first} to {used} bytes over 100 batches"
+            peak <= mark + (8 << 20),
+            "{name}: the instance reached {peak} bytes, past the mark of {mark} by more than a batch"
         );
+        let replaced = filter.instances_replaced();
+        if grows {
+            assert!(
+                replaced > 0,
+                "{name}: grows, so it was replaced along the way"
+            );
+        } else {
+            assert_eq!(replaced, 0, "{name}: stays flat, so it is never replaced");
+        }
     }
 }
-
-/// The guests whose instances stay flat across batches (see above).
-const LEAK_CHECKED: [&str; 1] = ["go-filter"];
