@@ -150,6 +150,8 @@ KWASM_GUEST_TOOLS_STAMP="componentize-py $KWASM_COMPONENTIZE_PY_VERSION, wasm-to
 # The example plugins in other languages: plugins/<name>, built by
 # kwasm_build_guest_plugins into $KWASM_PLUGIN_DIR/<name with _ for ->.wasm.
 KWASM_GUEST_PLUGINS=(python-filter js-filter go-filter python-passthrough js-passthrough go-passthrough)
+# Test-only guest plugins, in tests/fixtures/<name>, built the same way.
+KWASM_GUEST_FIXTURES=(go-clock)
 
 kwasm_guest_tools() {
     printf '%s/guest-langs\n' "$(kwasm_tools_dir)"
@@ -203,20 +205,23 @@ kwasm_guest_build() {
     esac
 }
 
-# Builds the example plugins in Python, JavaScript and Go into
+# Builds the example plugins in Python, JavaScript and Go (and the Go test
+# fixtures) into
 # $KWASM_PLUGIN_DIR (call kwasm_build_plugins first). Each is cached by a
 # hash of its inputs (its folder, its SDK, the WIT and the tool versions): a
 # warm run rebuilds nothing.
 kwasm_build_guest_plugins() {
-    local name lang dir hash out started cache
+    local name lang folder dir hash out started cache
     [[ -n "${KWASM_PLUGIN_DIR:-}" ]] || kwasm_die "KWASM_PLUGIN_DIR is not set: run kwasm_build_plugins first"
     [[ -f "$(kwasm_guest_tools)/.complete" ]] || kwasm_die "guest toolchains not found in $(kwasm_guest_tools): run scripts/setup"
     cache="$CARGO_TARGET_DIR/guest-plugins"
     mkdir -p "$cache"
-    for name in "${KWASM_GUEST_PLUGINS[@]}"; do
+    for name in "${KWASM_GUEST_PLUGINS[@]}" "${KWASM_GUEST_FIXTURES[@]}"; do
         lang="${name%%-*}"
-        dir="$KWASM_ROOT/plugins/$name"
-        hash="$( (cd "$KWASM_ROOT" && find "plugins/$name" "guest-sdk/$lang" guest-sdk/wit -type f \
+        folder="plugins/$name"
+        [[ -d "$KWASM_ROOT/$folder" ]] || folder="tests/fixtures/$name"
+        dir="$KWASM_ROOT/$folder"
+        hash="$( (cd "$KWASM_ROOT" && find "$folder" "guest-sdk/$lang" guest-sdk/wit -type f \
             -not -name '*.wasm' -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum
             echo "$KWASM_GUEST_TOOLS_STAMP") | sha256sum | cut -c1-16)"
         out="$cache/$name-$hash.wasm"

@@ -257,6 +257,71 @@ fn an_allocation_bomb_hits_the_memory_limit() {
     bystanders.check();
 }
 
+// ------------------------------------------ instances that grow (issue 13)
+
+/// Issue 13: Python and JavaScript instances grow with every batch (memory
+/// that is never freed or not yet collected), and such an instance used to
+/// reach its limit in the middle of an innocent batch, which was then
+/// dead-lettered. Now an instance past the high-water mark after a batch is
+/// replaced before the next: here one leaking 2 MiB per batch under a
+/// 32 MiB limit runs 100 batches, none fails, and its memory never goes
+/// past the mark (24 MiB) by more than one batch's growth.
+#[test]
+fn a_growing_instance_is_replaced_at_the_high_water_mark_and_no_batch_fails() {
+    let mut leak = misbehave(&[("mode", "leak"), ("size", &(2 << 20).to_string())]);
+    let mark = MEMORY_BYTES / 100 * 75;
+    let mut peak = 0;
+    for i in 0..100 {
+        assert_eq!(
+            run(&mut leak, &one(i, "v")),
+            vec![Outcome::Ok(vec![Record::value("v").key("k")])],
+            "batch {i}"
+        );
+        peak = peak.max(leak.instance_memory_bytes().unwrap_or(0));
+    }
+    assert!(peak <= mark + (3 << 20), "peak {peak} bytes, mark {mark}");
+    // About 1 MiB to start, 2 MiB more per batch, replaced past 24 MiB.
+    let replaced = leak.instances_replaced();
+    assert!((7..=10).contains(&replaced), "replaced {replaced} times");
+}
+
+/// The other half of issue 13: a batch that runs out of memory on an
+/// instance grown by earlier batches is not the batch's fault. Leaking
+/// 8 MiB per batch under a 32 MiB limit with the mark at 95 %: three
+/// batches leave about 25 MiB (below the mark, so the instance is kept),
+/// the fourth runs out of memory, runs again on a fresh instance and
+/// succeeds. Only a batch that exhausts a fresh instance fails
+/// (`an_allocation_bomb_hits_the_memory_limit`).
+#[test]
+fn a_batch_out_of_memory_after_earlier_batches_runs_again_on_a_fresh_instance() {
+    let limits = Limits {
+        memory_high_water_percent: 95,
+        ..short_limits()
+    };
+    let mut leak = misbehave_with(
+        &[("mode", "leak"), ("size", &(8 << 20).to_string())],
+        limits,
+    );
+    let mut used = Vec::new();
+    for i in 0..6 {
+        assert_eq!(
+            run(&mut leak, &one(i, "v")),
+            vec![Outcome::Ok(vec![Record::value("v").key("k")])],
+            "batch {i}"
+        );
+        used.push(leak.instance_memory_bytes().unwrap_or(0));
+    }
+    assert!(
+        used[2] > 24 << 20 && used[3] < 16 << 20 && used[3] > 8 << 20,
+        "used after each batch: {used:?}"
+    );
+    assert_eq!(
+        leak.instances_replaced(),
+        1,
+        "used after each batch: {used:?}"
+    );
+}
+
 // ------------------------------------------------ hostile components (WAT)
 
 const PAGE: usize = 64 << 10;
@@ -320,9 +385,10 @@ fn two_core_modules_each_growing_to_60_percent_hit_the_memory_limit() {
     assert_eq!(err.kind.code(), "memory-limit");
     bystanders.check();
 
-    // The same component within the limit: both memories grow, and the
+    // The same component within the limit (and below the high-water mark,
+    // which would replace the instance): both memories grow, and the
     // handler sees their sum.
-    let grow = 200;
+    let grow = 150;
     let mut modest = hostile("two-memories-modest", &hostile::two_memories(grow));
     let err = hostile_failure(&mut modest, &one(6, "v"));
     assert_eq!(

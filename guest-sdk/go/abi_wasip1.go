@@ -30,8 +30,19 @@ import "unsafe"
 // functions drop them. Go's heap does not move, so addresses stay valid.
 var keep []any
 
+// inRealloc tells kwasm's WASI adapter (wasi_adapter.wat) that the host is
+// inside a realloc call: the component model forbids calling the host then
+// ("cannot leave component instance"), and Go's allocator reads the clock
+// (nanotime) as it allocates, so the adapter answers from its last reading
+// meanwhile.
+//
+//go:wasmimport wasi_snapshot_preview1 kwasm_in_realloc
+func inRealloc(on uint32)
+
 //go:wasmexport cabi_export_realloc
 func cabiExportRealloc(old unsafe.Pointer, oldSize, align, newSize uint32) unsafe.Pointer {
+	inRealloc(1)
+	defer inRealloc(0)
 	buf := make([]uint64, (newSize+7)/8+1) // 8-aligned, never empty
 	keep = append(keep, buf)
 	p := unsafe.Pointer(&buf[0])

@@ -35,9 +35,12 @@
 // two batches and build a new one (calling setup again).
 //
 // Build with the standard toolchain (GOOS=wasip1 GOARCH=wasm go build
-// -buildmode=c-shared), then wasm-tools component embed/new with the WASI
-// reactor adapter; `kwasm new --lang go` prints the commands. Off wasip1 the
-// export glue is compiled out, so `go test` runs handlers natively.
+// -buildmode=c-shared), then wasm-tools component embed/new with kwasm's WASI
+// adapter (wasi_adapter.wat); `kwasm new --lang go` prints the commands.
+// Through it, what a plugin prints to stdout or stderr (fmt.Println, a
+// panic's message) reaches the plugin's log as other guests' output does,
+// and time.Now reads the host's clocks. Off wasip1 the export glue is
+// compiled out, so `go test` runs handlers natively.
 package kwasm
 
 import (

@@ -9,16 +9,86 @@
 ;; the adapter's state: records came back with garbage topics and the adapter
 ;; failed its own assertions (seen here with Go 1.26 and adapter 48.0.8).
 ;;
-;; This adapter keeps no state in linear memory and imports nothing from the
-;; host, so a Go plugin gets no capability at all, which is what kwasm grants:
-;; no arguments, no environment, no preopened files; stdout and stderr are
-;; discarded (use kwasm.Log); the clocks advance 1 us per reading from the
-;; Unix epoch; random_get is a fixed-seed xorshift (Go's map seeds need
-;; bytes, not secrets); sleeping (poll_oneoff) is ENOSYS; proc_exit traps.
+;; This adapter keeps no state in linear memory (only a few wasm globals), and
+;; grants a Go plugin what kwasm grants every guest, no more: no arguments, no
+;; environment, no preopened files; stdout and stderr are the host's WASI
+;; streams (wasi:cli/stdout, stderr), so `fmt.Println` and a Go panic's
+;; message reach the plugin's log exactly as a Python `print` or a Rust
+;; `println!` do; the clocks are the host's wall clock and monotonic clock
+;; (wasi:clocks; clock ids 2 and 3, CPU time, read the monotonic one;
+;; inside the plugin's realloc, where the host may not be called, the last
+;; reading, and writes there are dropped: see $in_realloc);
+;; random_get is a fixed-seed xorshift (Go's map seeds need bytes, not
+;; secrets); sleeping (poll_oneoff) is ENOSYS; proc_exit traps.
+;;
+;; Results of the WASI 0.2 calls come back through memory (a return pointer):
+;; a datetime is 16 bytes, a write's result<_, stream-error> 12. Having no
+;; memory of its own, the adapter borrows 16 bytes of the plugin's next to the
+;; pointer the caller passed ($scratch), saves them in globals, makes the
+;; call, reads the result and puts the 16 bytes back before anything else
+;; runs (a component instance is single-threaded, and the host reads a
+;; write's contents before it writes the result).
+;;
+;; The imports' WIT is wasi_adapter.wit; wasm-tools reads it from the
+;; `component-type` custom section at the end.
 (module
   (import "env" "memory" (memory 0))
+  (import "wasi:clocks/wall-clock@0.2.0" "now" (func $wall_now (param i32)))
+  (import "wasi:clocks/monotonic-clock@0.2.0" "now" (func $monotonic_now (result i64)))
+  (import "wasi:cli/stdout@0.2.0" "get-stdout" (func $get_stdout (result i32)))
+  (import "wasi:cli/stderr@0.2.0" "get-stderr" (func $get_stderr (result i32)))
+  (import "wasi:io/streams@0.2.0" "[method]output-stream.blocking-write-and-flush"
+    (func $blocking_write_and_flush (param i32 i32 i32 i32)))
+  (import "wasi:io/error@0.2.0" "[resource-drop]error" (func $drop_error (param i32)))
   (global $rand (mut i64) (i64.const 0x2545F4914F6CDD1D))
-  (global $clock (mut i64) (i64.const 1))
+  ;; The output-stream handles, taken at the first write (-1: not yet).
+  (global $stdout (mut i32) (i32.const -1))
+  (global $stderr (mut i32) (i32.const -1))
+  ;; Set while the host is inside the plugin's cabi_export_realloc (the Go
+  ;; SDK calls kwasm_in_realloc around it), where the component model
+  ;; forbids calling the host: clocks then answer their last reading and
+  ;; writes are dropped. Go's allocator reads the clock as it allocates.
+  (global $in_realloc (mut i32) (i32.const 0))
+  (global $last_wall (mut i64) (i64.const 0))
+  (global $last_monotonic (mut i64) (i64.const 0))
+  ;; The 16 bytes of plugin memory borrowed by $scratch, while borrowed.
+  (global $saved_low (mut i64) (i64.const 0))
+  (global $saved_high (mut i64) (i64.const 0))
+
+  ;; 16 bytes of plugin memory near $near, 8-aligned and within the memory;
+  ;; their contents are saved until $give_back.
+  (func $scratch (param $near i32) (result i32)
+    (local $at i32)
+    (local $last i32)
+    (local.set $at (i32.and (local.get $near) (i32.const -8)))
+    (local.set $last (i32.sub (i32.shl (memory.size) (i32.const 16)) (i32.const 16)))
+    (if (i32.gt_u (local.get $at) (local.get $last))
+      (then (local.set $at (local.get $last))))
+    (global.set $saved_low (i64.load (local.get $at)))
+    (global.set $saved_high (i64.load offset=8 (local.get $at)))
+    (local.get $at))
+  (func $give_back (param $at i32)
+    (i64.store (local.get $at) (global.get $saved_low))
+    (i64.store offset=8 (local.get $at) (global.get $saved_high)))
+
+  ;; Writes $len bytes at $ptr (at most 4096, what blocking-write-and-flush
+  ;; takes) to $stream; an errno.
+  (func $write (param $stream i32) (param $ptr i32) (param $len i32) (param $near i32) (result i32)
+    (local $at i32)
+    (local $failed i32)
+    (local $closed i32)
+    (local $error i32)
+    (local.set $at (call $scratch (local.get $near)))
+    (call $blocking_write_and_flush (local.get $stream) (local.get $ptr) (local.get $len) (local.get $at))
+    ;; result<_, stream-error>: tag @0; stream-error's tag @4, its error @8.
+    (local.set $failed (i32.load8_u (local.get $at)))
+    (local.set $closed (i32.load8_u offset=4 (local.get $at)))
+    (local.set $error (i32.load offset=8 (local.get $at)))
+    (call $give_back (local.get $at))
+    (if (i32.eqz (local.get $failed)) (then (return (i32.const 0))))
+    (if (local.get $closed) (then (return (i32.const 64)))) ;; EPIPE
+    (call $drop_error (local.get $error))
+    (i32.const 29)) ;; EIO
   (func (export "sched_yield") (result i32) (i32.const 0))
   (func (export "proc_exit") (param i32) (unreachable))
   (func (export "args_get") (param i32 i32) (result i32) (i32.const 0))
@@ -31,11 +101,81 @@
     (i32.store (local.get $n) (i32.const 0))
     (i32.store (local.get $size) (i32.const 0))
     (i32.const 0))
-  (func (export "clock_time_get") (param i32 i64) (param $out i32) (result i32)
-    (global.set $clock (i64.add (global.get $clock) (i64.const 1000)))
-    (i64.store (local.get $out) (global.get $clock))
+  (func (export "kwasm_in_realloc") (param $on i32)
+    (global.set $in_realloc (local.get $on)))
+
+  (func (export "clock_time_get") (param $id i32) (param i64) (param $out i32) (result i32)
+    (local $at i32)
+    (local $seconds i64)
+    (local $nanoseconds i64)
+    ;; 0: realtime; 1: monotonic; 2, 3: process and thread CPU time.
+    (if (i32.gt_u (local.get $id) (i32.const 3)) (then (return (i32.const 28)))) ;; EINVAL
+    (if (local.get $id)
+      (then
+        (if (i32.eqz (global.get $in_realloc))
+          (then (global.set $last_monotonic (call $monotonic_now))))
+        (i64.store (local.get $out) (global.get $last_monotonic))
+        (return (i32.const 0))))
+    (if (i32.eqz (global.get $in_realloc))
+      (then
+        (local.set $at (call $scratch (local.get $out)))
+        (call $wall_now (local.get $at))
+        ;; datetime: seconds u64 @0, nanoseconds u32 @8.
+        (local.set $seconds (i64.load (local.get $at)))
+        (local.set $nanoseconds (i64.load32_u offset=8 (local.get $at)))
+        (call $give_back (local.get $at))
+        (global.set $last_wall
+          (i64.add (i64.mul (local.get $seconds) (i64.const 1000000000)) (local.get $nanoseconds)))))
+    (i64.store (local.get $out) (global.get $last_wall))
     (i32.const 0))
   (func (export "fd_write") (param $fd i32) (param $iovs i32) (param $n i32) (param $written i32) (result i32)
+    (local $stream i32)
+    (local $ptr i32)
+    (local $len i32)
+    (local $chunk i32)
+    (local $total i32)
+    (local $errno i32)
+    (if (i32.gt_u (local.get $fd) (i32.const 2)) (then (return (i32.const 8)))) ;; EBADF
+    (if (global.get $in_realloc)
+      (then (return (call $dropped (local.get $iovs) (local.get $n) (local.get $written)))))
+    (if (i32.eq (local.get $fd) (i32.const 1))
+      (then
+        (if (i32.eq (global.get $stdout) (i32.const -1))
+          (then (global.set $stdout (call $get_stdout))))
+        (local.set $stream (global.get $stdout)))
+      (else
+        (if (i32.ne (local.get $fd) (i32.const 2)) (then (return (i32.const 8)))) ;; EBADF
+        (if (i32.eq (global.get $stderr) (i32.const -1))
+          (then (global.set $stderr (call $get_stderr))))
+        (local.set $stream (global.get $stderr))))
+    (block $done
+      (loop $next_iov
+        (br_if $done (i32.eqz (local.get $n)))
+        (local.set $ptr (i32.load (local.get $iovs)))
+        (local.set $len (i32.load offset=4 (local.get $iovs)))
+        (block $iov_done
+          (loop $next_chunk
+            (br_if $iov_done (i32.eqz (local.get $len)))
+            (local.set $chunk
+              (select (i32.const 4096) (local.get $len) (i32.gt_u (local.get $len) (i32.const 4096))))
+            (local.set $errno
+              (call $write (local.get $stream) (local.get $ptr) (local.get $chunk) (local.get $written)))
+            (if (local.get $errno)
+              (then
+                (i32.store (local.get $written) (local.get $total))
+                (return (local.get $errno))))
+            (local.set $ptr (i32.add (local.get $ptr) (local.get $chunk)))
+            (local.set $len (i32.sub (local.get $len) (local.get $chunk)))
+            (local.set $total (i32.add (local.get $total) (local.get $chunk)))
+            (br $next_chunk)))
+        (local.set $iovs (i32.add (local.get $iovs) (i32.const 8)))
+        (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+        (br $next_iov)))
+    (i32.store (local.get $written) (local.get $total))
+    (i32.const 0))
+  ;; fd_write where the host cannot be called: every byte counted as
+  ;; written, none kept.
+  (func $dropped (param $iovs i32) (param $n i32) (param $written i32) (result i32)
     (local $total i32)
     (block $done
       (loop $next
@@ -46,6 +186,7 @@
         (br $next)))
     (i32.store (local.get $written) (local.get $total))
     (i32.const 0))
+
   (func (export "random_get") (param $buf i32) (param $len i32) (result i32)
     (local $x i64)
     (block $done
@@ -72,4 +213,11 @@
   (func (export "fd_fdstat_set_flags") (param i32 i32) (result i32) (i32.const 0))
   (func (export "fd_prestat_get") (param i32 i32) (result i32) (i32.const 8))
   (func (export "fd_prestat_dir_name") (param i32 i32 i32) (result i32) (i32.const 8))
+
+  ;; Generated from wasi_adapter.wit: do not edit. Regenerate it (and
+  ;; replace the line below with the output) with
+  ;;   wasm-tools parse guest-sdk/go/wasi_adapter.wat | wasm-tools strip --all |
+  ;;     wasm-tools component embed guest-sdk/go/wasi_adapter.wit --world adapter |
+  ;;     wasm-tools print | grep @custom
+  (@custom "component-type" (after code) "\00asm\0d\00\01\00\00\19\16wit-component-encoding\04\00\07\eb\04\01A\02\01A\0e\01B\04\01r\02\07secondsw\0bnanosecondsy\04\00\08datetime\03\00\00\01@\00\00\01\04\00\03now\01\02\03\00\1cwasi:clocks/wall-clock@0.2.0\05\00\01B\04\01w\04\00\07instant\03\00\00\01@\00\00\01\04\00\03now\01\02\03\00!wasi:clocks/monotonic-clock@0.2.0\05\01\01B\01\04\00\05error\03\01\03\00\13wasi:io/error@0.2.0\05\02\02\03\00\02\05error\01B\0b\02\03\02\01\03\04\00\05error\03\00\00\01i\01\01q\02\15last-operation-failed\01\02\00\06closed\00\00\04\00\0cstream-error\03\00\03\04\00\0doutput-stream\03\01\01h\05\01p}\01j\00\01\04\01@\02\04self\06\08contents\07\00\08\04\00.[method]output-stream.blocking-write-and-flush\01\09\03\00\15wasi:io/streams@0.2.0\05\04\02\03\00\03\0doutput-stream\01B\05\02\03\02\01\05\04\00\0doutput-stream\03\00\00\01i\01\01@\00\00\02\04\00\0aget-stdout\01\03\03\00\15wasi:cli/stdout@0.2.0\05\06\01B\05\02\03\02\01\05\04\00\0doutput-stream\03\00\00\01i\01\01@\00\00\02\04\00\0aget-stderr\01\03\03\00\15wasi:cli/stderr@0.2.0\05\07\04\00\1ekwasm:go-adapter/adapter@0.1.0\04\00\0b\0d\01\00\07adapter\03\00\00\00/\09producers\01\0cprocessed-by\01\0dwit-component\070.262.0")
 )

@@ -290,6 +290,24 @@ export function decodeBatch(batch) {
   return messages;
 }
 
+// The bytes of every batch's answer go into one buffer kept across batches:
+// the generated glue copies them into the host's memory as handle-batch
+// returns, so the next batch may overwrite them. A fresh buffer per batch was
+// garbage the size of the batch's output, and SpiderMonkey collects only when
+// its own heuristics say so (with 1 MB batches, after about 55 MB), which can
+// be after the instance has reached its memory limit. Buffers above
+// KEPT_OUTPUT_BYTES are not kept, so one huge batch does not pin its size.
+const KEPT_OUTPUT_BYTES = 8 << 20;
+let keptOutput = new Uint8Array(64 << 10);
+
+function outputBuffer(len) {
+  if (len > KEPT_OUTPUT_BYTES) return new Uint8Array(len);
+  if (len > keptOutput.length) {
+    keptOutput = new Uint8Array(Math.min(KEPT_OUTPUT_BYTES, Math.max(len, 2 * keptOutput.length)));
+  }
+  return keptOutput.subarray(0, len);
+}
+
 /** Accumulates the columns of a WIT batch-result. */
 class ResultEncoder {
   constructor() {
@@ -343,7 +361,7 @@ class ResultEncoder {
     this.errors.push({ index, kind, message });
   }
   finish() {
-    const data = new Uint8Array(this.dataLen);
+    const data = outputBuffer(this.dataLen);
     let at = 0;
     for (const c of this.chunks) {
       data.set(c, at);

@@ -127,6 +127,9 @@ fn main() {
     let limits = Limits {
         memory_bytes,
         batch_timeout_ms: 30_000,
+        // The instance holds over 80 % of its limit on purpose: it must
+        // not be replaced after every batch for being past the mark.
+        memory_high_water_percent: 95,
         ..Limits::default()
     };
     // One instance first, to show what an instance really holds.

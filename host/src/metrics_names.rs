@@ -46,6 +46,11 @@ pub const PLUGIN_MEMORY_WAITS: &str = "kwasm_plugin_memory_waits_total";
 pub const PLUGIN_MEMORY_WAIT_SECONDS: &str = "kwasm_plugin_memory_wait_seconds";
 /// Instances dropped to give their memory to a waiting partition, by pipeline.
 pub const PLUGIN_INSTANCES_RELEASED: &str = "kwasm_plugin_instances_released_total";
+/// Healthy plugin instances replaced by fresh ones, by plugin and `reason`
+/// (`memory-high-water`: past `limits.memory_high_water_percent` after a
+/// batch; `memory-limit`: a batch ran out of memory after earlier batches
+/// and runs again on a fresh instance).
+pub const PLUGIN_INSTANCES_REPLACED: &str = "kwasm_plugin_instances_replaced_total";
 /// Plugin log lines (log import, stdout, stderr) dropped over the per-batch
 /// limits, by plugin.
 pub const PLUGIN_LOG_LINES_DROPPED: &str = "kwasm_plugin_log_lines_dropped_total";

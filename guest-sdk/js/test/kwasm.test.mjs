@@ -70,6 +70,23 @@ test("outcomes encode counts, errors, topics and data", () => {
   assert.equal(text(r.data), "h1kvx");
 });
 
+test("one output buffer serves every batch, and a huge one is not kept", () => {
+  const forward = (msg) => Output.forward(msg);
+  const first = runBatch([new Message({ value: "first" })], forward);
+  const firstBuffer = first.data.buffer;
+  assert.equal(text(first.data), "first");
+  const second = runBatch([new Message({ value: "2nd" })], forward);
+  // The glue copies an answer into the host's memory as handle-batch
+  // returns, so the next batch reusing the buffer loses nothing.
+  assert.equal(second.data.buffer, firstBuffer);
+  assert.equal(text(second.data), "2nd");
+  const huge = "x".repeat((8 << 20) + 1);
+  const big = runBatch([new Message({ value: huge })], forward);
+  assert.notEqual(big.data.buffer, firstBuffer);
+  assert.equal(big.data.length, huge.length);
+  assert.equal(runBatch([new Message({ value: "after" })], forward).data.buffer, firstBuffer);
+});
+
 test("other exceptions propagate, so the batch traps", () => {
   assert.throws(() => runBatch([new Message({ value: "1" })], () => { throw new TypeError("boom"); }), TypeError);
 });

@@ -2,6 +2,11 @@
 //! reused across batches and replaced after any failure, or dropped to give
 //! its memory back to the host's budget (the next batch rebuilds it).
 //!
+//! A healthy instance is also replaced at a batch boundary when its memory
+//! has crossed the high-water mark, and a batch that runs out of memory on
+//! an instance that had handled earlier batches runs once more on a fresh
+//! one before it fails (`recycle`: why guests grow, and the rule).
+//!
 //! A Redpanda transform runs behind the same handler: its instance is a
 //! suspended guest (`redpanda::RpInstance`) instead of a component, its
 //! environment is built from the plugin config and the pipeline's outputs,
@@ -18,6 +23,7 @@ use super::error::{BatchContext, PluginError, PluginErrorKind};
 use super::guest_output::GuestOutput;
 use super::host_state::HostState;
 use super::limiter::{InstanceLimiter, Storage};
+use super::recycle::{self, Replaced};
 use super::redpanda::{self, RpInstance, Stopped};
 use super::{CompiledPlugin, Limits, PluginKind};
 use crate::metrics_names as m;
@@ -43,11 +49,16 @@ pub struct PluginHandler {
     /// The pipeline's declared output topics, default first: a Redpanda
     /// transform's `REDPANDA_OUTPUT_TOPIC_<i>` and the topics it may name.
     outputs: Arc<[String]>,
+    /// Healthy instances replaced so far (high-water mark, or a memory
+    /// limit hit after earlier batches): what tests and benches read.
+    replaced: u64,
 }
 
 struct Instance {
     store: Store<HostState>,
     bindings: Plugin,
+    /// Batches this instance has answered.
+    batches: u64,
 }
 
 impl PluginHandler {
@@ -65,6 +76,7 @@ impl PluginHandler {
             instance: None,
             transform: None,
             outputs: Arc::from([]),
+            replaced: 0,
         }
     }
 
@@ -139,6 +151,13 @@ impl PluginHandler {
             .map(|i| i.store.data().limiter.used_bytes())
     }
 
+    /// Healthy instances this handler replaced by fresh ones: past the
+    /// memory high-water mark after a batch, or to run again a batch that
+    /// ran out of memory after earlier batches.
+    pub fn instances_replaced(&self) -> u64 {
+        self.replaced
+    }
+
     /// Whether another handler is waiting for memory of the host's budget.
     pub fn memory_contended(&self) -> bool {
         self.plugin.budget.contended()
@@ -155,18 +174,49 @@ impl PluginHandler {
     }
 
     /// Runs `batch`. On any error but a bad answer the instance is dropped
-    /// and the next call starts a fresh one.
+    /// and the next call starts a fresh one. A batch that runs out of
+    /// memory on an instance that had answered earlier batches runs once
+    /// more on a fresh instance (its log lines are then logged twice); an
+    /// instance past the memory high-water mark afterwards is dropped.
     pub fn handle_batch(&mut self, batch: &InputBatch) -> Result<BatchOutput, PluginError> {
         if let PluginKind::RedpandaTransform(_) = &self.plugin.kind {
             return self.handle_transform_batch(batch);
         }
         let mut instance = match self.instance.take() {
             Some(i) => i,
-            None => self.instantiate().map_err(|e| PluginError {
-                context: Box::new(self.context(batch)),
-                kind: e.kind,
-            })?,
+            None => self.instantiate_for(batch)?,
         };
+        let result = match self.call(&mut instance, batch) {
+            Err(PluginErrorKind::MemoryLimit { .. })
+                if recycle::retry_on_fresh_instance(instance.batches) =>
+            {
+                self.note_replaced(&instance, batch, Replaced::MemoryLimit);
+                drop(instance);
+                instance = self.instantiate_for(batch)?;
+                self.call(&mut instance, batch)
+            }
+            other => other,
+        };
+        match result {
+            Ok(result) => {
+                instance.batches += 1;
+                // A bad answer does not corrupt the instance: keep it.
+                self.keep_unless_over_high_water(instance, batch);
+                self.check(result, batch)
+            }
+            Err(kind) => Err(PluginError {
+                context: Box::new(self.context(batch)),
+                kind,
+            }),
+        }
+    }
+
+    /// One call of `handle-batch` on `instance`, its failure classified.
+    fn call(
+        &self,
+        instance: &mut Instance,
+        batch: &InputBatch,
+    ) -> Result<super::bindings::BatchResult, PluginErrorKind> {
         let state = instance.store.data_mut();
         if state.log.topic != batch.topic() {
             state.log.topic = batch.topic().to_owned();
@@ -181,16 +231,68 @@ impl PluginHandler {
             .kwasm_plugin_handler()
             .call_handle_batch(&mut instance.store, batch.as_wit());
         report_dropped_logs(instance.store.data(), &self.limits);
-        match result {
-            Ok(result) => {
-                // A bad answer does not corrupt the instance: keep it.
-                self.instance = Some(instance);
-                self.check(result, batch)
-            }
-            Err(e) => Err(PluginError {
-                context: Box::new(self.context(batch)),
-                kind: classify(&e, instance.store.data(), &self.limits),
-            }),
+        result.map_err(|e| classify(&e, instance.store.data(), &self.limits))
+    }
+
+    /// A fresh instance, its failure given `batch`'s context.
+    fn instantiate_for(&mut self, batch: &InputBatch) -> Result<Instance, PluginError> {
+        self.instantiate().map_err(|e| PluginError {
+            context: Box::new(self.context(batch)),
+            kind: e.kind,
+        })
+    }
+
+    /// Keeps `instance` for the next batch, unless its memory is past the
+    /// high-water mark: then it is dropped here, at the batch boundary, and
+    /// the next batch starts a fresh one (in the same reservation).
+    fn keep_unless_over_high_water(&mut self, instance: Instance, batch: &InputBatch) {
+        let used_bytes = instance.store.data().limiter.used_bytes();
+        if recycle::over_high_water(
+            used_bytes,
+            self.limits.memory_bytes,
+            self.limits.memory_high_water_percent,
+        ) {
+            self.note_replaced(&instance, batch, Replaced::HighWater);
+        } else {
+            self.instance = Some(instance);
+        }
+    }
+
+    /// Counts and logs the replacement of a healthy instance.
+    fn note_replaced(&mut self, instance: &Instance, batch: &InputBatch, why: Replaced) {
+        self.replaced += 1;
+        let plugin = self.plugin.name.as_str();
+        metrics::counter!(m::PLUGIN_INSTANCES_REPLACED, "plugin" => plugin.to_owned(), "reason" => why.as_str())
+            .increment(1);
+        let used_bytes = instance.store.data().limiter.used_bytes();
+        let high_water_bytes = recycle::high_water_bytes(
+            self.limits.memory_bytes,
+            self.limits.memory_high_water_percent,
+        );
+        let (topic, partition, batches) = (batch.topic(), batch.partition(), instance.batches);
+        let memory_bytes = self.limits.memory_bytes;
+        match why {
+            Replaced::HighWater => tracing::info!(
+                plugin,
+                topic,
+                partition,
+                used_bytes,
+                high_water_bytes,
+                memory_bytes,
+                batches,
+                "plugin instance replaced: its memory is past the high-water mark \
+                 (memory_high_water_percent of memory_bytes); the next batch starts a fresh one"
+            ),
+            Replaced::MemoryLimit => tracing::warn!(
+                plugin,
+                topic,
+                partition,
+                used_bytes,
+                memory_bytes,
+                batches,
+                "plugin instance ran out of memory after earlier batches; \
+                 running the batch again on a fresh instance"
+            ),
         }
     }
 
@@ -379,7 +481,11 @@ impl PluginHandler {
             .call_init(&mut store, &config);
         report_dropped_logs(store.data(), &self.limits);
         match result {
-            Ok(Ok(())) => Ok(Instance { store, bindings }),
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                bindings,
+                batches: 0,
+            }),
             Ok(Err(message)) => Err(fail(PluginErrorKind::InitRejected(message))),
             Err(e) => Err(fail(classify(&e, store.data(), &self.limits))),
         }

@@ -37,6 +37,7 @@ mod guest_output;
 mod handler;
 mod host_state;
 mod limiter;
+mod recycle;
 mod redpanda;
 
 use std::path::PathBuf;
@@ -135,6 +136,12 @@ pub struct Limits {
     /// Bytes of those lines one call may log (each line is also cut at
     /// 4 KiB). Default 256 KiB.
     pub max_log_bytes: usize,
+    /// The high-water mark of an instance's memory, in percent of
+    /// `memory_bytes`: an instance using more after a batch is replaced by
+    /// a fresh one (`init` called again) before the next, so a guest whose
+    /// memory grows batch after batch (Python, JavaScript) never reaches
+    /// its limit in the middle of an innocent message. Default 75.
+    pub memory_high_water_percent: u32,
 }
 
 impl Default for Limits {
@@ -147,6 +154,7 @@ impl Default for Limits {
             max_output_records: 250_000,
             max_log_lines: 1_000,
             max_log_bytes: 256 << 10,
+            memory_high_water_percent: 75,
         }
     }
 }
@@ -171,7 +179,7 @@ impl Limits {
     /// every call fail; a huge value would make the limit meaningless).
     pub fn check(&self) -> Result<(), LimitsError> {
         const MIB: u64 = 1 << 20;
-        let ranges: [(&'static str, u64, u64, u64); 7] = [
+        let ranges: [(&'static str, u64, u64, u64); 8] = [
             // A Rust component needs about 1 MiB before it handles anything.
             ("memory_bytes", self.memory_bytes as u64, MIB, 4096 * MIB),
             ("batch_timeout_ms", self.batch_timeout_ms, 1, 600_000),
@@ -195,6 +203,14 @@ impl Limits {
             ),
             ("max_log_lines", self.max_log_lines as u64, 0, 1_000_000),
             ("max_log_bytes", self.max_log_bytes as u64, 0, 64 * MIB),
+            // Below 10 an instance would be replaced after nearly every
+            // batch; above 95 too little room is left for the next batch.
+            (
+                "memory_high_water_percent",
+                u64::from(self.memory_high_water_percent),
+                10,
+                95,
+            ),
         ];
         for (field, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
