@@ -31,24 +31,11 @@ fn topics(test: &str) -> Topics {
     e2e::topics(test, PARTITIONS)
 }
 
-/// Waits until every host holds partitions and together they hold every
-/// partition, each exactly once (a host still joining holds nothing yet, so
-/// "covered" alone could be one early host holding everything).
+/// Waits until the hosts hold every partition between them, each exactly
+/// once, and each holds some (`e2e::wait_for_exclusive_cover`).
 fn wait_for_exclusive_cover(hosts: &[&Host], topic: &str, timeout: Duration) -> Vec<BTreeSet<i32>> {
-    let mut last = Vec::new();
-    let covered = wait_until(timeout, Duration::from_millis(100), || {
-        last = hosts
-            .iter()
-            .map(|h| h.partitions(topic).unwrap_or_default())
-            .collect();
-        let total: usize = last.iter().map(BTreeSet::len).sum();
-        let union: BTreeSet<i32> = last.iter().flatten().copied().collect();
-        last.iter().all(|p| !p.is_empty())
-            && total == PARTITIONS as usize
-            && union.len() == PARTITIONS as usize
-    });
-    assert!(covered, "partitions never covered exactly once: {last:?}");
-    last
+    let ports: Vec<u16> = hosts.iter().map(|h| h.admin_port).collect();
+    e2e::wait_for_exclusive_cover(&ports, topic, PARTITIONS, timeout)
 }
 
 fn one_host_processes_every_message_once_in_order_and_commits_the_end(protocol: Protocol) {

@@ -114,20 +114,8 @@ fn start_member(id: &str, t: &Topics, protocol: Protocol, session_timeout_ms: u3
 /// Waits until the hosts hold every partition between them, each once and
 /// each host some; returns what each holds.
 fn wait_cover(members: &[&Member], topic: &str, timeout: Duration) -> Vec<BTreeSet<i32>> {
-    let mut last = Vec::new();
-    let covered = wait_until(timeout, Duration::from_millis(100), || {
-        last = members
-            .iter()
-            .map(|m| m.host.partitions(topic).unwrap_or_default())
-            .collect();
-        let total: usize = last.iter().map(BTreeSet::len).sum();
-        let union: BTreeSet<i32> = last.iter().flatten().copied().collect();
-        last.iter().all(|p| !p.is_empty())
-            && total == PARTITIONS as usize
-            && union.len() == PARTITIONS as usize
-    });
-    assert!(covered, "partitions never covered exactly once: {last:?}");
-    last
+    let ports: Vec<u16> = members.iter().map(|m| m.host.admin_port).collect();
+    e2e::wait_for_exclusive_cover(&ports, topic, PARTITIONS, timeout)
 }
 
 /// Waits until the cover has not changed for 3 s: cooperative-sticky
@@ -156,19 +144,7 @@ fn wait_settled(members: &[&Member], topic: &str) -> Vec<BTreeSet<i32>> {
 /// of every input partition.
 fn check_exactly_once(t: &Topics, produced: &[(i32, String)], label: &str) {
     let output = kwasm_tests::read_to_end(&t.output, produced.len(), Duration::from_secs(120));
-    let acc = account(produced, &output);
-    println!(
-        "{label}: {} produced, lost {}, duplicates {}, out of order {}",
-        produced.len(),
-        acc.lost,
-        acc.duplicates,
-        acc.out_of_order
-    );
-    assert_eq!(
-        (acc.lost, acc.duplicates, acc.out_of_order),
-        (0, 0, 0),
-        "{label}: {acc:?}"
-    );
+    account(produced, &output).assert_each_once(label, produced.len());
     let ends = end_offsets(&t.input);
     let committed = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
         committed_offsets(&t.group, &t.input, PARTITIONS)

@@ -477,20 +477,52 @@ impl Host {
     /// Partitions of `topic` this host holds, per its admin API; `None`
     /// while the API is not up (or the process is gone).
     pub fn partitions(&self, topic: &str) -> Option<BTreeSet<i32>> {
-        let (status, body) = http_get(self.admin_port, "/v1/assignments")?;
-        if status != 200 {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let parts = v["pipelines"][0]["partitions"].as_array()?;
-        Some(
-            parts
-                .iter()
-                .filter(|p| p["topic"] == topic)
-                .filter_map(|p| p["partition"].as_i64().map(|p| p as i32))
-                .collect(),
-        )
+        partitions_at(self.admin_port, topic)
     }
+}
+
+/// Partitions of `topic` held by the host (process or container) whose
+/// admin API is on `port`; `None` while the API is not up.
+pub fn partitions_at(port: u16, topic: &str) -> Option<BTreeSet<i32>> {
+    let (status, body) = http_get(port, "/v1/assignments")?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let parts = v["pipelines"][0]["partitions"].as_array()?;
+    Some(
+        parts
+            .iter()
+            .filter(|p| p["topic"] == topic)
+            .filter_map(|p| p["partition"].as_i64().map(|p| p as i32))
+            .collect(),
+    )
+}
+
+/// Waits until every host (by admin port) holds partitions of `topic` and
+/// together they hold all `partitions`, each exactly once (a host still
+/// joining holds nothing yet, so "covered" alone could be one early host
+/// holding everything); returns what each holds, in `admin_ports` order.
+pub fn wait_for_exclusive_cover(
+    admin_ports: &[u16],
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Vec<BTreeSet<i32>> {
+    let mut last = Vec::new();
+    let covered = kwasm_tests::wait_until(timeout, Duration::from_millis(100), || {
+        last = admin_ports
+            .iter()
+            .map(|&port| partitions_at(port, topic).unwrap_or_default())
+            .collect();
+        let total: usize = last.iter().map(BTreeSet::len).sum();
+        let union: BTreeSet<i32> = last.iter().flatten().copied().collect();
+        last.iter().all(|p| !p.is_empty())
+            && total == partitions as usize
+            && union.len() == partitions as usize
+    });
+    assert!(covered, "partitions never covered exactly once: {last:?}");
+    last
 }
 
 /// A bare HTTP/1.0 GET on 127.0.0.1; `None` when nothing answers.
@@ -536,6 +568,22 @@ pub struct Accounting {
     pub lost: usize,
     pub duplicates: usize,
     pub out_of_order: usize,
+}
+
+impl Accounting {
+    /// Prints `label: N produced, lost L, duplicates D, out of order O` and
+    /// fails the test unless every input came out once, in order.
+    pub fn assert_each_once(&self, label: &str, produced: usize) {
+        println!(
+            "{label}: {produced} produced, lost {}, duplicates {}, out of order {}",
+            self.lost, self.duplicates, self.out_of_order
+        );
+        assert_eq!(
+            (self.lost, self.duplicates, self.out_of_order),
+            (0, 0, 0),
+            "{label}: {self:?}"
+        );
+    }
 }
 
 /// Compares the output (values `"{p}:{seq}"`) with what was produced.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kwasm_tests::{HostProcess, wait_until};
 
-use crate::e2e::http_get;
+use crate::e2e::{http_get, partitions_at};
 
 /// A host process with its admin port and config file.
 pub struct ServeHost {
@@ -55,23 +55,6 @@ impl ServeHost {
             http_get(self.admin_port, "/readyz").is_some_and(|(s, _)| s == 200)
         })
     }
-}
-
-/// Partitions of `topic` held by the host whose admin API is on `port`.
-pub fn partitions_at(port: u16, topic: &str) -> Option<BTreeSet<i32>> {
-    let (status, body) = http_get(port, "/v1/assignments")?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let parts = v["pipelines"][0]["partitions"].as_array()?;
-    Some(
-        parts
-            .iter()
-            .filter(|p| p["topic"] == topic)
-            .filter_map(|p| p["partition"].as_i64().map(|p| p as i32))
-            .collect(),
-    )
 }
 
 /// Lines of `log` that say a partition was assigned or released.

@@ -169,6 +169,31 @@ impl DeliveryRoute {
     }
 }
 
+#[cfg(test)]
+impl DeliveryRoute {
+    /// A route on a table of its own, for tests without a producer: its
+    /// tokens are packed, and [`DeliveryToken::input`] reads them.
+    pub(crate) fn standalone(tracker: Arc<OffsetTracker>) -> Self {
+        let table = Arc::new(RouteTable::default());
+        let slot = table.claim(&tracker);
+        DeliveryRoute {
+            table,
+            tracker,
+            slot,
+        }
+    }
+}
+
+#[cfg(test)]
+impl DeliveryToken {
+    /// The input offset a packed token names, and whether it is a dead
+    /// letter's (a test sink delivers with it).
+    pub(crate) fn input(&self) -> (i64, bool) {
+        assert!(self.0 & PACKED != 0, "a test route's tokens are packed");
+        ((self.0 & OFFSET_MASK) as i64, self.0 & DEAD_LETTER != 0)
+    }
+}
+
 impl Drop for DeliveryRoute {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {

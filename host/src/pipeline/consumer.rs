@@ -28,6 +28,7 @@ use rustc_hash::FxHashMap;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admission, admit};
+use super::seams::ProducerSink;
 use super::transaction::{PartitionVerdict, TxnRecovery, fenced, recovery_for, redo_hold, verdict};
 use super::worker::{Worker, WorkerContext};
 use super::{PartitionEvent, PipelineShared};
@@ -364,10 +365,12 @@ impl PipelineContext {
                 outputs: s.outputs.clone(),
                 retry: s.spec.retry.clone(),
                 route: s.producer().route(tracker.clone()),
-                producer: s.producer(),
+                sink: ProducerSink {
+                    producer: s.producer(),
+                    status: s.status.clone(),
+                },
                 topic: key.0.clone(),
                 partition: key.1,
-                status: s.status.clone(),
                 reader: s.reader.clone(),
                 stop: stop.clone(),
                 permits: s.permits.clone(),

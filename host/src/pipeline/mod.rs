@@ -14,6 +14,7 @@ mod consumer;
 pub mod deployment;
 pub mod manager;
 mod policy;
+mod seams;
 mod status;
 mod transaction;
 mod worker;

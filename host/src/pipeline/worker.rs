@@ -39,19 +39,21 @@ use tokio_util::sync::CancellationToken;
 use super::policy::{
     Action, Fault, OUTPUT_REJECTED, decide, instantiation_stall, producer_refused_kind,
 };
+use super::seams::{Deploy, ProducerSink, Runner, Sink};
 use super::transaction::{GateGuard, TxnGate};
-use super::{DeploymentCell, PartitionEvent, PipelineStatus};
+use super::{Deployment, DeploymentCell, PartitionEvent};
 use crate::config::RetryPolicy;
 use crate::kafka::reread::{InputReader, RereadError};
-use crate::kafka::{DeliveryRoute, OutRecord, OutputProducer};
+use crate::kafka::{DeliveryRoute, OutRecord};
 use crate::metrics_names as m;
 use crate::runtime::{
-    BatchOutput, InputBatch, InputMessage, OutcomeView, OutputRecords, PluginError, PluginHandler,
+    BatchOutput, InputBatch, InputMessage, OutcomeView, OutputRecords, PluginError,
 };
 use crate::topics::{OutputDenied, OutputPolicy};
 
-/// What a worker needs besides its plugin instance.
-pub(crate) struct WorkerContext {
+/// What a worker needs besides its plugin instance. `D` is what it runs
+/// and `S` where results go (the seams: `super::seams`).
+pub(crate) struct WorkerContext<D = Deployment, S = ProducerSink> {
     pub pipeline: String,
     pub output_topic: String,
     pub dead_letter_topic: String,
@@ -59,7 +61,8 @@ pub(crate) struct WorkerContext {
     /// the control plane).
     pub outputs: Arc<OutputPolicy>,
     pub retry: RetryPolicy,
-    pub producer: OutputProducer,
+    /// Where records, dead letters and the partition's stalls go.
+    pub sink: S,
     /// The partition's tracker, and how its records name it to the producer.
     pub route: DeliveryRoute,
     /// The partition worked on.
@@ -68,8 +71,6 @@ pub(crate) struct WorkerContext {
     /// Cancelled by the consumer thread on revocation, or with the whole
     /// pipeline (its parent) at shutdown.
     pub stop: CancellationToken,
-    /// Where a stall (and its end) is reported.
-    pub status: Arc<PipelineStatus>,
     /// Reads an input message again when the broker rejected one of its
     /// outputs after delivery.
     pub reader: Arc<InputReader>,
@@ -77,7 +78,7 @@ pub(crate) struct WorkerContext {
     pub permits: Arc<tokio::sync::Semaphore>,
     pub runtime: tokio::runtime::Handle,
     /// What to run; checked at every batch boundary (hot deploy).
-    pub deployment: Arc<DeploymentCell>,
+    pub deployment: Arc<DeploymentCell<D>>,
     /// Hands processed batches back, emptied, for reuse.
     pub recycle: std::sync::mpsc::SyncSender<InputBatch>,
     /// Exactly-once: the pipeline's transaction gate. A batch produces only
@@ -127,9 +128,9 @@ struct Failure<'a> {
 /// it could not start.
 const SWITCH_RETRY: Duration = Duration::from_secs(1);
 
-pub(crate) struct Worker {
-    ctx: WorkerContext,
-    handler: PluginHandler,
+pub(crate) struct Worker<D: Deploy = Deployment, S = ProducerSink> {
+    ctx: WorkerContext<D, S>,
+    handler: D::Runner,
     /// The deployment generation `handler` belongs to.
     generation: u64,
     metrics: WorkerMetrics,
@@ -144,6 +145,8 @@ pub(crate) struct Worker {
     stalled: bool,
     /// A newer deployment failed to start: when to try it again.
     switch_retry_at: Option<Instant>,
+    /// How long after a failed switch it is tried again.
+    switch_retry: Duration,
     /// Exactly-once: this worker's place in the open transaction, held
     /// while a batch produces and given up for any wait.
     inside: Option<GateGuard>,
@@ -163,8 +166,8 @@ struct WorkerMetrics {
     instances_released: metrics::Counter,
 }
 
-impl Worker {
-    pub(crate) fn new(ctx: WorkerContext, handler: PluginHandler, generation: u64) -> Self {
+impl<D: Deploy, S: Sink> Worker<D, S> {
+    pub(crate) fn new(ctx: WorkerContext<D, S>, handler: D::Runner, generation: u64) -> Self {
         let pipeline = ctx.pipeline.clone();
         let metrics = WorkerMetrics {
             messages_in: metrics::counter!(m::MESSAGES_IN, "pipeline" => pipeline.clone()),
@@ -181,6 +184,7 @@ impl Worker {
             topic_verdicts: Default::default(),
             stalled: false,
             switch_retry_at: None,
+            switch_retry: SWITCH_RETRY,
             inside: None,
         }
     }
@@ -207,14 +211,15 @@ impl Worker {
         // The old instance's memory goes back first: waiting for the new
         // one's while holding it could deadlock a full budget.
         self.handler.release_memory();
-        let mut handler = deployment.idle_handler();
+        let mut handler = deployment.idle_runner();
         let stop = self.ctx.stop.clone();
         if !handler.wait_for_memory(&|| stop.is_cancelled()) {
             return; // stopping: `run` ends at its next check
         }
         match handler.start() {
             Ok(()) => {
-                tracing::info!(pipeline = %self.ctx.pipeline, plugin = deployment.plugin.name(), version = ?deployment.version,
+                let (plugin, version) = deployment.describe();
+                tracing::info!(pipeline = %self.ctx.pipeline, plugin, version = ?version,
                     from_offset = ?next_offset.map(|o| o.0), "partition switched to the new deployment");
                 self.handler = handler;
                 self.generation = generation;
@@ -223,7 +228,7 @@ impl Worker {
             Err(e) => {
                 tracing::error!(pipeline = %self.ctx.pipeline, error = %e,
                     "cannot start the new deployment; keeping the old one, trying again in a second");
-                self.switch_retry_at = Some(Instant::now() + SWITCH_RETRY);
+                self.switch_retry_at = Some(Instant::now() + self.switch_retry);
             }
         }
     }
@@ -317,7 +322,7 @@ impl Worker {
         match reason {
             Some(reason) => {
                 self.stalled = true;
-                self.ctx.status.partition_event(
+                self.ctx.sink.report(
                     &self.ctx.topic,
                     self.ctx.partition,
                     PartitionEvent::Stalled(reason),
@@ -327,7 +332,7 @@ impl Worker {
                 self.stalled = false;
                 tracing::info!(pipeline = %self.ctx.pipeline, topic = %self.ctx.topic, partition = self.ctx.partition,
                     "partition no longer stalled");
-                self.ctx.status.partition_event(
+                self.ctx.sink.report(
                     &self.ctx.topic,
                     self.ctx.partition,
                     PartitionEvent::Recovered,
@@ -736,7 +741,7 @@ impl Worker {
                 headers: owned_headers(rec.headers()),
                 timestamp_ms: rec.timestamp_ms(),
             };
-            if let Err(e) = self.ctx.producer.send(out, self.ctx.route.token(offset)) {
+            if let Err(e) = self.ctx.sink.send(out, self.ctx.route.token(offset)) {
                 self.produced += sent as u64;
                 self.ctx
                     .route
@@ -787,7 +792,8 @@ impl Worker {
     /// Sends the dead letter the tracker already expects for `msg`.
     fn send_dead_letter(&mut self, msg: InputMessage<'_>, failure: Failure<'_>) {
         let offset = msg.offset();
-        let plugin = self.handler.plugin().clone();
+        let (plugin_name, plugin_digest) =
+            (self.handler.plugin_name(), self.handler.plugin_digest());
         tracing::warn!(
             pipeline = %self.ctx.pipeline, topic = msg.topic(), partition = msg.partition(), offset,
             kind = failure.kind, attempts = failure.attempts, error = %failure.message, "dead-lettering message"
@@ -803,8 +809,8 @@ impl Worker {
             ("kwasm.source.offset", offset_text.as_bytes()),
             ("kwasm.error.kind", failure.kind.as_bytes()),
             ("kwasm.error.message", error_text.as_bytes()),
-            ("kwasm.plugin.name", plugin.name().as_bytes()),
-            ("kwasm.plugin.digest", plugin.digest().as_bytes()),
+            ("kwasm.plugin.name", plugin_name.as_bytes()),
+            ("kwasm.plugin.digest", plugin_digest.as_bytes()),
             ("kwasm.attempts", attempts.as_bytes()),
         ];
         let headers = msg
@@ -819,7 +825,7 @@ impl Worker {
         };
         if let Err(e) = self
             .ctx
-            .producer
+            .sink
             .send(record, self.ctx.route.dead_letter_token(offset))
         {
             self.stall_at(offset, &e);
@@ -859,3 +865,6 @@ fn owned_headers<'h>(
     }
     owned
 }
+
+#[cfg(test)]
+mod tests;

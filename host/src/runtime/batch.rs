@@ -468,6 +468,78 @@ pub(crate) enum CheckError {
     },
 }
 
+/// One message's answer, for tests that consume a [`BatchOutput`] (the
+/// partition worker's) without running a guest.
+#[cfg(test)]
+#[derive(Debug, Clone)]
+pub(crate) enum TestAnswer {
+    /// These records: a topic (`None`: the pipeline's output) and a value.
+    Records(Vec<(Option<String>, Vec<u8>)>),
+    /// A `retryable` error.
+    Retryable(String),
+    /// A `permanent` error.
+    Permanent(String),
+}
+
+#[cfg(test)]
+impl BatchOutput {
+    /// The checked output of a guest that gave these answers, in order.
+    pub(crate) fn from_answers(answers: &[TestAnswer]) -> BatchOutput {
+        use super::bindings::MessageError;
+        let mut r = BatchResult {
+            record_counts: vec![],
+            errors: vec![],
+            record_topics: vec![],
+            timestamps: vec![],
+            key_lengths: vec![],
+            value_lengths: vec![],
+            header_counts: vec![],
+            header_lengths: vec![],
+            topics: vec![],
+            data: vec![],
+        };
+        for (index, answer) in answers.iter().enumerate() {
+            let error = |kind, message: &String| MessageError {
+                index: index as u32,
+                kind,
+                message: message.clone(),
+            };
+            match answer {
+                TestAnswer::Records(records) => {
+                    r.record_counts.push(records.len() as u32);
+                    for (topic, value) in records {
+                        let topic = match topic {
+                            None => -1,
+                            Some(t) => match r.topics.iter().position(|x| x == t) {
+                                Some(i) => i as i32,
+                                None => {
+                                    r.topics.push(t.clone());
+                                    r.topics.len() as i32 - 1
+                                }
+                            },
+                        };
+                        r.record_topics.push(topic);
+                        r.timestamps.push(-1);
+                        r.key_lengths.push(-1);
+                        r.value_lengths.push(value.len() as i32);
+                        r.header_counts.push(0);
+                        r.data.extend_from_slice(value);
+                    }
+                }
+                TestAnswer::Retryable(m) => {
+                    r.record_counts.push(0);
+                    r.errors.push(error(ErrorKind::Retryable, m));
+                }
+                TestAnswer::Permanent(m) => {
+                    r.record_counts.push(0);
+                    r.errors.push(error(ErrorKind::Permanent, m));
+                }
+            }
+        }
+        BatchOutput::check(r, answers.len(), &Limits::default()).expect("a valid test output")
+    }
+}
+
 fn bad<T>(message: String) -> Result<T, CheckError> {
     Err(CheckError::Bad(message))
 }

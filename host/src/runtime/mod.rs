@@ -48,6 +48,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
+#[cfg(test)]
+pub(crate) use batch::TestAnswer;
 pub use batch::{BatchOutput, InputBatch, InputMessage, OutcomeView, OutputRecords, OutputView};
 pub use budget::{BudgetError, MemoryBudget, Reservation, default_plugin_memory_bytes};
 pub use error::{BatchContext, PluginError, PluginErrorKind, RuntimeError, ValidationError};
