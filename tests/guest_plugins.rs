@@ -230,9 +230,12 @@ const GO_CLOCK: &str = "go-clock";
 /// lines reach the plugin log as every other guest's do (`kwasm::plugin`
 /// events with `stream = "output"`, which `logs::PluginLogLayer` ships to
 /// the logs topic), and `time.Now()` is the host's wall clock, its
-/// monotonic reading the host's monotonic clock.
+/// monotonic reading the host's monotonic clock. Later: `time.Sleep`
+/// failed (poll_oneoff was ENOSYS) and `crypto/rand` read a fixed-seed
+/// sequence, the same in every instance; now a sleep sleeps and random
+/// bytes are the host's.
 #[test]
-fn a_go_plugin_prints_to_the_plugin_log_and_reads_the_real_clocks() {
+fn a_go_plugin_prints_to_the_plugin_log_reads_the_real_clocks_sleeps_and_draws_real_random_bytes() {
     take_go_clock_lines(); // installs the capture
     let before = unix_ms();
     let mut clock = plugin(GO_CLOCK)
@@ -242,16 +245,28 @@ fn a_go_plugin_prints_to_the_plugin_log_and_reads_the_real_clocks() {
     let out = run(&mut clock, &records);
     let after = unix_ms();
     let mut monotonic = Vec::new();
+    let mut random = Vec::new();
     for (i, outcome) in out.iter().enumerate() {
         let Outcome::Ok(recs) = outcome else {
             panic!("message {i}: {outcome:?}");
         };
         let value =
             String::from_utf8(recs[0].value.clone().unwrap_or_default()).unwrap_or_default();
-        let (wall, mono) = value
-            .split_once(' ')
-            .and_then(|(w, m)| Some((w.parse::<i64>().ok()?, m.parse::<i64>().ok()?)))
-            .unwrap_or_else(|| panic!("message {i}: value {value:?}"));
+        let fields: Vec<&str> = value.split(' ').collect();
+        let [wall, mono, slept, bytes] = fields[..] else {
+            panic!("message {i}: value {value:?}");
+        };
+        let number = |s: &str| {
+            s.parse::<i64>()
+                .unwrap_or_else(|_| panic!("message {i}: value {value:?}"))
+        };
+        let (wall, mono, slept) = (number(wall), number(mono), number(slept));
+        assert!(
+            (20_000_000..10_000_000_000).contains(&slept),
+            "message {i}: a 20 ms time.Sleep took {slept} ns"
+        );
+        assert_eq!(bytes.len(), 16, "message {i}: value {value:?}");
+        random.push(bytes.to_owned());
         assert!(
             (before - 60_000..=after + 60_000).contains(&wall),
             "message {i}: wall clock {wall} ms, the host's {before}..{after}"
@@ -279,6 +294,25 @@ fn a_go_plugin_prints_to_the_plugin_log_and_reads_the_real_clocks() {
         })
         .collect();
     assert_eq!(lines, expected);
+    // A second instance draws other bytes: the random source is the
+    // host's, not a sequence fixed in the adapter.
+    let mut other = plugin(GO_CLOCK)
+        .handler(vec![], Limits::default())
+        .unwrap_or_else(|e| panic!("{GO_CLOCK}: {e}"));
+    let again = run(&mut other, &records[..1]);
+    let Outcome::Ok(recs) = &again[0] else {
+        panic!("second instance: {:?}", again[0]);
+    };
+    let value = String::from_utf8(recs[0].value.clone().unwrap_or_default()).unwrap_or_default();
+    let theirs = value.rsplit(' ').next().unwrap_or_default().to_owned();
+    assert_ne!(
+        random[0], random[1],
+        "one instance drew the same bytes twice"
+    );
+    assert!(
+        !random.contains(&theirs),
+        "two instances drew the same bytes: {random:?} and {theirs}"
+    );
 }
 
 fn unix_ms() -> i64 {

@@ -167,6 +167,56 @@ fn a_trap_quotes_what_the_guest_printed_and_the_handler_recovers() {
     bystanders.check();
 }
 
+/// A guest blocked in the host (`std::thread::sleep` is WASI's monotonic
+/// clock and a blocking poll) runs no wasm, so no epoch interrupt reaches
+/// it: without a bound on the host's waits a plugin could hold its
+/// partition (and its call permit) for as long as it liked (an hour here;
+/// this test hung on the code before the bound).
+#[test]
+fn a_plugin_that_sleeps_past_its_deadline_times_out() {
+    let mut bystanders = Bystanders::new();
+    let mut sleeper = misbehave(&[("mode", "sleep")]);
+    let started = Instant::now();
+    let err = expect_failure(&mut sleeper, &one(7, "a"));
+    let elapsed = started.elapsed();
+    assert_eq!(
+        err.kind,
+        PluginErrorKind::Timeout {
+            limit_ms: TIMEOUT_MS
+        }
+    );
+    // A sleep longer than the deadline cannot end in time: it is cut at
+    // once rather than waited out.
+    assert!(elapsed < Duration::from_secs(5), "slept for {elapsed:?}");
+    bystanders.check();
+    // Sleeps that add up past the deadline: each fits, the call does not.
+    let mut napper = misbehave(&[("mode", "sleep"), ("sleep_ms", "300")]);
+    let input = batch(
+        TOPIC,
+        PARTITION,
+        8,
+        &[Record::value("b"), Record::value("c")],
+    );
+    let started = Instant::now();
+    let err = expect_failure(&mut napper, &input);
+    assert!(matches!(err.kind, PluginErrorKind::Timeout { .. }), "{err}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(TIMEOUT_MS),
+        "stopped early, after {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    // A sleep within the deadline is a sleep, not a failure.
+    let mut napper = misbehave(&[("mode", "sleep"), ("sleep_ms", "50")]);
+    let started = Instant::now();
+    let out = napper
+        .handle_batch(&one(10, "d"))
+        .expect("a short sleep passes");
+    assert_eq!(out.len(), 1);
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    bystanders.check();
+}
+
 #[test]
 fn an_endless_loop_hits_the_deadline() {
     let mut bystanders = Bystanders::new();

@@ -18,8 +18,12 @@
 ;; (wasi:clocks; clock ids 2 and 3, CPU time, read the monotonic one;
 ;; inside the plugin's realloc, where the host may not be called, the last
 ;; reading, and writes there are dropped: see $in_realloc);
-;; random_get is a fixed-seed xorshift (Go's map seeds need bytes, not
-;; secrets); sleeping (poll_oneoff) is ENOSYS; proc_exit traps.
+;; random_get is the host's wasi:random (crypto/rand and math/rand's seed
+;; read it: a fixed sequence would hand every instance the same "random"
+;; ids and keys); poll_oneoff sleeps on the host's monotonic clock (so
+;; time.Sleep works, bounded by the host like every guest's waits: a sleep
+;; past the batch deadline times the call out) and answers fd subscriptions
+;; at once with EBADF (a plugin has no pollable files); proc_exit traps.
 ;;
 ;; Results of the WASI 0.2 calls come back through memory (a return pointer):
 ;; a datetime is 16 bytes, a write's result<_, stream-error> 12. Having no
@@ -40,6 +44,11 @@
   (import "wasi:io/streams@0.2.0" "[method]output-stream.blocking-write-and-flush"
     (func $blocking_write_and_flush (param i32 i32 i32 i32)))
   (import "wasi:io/error@0.2.0" "[resource-drop]error" (func $drop_error (param i32)))
+  (import "wasi:random/random@0.2.0" "get-random-u64" (func $random_u64 (result i64)))
+  (import "wasi:clocks/monotonic-clock@0.2.0" "subscribe-duration"
+    (func $subscribe_duration (param i64) (result i32)))
+  (import "wasi:io/poll@0.2.0" "[method]pollable.block" (func $pollable_block (param i32)))
+  (import "wasi:io/poll@0.2.0" "[resource-drop]pollable" (func $drop_pollable (param i32)))
   (global $rand (mut i64) (i64.const 0x2545F4914F6CDD1D))
   ;; The output-stream handles, taken at the first write (-1: not yet).
   (global $stdout (mut i32) (i32.const -1))
@@ -104,7 +113,7 @@
   (func (export "kwasm_in_realloc") (param $on i32)
     (global.set $in_realloc (local.get $on)))
 
-  (func (export "clock_time_get") (param $id i32) (param i64) (param $out i32) (result i32)
+  (func $clock_time_get (export "clock_time_get") (param $id i32) (param i64) (param $out i32) (result i32)
     (local $at i32)
     (local $seconds i64)
     (local $nanoseconds i64)
@@ -189,21 +198,105 @@
 
   (func (export "random_get") (param $buf i32) (param $len i32) (result i32)
     (local $x i64)
+    (local $i i32)
     (block $done
       (loop $next
-        (br_if $done (i32.eqz (local.get $len)))
-        (local.set $x (global.get $rand))
-        (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 12))))
-        (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 25))))
-        (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 27))))
-        (global.set $rand (local.get $x))
-        (i32.store8 (local.get $buf) (i32.wrap_i64 (i64.shr_u (i64.mul (local.get $x) (i64.const 0x2545F4914F6CDD1D)) (i64.const 56))))
-        (local.set $buf (i32.add (local.get $buf) (i32.const 1)))
-        (local.set $len (i32.sub (local.get $len) (i32.const 1)))
+        (br_if $done (i32.ge_u (local.get $i) (local.get $len)))
+        (if (i32.eqz (i32.and (local.get $i) (i32.const 7)))
+          (then (local.set $x (call $random_word))))
+        (i32.store8 (i32.add (local.get $buf) (local.get $i)) (i32.wrap_i64 (local.get $x)))
+        (local.set $x (i64.shr_u (local.get $x) (i64.const 8)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next)))
     (i32.const 0))
-  (func (export "poll_oneoff") (param i32 i32 i32 i32) (result i32) (i32.const 52))
+  ;; 8 random bytes from the host; inside the plugin's realloc, where the
+  ;; host may not be called, an xorshift step over the last host word.
+  (func $random_word (result i64)
+    (local $x i64)
+    (if (i32.eqz (global.get $in_realloc))
+      (then
+        (global.set $rand (call $random_u64))
+        (return (global.get $rand))))
+    (local.set $x (global.get $rand))
+    (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 12))))
+    (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 25))))
+    (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 27))))
+    (global.set $rand (local.get $x))
+    (i64.mul (local.get $x) (i64.const 0x2545F4914F6CDD1D)))
+
+  ;; Subscriptions are 48 bytes: userdata u64 @0, tag u8 @8 (0 clock, 1
+  ;; fd_read, 2 fd_write); a clock's id u32 @16, timeout u64 @24, flags u16
+  ;; @40 (1: the timeout is an absolute time). Events are 32 bytes: userdata
+  ;; @0, errno u16 @8, type u8 @10, nbytes u64 @16, flags u16 @24.
+  (func (export "poll_oneoff") (param $in i32) (param $out i32) (param $n i32) (param $nevents i32) (result i32)
+    (local $i i32)
+    (local $sub i32)
+    (local $event i32)
+    (local $events i32)
+    (local $best i32)
+    (local $wait i64)
+    (local $timeout i64)
+    (local $now i64)
+    (local $pollable i32)
+    (if (i32.eqz (local.get $n)) (then (return (i32.const 28)))) ;; EINVAL
+    (if (global.get $in_realloc) (then (return (i32.const 52)))) ;; ENOSYS: no host calls here
+    (local.set $wait (i64.const -1))
+    (local.set $best (i32.const -1))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $sub (i32.add (local.get $in) (i32.mul (local.get $i) (i32.const 48))))
+        (if (i32.eqz (i32.load8_u offset=8 (local.get $sub)))
+          (then
+            (local.set $timeout (i64.load offset=24 (local.get $sub)))
+            (if (i32.and (i32.load16_u offset=40 (local.get $sub)) (i32.const 1))
+              (then
+                ;; Absolute: read that clock (into the first event's slot,
+                ;; written properly below) and wait for the difference.
+                (local.set $now (i64.const 0))
+                (if (i32.eqz (call $clock_time_get (i32.load offset=16 (local.get $sub)) (i64.const 0) (local.get $out)))
+                  (then (local.set $now (i64.load (local.get $out)))))
+                (local.set $timeout
+                  (select
+                    (i64.sub (local.get $timeout) (local.get $now))
+                    (i64.const 0)
+                    (i64.gt_u (local.get $timeout) (local.get $now))))))
+            (if (i64.lt_u (local.get $timeout) (local.get $wait))
+              (then
+                (local.set $wait (local.get $timeout))
+                (local.set $best (local.get $i)))))
+          (else
+            (local.set $event (i32.add (local.get $out) (i32.mul (local.get $events) (i32.const 32))))
+            (call $event (local.get $event) (local.get $sub) (i32.const 8)) ;; EBADF
+            (local.set $events (i32.add (local.get $events) (i32.const 1)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    ;; Only clocks: sleep until the first one fires and report it.
+    (if (i32.eqz (local.get $events))
+      (then
+        (local.set $pollable (call $subscribe_duration (local.get $wait)))
+        (call $pollable_block (local.get $pollable))
+        (call $drop_pollable (local.get $pollable))
+        (call $event (local.get $out)
+          (i32.add (local.get $in) (i32.mul (local.get $best) (i32.const 48)))
+          (i32.const 0))
+        (local.set $events (i32.const 1))))
+    (i32.store (local.get $nevents) (local.get $events))
+    (i32.const 0))
+  ;; Writes the event for subscription $sub at $at, with errno $errno.
+  (func $event (param $at i32) (param $sub i32) (param $errno i32)
+    (i64.store (local.get $at) (i64.load (local.get $sub)))
+    (i64.store offset=8 (local.get $at) (i64.const 0))
+    (i64.store offset=16 (local.get $at) (i64.const 0))
+    (i64.store offset=24 (local.get $at) (i64.const 0))
+    (i32.store16 offset=8 (local.get $at) (local.get $errno))
+    (i32.store8 offset=10 (local.get $at) (i32.load8_u offset=8 (local.get $sub))))
   (func (export "fd_close") (param i32) (result i32) (i32.const 8))
+  ;; Stdin is empty (end of file); a plugin has no other file to read.
+  (func (export "fd_read") (param $fd i32) (param i32 i32) (param $nread i32) (result i32)
+    (if (local.get $fd) (then (return (i32.const 8)))) ;; EBADF
+    (i32.store (local.get $nread) (i32.const 0))
+    (i32.const 0))
   (func (export "fd_fdstat_get") (param $fd i32) (param $out i32) (result i32)
     (if (i32.gt_u (local.get $fd) (i32.const 2)) (then (return (i32.const 8))))
     (i64.store (local.get $out) (i64.const 2))
@@ -219,5 +312,5 @@
   ;;   wasm-tools parse guest-sdk/go/wasi_adapter.wat | wasm-tools strip --all |
   ;;     wasm-tools component embed guest-sdk/go/wasi_adapter.wit --world adapter |
   ;;     wasm-tools print | grep @custom
-  (@custom "component-type" (after code) "\00asm\0d\00\01\00\00\19\16wit-component-encoding\04\00\07\eb\04\01A\02\01A\0e\01B\04\01r\02\07secondsw\0bnanosecondsy\04\00\08datetime\03\00\00\01@\00\00\01\04\00\03now\01\02\03\00\1cwasi:clocks/wall-clock@0.2.0\05\00\01B\04\01w\04\00\07instant\03\00\00\01@\00\00\01\04\00\03now\01\02\03\00!wasi:clocks/monotonic-clock@0.2.0\05\01\01B\01\04\00\05error\03\01\03\00\13wasi:io/error@0.2.0\05\02\02\03\00\02\05error\01B\0b\02\03\02\01\03\04\00\05error\03\00\00\01i\01\01q\02\15last-operation-failed\01\02\00\06closed\00\00\04\00\0cstream-error\03\00\03\04\00\0doutput-stream\03\01\01h\05\01p}\01j\00\01\04\01@\02\04self\06\08contents\07\00\08\04\00.[method]output-stream.blocking-write-and-flush\01\09\03\00\15wasi:io/streams@0.2.0\05\04\02\03\00\03\0doutput-stream\01B\05\02\03\02\01\05\04\00\0doutput-stream\03\00\00\01i\01\01@\00\00\02\04\00\0aget-stdout\01\03\03\00\15wasi:cli/stdout@0.2.0\05\06\01B\05\02\03\02\01\05\04\00\0doutput-stream\03\00\00\01i\01\01@\00\00\02\04\00\0aget-stderr\01\03\03\00\15wasi:cli/stderr@0.2.0\05\07\04\00\1ekwasm:go-adapter/adapter@0.1.0\04\00\0b\0d\01\00\07adapter\03\00\00\00/\09producers\01\0cprocessed-by\01\0dwit-component\070.262.0")
+  (@custom "component-type" (after code) "\00asm\0d\00\01\00\00\19\16wit-component-encoding\04\00\07\c8\06\01A\02\01A\13\01B\04\01r\02\07secondsw\0bnanosecondsy\04\00\08datetime\03\00\00\01@\00\00\01\04\00\03now\01\02\03\00\1cwasi:clocks/wall-clock@0.2.0\05\00\01B\04\04\00\08pollable\03\01\01h\00\01@\01\04self\01\01\00\04\00\16[method]pollable.block\01\02\03\00\12wasi:io/poll@0.2.0\05\01\02\03\00\01\08pollable\01B\0b\02\03\02\01\02\04\00\08pollable\03\00\00\01w\04\00\07instant\03\00\02\01w\04\00\08duration\03\00\04\01@\00\00\03\04\00\03now\01\06\01i\01\01@\01\04when\05\00\07\04\00\12subscribe-duration\01\08\03\00!wasi:clocks/monotonic-clock@0.2.0\05\03\01B\01\04\00\05error\03\01\03\00\13wasi:io/error@0.2.0\05\04\02\03\00\03\05error\01B\0b\02\03\02\01\05\04\00\05error\03\00\00\01i\01\01q\02\15last-operation-failed\01\02\00\06closed\00\00\04\00\0cstream-error\03\00\03\04\00\0doutput-stream\03\01\01h\05\01p}\01j\00\01\04\01@\02\04self\06\08contents\07\00\08\04\00.[method]output-stream.blocking-write-and-flush\01\09\03\00\15wasi:io/streams@0.2.0\05\06\02\03\00\04\0doutput-stream\01B\05\02\03\02\01\07\04\00\0doutput-stream\03\00\00\01i\01\01@\00\00\02\04\00\0aget-stdout\01\03\03\00\15wasi:cli/stdout@0.2.0\05\08\01B\05\02\03\02\01\07\04\00\0doutput-stream\03\00\00\01i\01\01@\00\00\02\04\00\0aget-stderr\01\03\03\00\15wasi:cli/stderr@0.2.0\05\09\01B\02\01@\00\00w\04\00\0eget-random-u64\01\00\03\00\18wasi:random/random@0.2.0\05\0a\04\00\1ekwasm:go-adapter/adapter@0.1.0\04\00\0b\0d\01\00\07adapter\03\00\00\00/\09producers\01\0cprocessed-by\01\0dwit-component\070.262.0")
 )
