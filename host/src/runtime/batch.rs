@@ -264,6 +264,40 @@ pub struct BatchOutput {
     positions: Vec<Position>,
 }
 
+impl BatchResult {
+    /// A result with no outcomes yet, filled by a host-side guest (a
+    /// Redpanda transform's records) or a test.
+    pub(crate) fn empty() -> BatchResult {
+        BatchResult {
+            record_counts: vec![],
+            errors: vec![],
+            record_topics: vec![],
+            timestamps: vec![],
+            key_lengths: vec![],
+            value_lengths: vec![],
+            header_counts: vec![],
+            header_lengths: vec![],
+            topics: vec![],
+            data: vec![],
+        }
+    }
+
+    /// The `record_topics` entry for a record to `topic` (`None`: the
+    /// pipeline's output, -1), adding the name to `topics` once.
+    pub(crate) fn topic_index(&mut self, topic: Option<&str>) -> i32 {
+        match topic {
+            None => -1,
+            Some(t) => match self.topics.iter().position(|x| x == t) {
+                Some(i) => i as i32,
+                None => {
+                    self.topics.push(t.to_owned());
+                    self.topics.len() as i32 - 1
+                }
+            },
+        }
+    }
+}
+
 /// What became of one input message.
 #[derive(Debug, Clone, Copy)]
 pub enum OutcomeView<'a> {
@@ -482,22 +516,24 @@ pub(crate) enum TestAnswer {
 }
 
 #[cfg(test)]
+impl BatchResult {
+    /// Appends one record with only a value (no key, headers or timestamp).
+    pub(crate) fn push_value_record(&mut self, topic_index: i32, value: &[u8]) {
+        self.record_topics.push(topic_index);
+        self.timestamps.push(-1);
+        self.key_lengths.push(-1);
+        self.value_lengths.push(value.len() as i32);
+        self.header_counts.push(0);
+        self.data.extend_from_slice(value);
+    }
+}
+
+#[cfg(test)]
 impl BatchOutput {
     /// The checked output of a guest that gave these answers, in order.
     pub(crate) fn from_answers(answers: &[TestAnswer]) -> BatchOutput {
         use super::bindings::MessageError;
-        let mut r = BatchResult {
-            record_counts: vec![],
-            errors: vec![],
-            record_topics: vec![],
-            timestamps: vec![],
-            key_lengths: vec![],
-            value_lengths: vec![],
-            header_counts: vec![],
-            header_lengths: vec![],
-            topics: vec![],
-            data: vec![],
-        };
+        let mut r = BatchResult::empty();
         for (index, answer) in answers.iter().enumerate() {
             let error = |kind, message: &String| MessageError {
                 index: index as u32,
@@ -508,22 +544,8 @@ impl BatchOutput {
                 TestAnswer::Records(records) => {
                     r.record_counts.push(records.len() as u32);
                     for (topic, value) in records {
-                        let topic = match topic {
-                            None => -1,
-                            Some(t) => match r.topics.iter().position(|x| x == t) {
-                                Some(i) => i as i32,
-                                None => {
-                                    r.topics.push(t.clone());
-                                    r.topics.len() as i32 - 1
-                                }
-                            },
-                        };
-                        r.record_topics.push(topic);
-                        r.timestamps.push(-1);
-                        r.key_lengths.push(-1);
-                        r.value_lengths.push(value.len() as i32);
-                        r.header_counts.push(0);
-                        r.data.extend_from_slice(value);
+                        let topic = r.topic_index(topic.as_deref());
+                        r.push_value_record(topic, value);
                     }
                 }
                 TestAnswer::Retryable(m) => {
@@ -713,23 +735,11 @@ mod tests {
     fn result(counts: Vec<u32>, records: Vec<(i32, &[u8])>) -> BatchResult {
         let mut r = BatchResult {
             record_counts: counts,
-            errors: vec![],
-            record_topics: vec![],
-            timestamps: vec![],
-            key_lengths: vec![],
-            value_lengths: vec![],
-            header_counts: vec![],
-            header_lengths: vec![],
             topics: vec!["t".into()],
-            data: vec![],
+            ..BatchResult::empty()
         };
         for (topic, value) in records {
-            r.record_topics.push(topic);
-            r.timestamps.push(-1);
-            r.key_lengths.push(-1);
-            r.value_lengths.push(value.len() as i32);
-            r.header_counts.push(0);
-            r.data.extend_from_slice(value);
+            r.push_value_record(topic, value);
         }
         r
     }

@@ -308,6 +308,18 @@ impl Harness {
         Harness::start_with(setup, first, log)
     }
 
+    /// Runs one batch of `offsets` to the end on a fresh worker.
+    fn run(
+        setup: Setup,
+        offsets: Range<i64>,
+        answer: impl Fn(i64, u32) -> Answer + Send + Sync + 'static,
+    ) -> Harness {
+        let mut h = Harness::start(setup, "v1", answer);
+        h.send(offsets);
+        h.finish();
+        h
+    }
+
     fn start_with(setup: Setup, first: Script, log: Arc<Mutex<Vec<String>>>) -> Harness {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -456,12 +468,10 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 #[test]
 fn a_retryable_message_runs_again_alone_after_its_backoff_and_order_is_kept() {
-    let mut h = Harness::start(Setup::default(), "v1", |o, n| match (o, n) {
+    let h = Harness::run(Setup::default(), 0..3, |o, n| match (o, n) {
         (1, 1 | 2) => Answer::Retryable,
         _ => Answer::Out,
     });
-    h.send(0..3);
-    h.finish();
     assert_eq!(h.summary(), strings(&["out v1:0", "out v1:1", "out v1:2"]));
     // Message 2's output from the first call waits for message 1 to settle.
     assert_eq!(
@@ -473,12 +483,10 @@ fn a_retryable_message_runs_again_alone_after_its_backoff_and_order_is_kept() {
 
 #[test]
 fn a_message_still_retryable_at_its_last_attempt_is_dead_lettered_with_its_context() {
-    let mut h = Harness::start(Setup::default(), "v1", |o, _| match o {
+    let h = Harness::run(Setup::default(), 0..3, |o, _| match o {
         1 => Answer::Retryable,
         _ => Answer::Out,
     });
-    h.send(0..3);
-    h.finish();
     assert_eq!(
         h.summary(),
         strings(&["out v1:0", "p.dlq input 1", "out v1:2"])
@@ -511,12 +519,10 @@ fn a_message_still_retryable_at_its_last_attempt_is_dead_lettered_with_its_conte
 
 #[test]
 fn a_permanent_failure_is_dead_lettered_at_once() {
-    let mut h = Harness::start(Setup::default(), "v1", |o, _| match o {
+    let h = Harness::run(Setup::default(), 0..3, |o, _| match o {
         1 => Answer::Permanent,
         _ => Answer::Out,
     });
-    h.send(0..3);
-    h.finish();
     assert_eq!(
         h.summary(),
         strings(&["out v1:0", "p.dlq input 1", "out v1:2"])
@@ -529,12 +535,10 @@ fn a_permanent_failure_is_dead_lettered_at_once() {
 
 #[test]
 fn a_trapping_batch_is_rerun_one_by_one_on_fresh_instances_and_only_the_culprit_is_dead_lettered() {
-    let mut h = Harness::start(Setup::default(), "v1", |o, _| match o {
+    let h = Harness::run(Setup::default(), 0..4, |o, _| match o {
         2 => Answer::Trap,
         _ => Answer::Out,
     });
-    h.send(0..4);
-    h.finish();
     assert_eq!(
         h.summary(),
         strings(&["out v1:0", "out v1:1", "p.dlq input 2", "out v1:3"])
@@ -597,13 +601,11 @@ fn an_instance_that_cannot_start_stalls_the_partition_and_dead_letters_nothing()
 
 #[test]
 fn a_record_for_a_topic_the_pipeline_may_not_write_dead_letters_its_message() {
-    let mut h = Harness::start(Setup::default(), "v1", |o, _| match o {
+    let h = Harness::run(Setup::default(), 0..4, |o, _| match o {
         1 => Answer::To("__consumer_offsets"),
         2 => Answer::To("undeclared"),
         _ => Answer::Out,
     });
-    h.send(0..4);
-    h.finish();
     assert_eq!(
         h.summary(),
         strings(&["out v1:0", "p.dlq input 1", "p.dlq input 2", "out v1:3"])
@@ -620,9 +622,7 @@ fn a_record_the_producer_refuses_dead_letters_its_message() {
         refuse: Box::new(|r| r.value == Some(&b"v1:1"[..])),
         ..Setup::default()
     };
-    let mut h = Harness::start(setup, "v1", |_, _| Answer::Out);
-    h.send(0..3);
-    h.finish();
+    let h = Harness::run(setup, 0..3, |_, _| Answer::Out);
     assert_eq!(
         h.summary(),
         strings(&["out v1:0", "p.dlq input 1", "out v1:2"])
@@ -641,9 +641,7 @@ fn a_refused_dead_letter_stops_commits_at_its_message_and_stalls_the_partition()
         refuse: Box::new(|r| r.value == Some(&b"v1:1"[..]) || r.topic == DEAD_LETTERS),
         ..Setup::default()
     };
-    let mut h = Harness::start(setup, "v1", |_, _| Answer::Out);
-    h.send(0..3);
-    h.finish();
+    let h = Harness::run(setup, 0..3, |_, _| Answer::Out);
     assert_eq!(h.summary(), strings(&["out v1:0", "out v1:2"]));
     assert_eq!(h.tracker.committable(), Some(1));
     assert_eq!(h.tracker.failure().map(|f| f.0), Some(1));

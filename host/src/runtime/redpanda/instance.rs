@@ -157,16 +157,7 @@ impl OutputBuilder {
             });
         }
         let r = &mut self.result;
-        let topic_index = match topic {
-            None => -1,
-            Some(t) => match r.topics.iter().position(|x| x == t) {
-                Some(i) => i as i32,
-                None => {
-                    r.topics.push(t.to_owned());
-                    r.topics.len() as i32 - 1
-                }
-            },
-        };
+        let topic_index = r.topic_index(topic);
         r.record_topics.push(topic_index);
         r.timestamps.push(-1);
         for (name, value) in &p.headers {
@@ -255,7 +246,7 @@ impl RpInstance {
             next_record: 0,
             outputs: s.outputs.clone(),
             out: OutputBuilder {
-                result: empty_result(),
+                result: BatchResult::empty(),
                 max_output_bytes: s.limits.max_output_bytes,
                 max_output_records: s.limits.max_output_records,
                 records: 0,
@@ -313,7 +304,7 @@ impl RpInstance {
         // the guest waits); the next batch starts a new one.
         Ok(std::mem::replace(
             &mut lock(&self.exchange).out.result,
-            empty_result(),
+            BatchResult::empty(),
         ))
     }
 
@@ -332,21 +323,6 @@ impl RpInstance {
             Poll::Ready((_, Ok(()))) => Err(Stopped::Returned),
             Poll::Ready((store, Err(e))) => Err(Stopped::Failed(e, Box::new(store))),
         }
-    }
-}
-
-fn empty_result() -> BatchResult {
-    BatchResult {
-        record_counts: vec![],
-        errors: vec![],
-        record_topics: vec![],
-        timestamps: vec![],
-        key_lengths: vec![],
-        value_lengths: vec![],
-        header_counts: vec![],
-        header_lengths: vec![],
-        topics: vec![],
-        data: vec![],
     }
 }
 
