@@ -205,7 +205,6 @@ impl Runner for ScriptedRunner {
 struct Sent {
     topic: String,
     value: String,
-    offset: i64,
     dead_letter: bool,
     headers: BTreeMap<String, String>,
 }
@@ -248,7 +247,6 @@ impl Sink for RecordingSink {
         self.0.sent.lock().expect("not poisoned").push(Sent {
             topic: record.topic.to_owned(),
             value: String::from_utf8_lossy(record.value.unwrap_or_default()).into_owned(),
-            offset,
             dead_letter,
             headers,
         });
@@ -298,13 +296,10 @@ impl Default for Setup {
 const DEAD_LETTERS: &str = "p.dlq";
 
 impl Harness {
-    fn start(
-        setup: Setup,
-        name: &'static str,
-        answer: impl Fn(i64, u32) -> Answer + Send + Sync + 'static,
-    ) -> Harness {
+    /// A worker on deployment `v1`, answering as `answer` says.
+    fn start(setup: Setup, answer: impl Fn(i64, u32) -> Answer + Send + Sync + 'static) -> Harness {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let first = script(name, &log, answer);
+        let first = script("v1", &log, answer);
         Harness::start_with(setup, first, log)
     }
 
@@ -314,7 +309,7 @@ impl Harness {
         offsets: Range<i64>,
         answer: impl Fn(i64, u32) -> Answer + Send + Sync + 'static,
     ) -> Harness {
-        let mut h = Harness::start(setup, "v1", answer);
+        let mut h = Harness::start(setup, answer);
         h.send(offsets);
         h.finish();
         h
@@ -661,7 +656,7 @@ fn a_stop_during_a_backoff_abandons_the_message_and_the_rest_of_its_batch() {
         },
         ..Setup::default()
     };
-    let mut h = Harness::start(setup, "v1", |o, _| match o {
+    let mut h = Harness::start(setup, |o, _| match o {
         1 => Answer::Retryable,
         _ => Answer::Out,
     });
@@ -685,7 +680,7 @@ fn a_stop_during_a_backoff_abandons_the_message_and_the_rest_of_its_batch() {
 /// new generation as done (issue 10, item 10).
 #[test]
 fn a_deployment_that_cannot_start_keeps_the_old_code_and_the_switch_is_retried() {
-    let mut h = Harness::start(Setup::default(), "v1", |_, _| Answer::Out);
+    let mut h = Harness::start(Setup::default(), |_, _| Answer::Out);
     h.send(0..1);
     h.wait_for_sent(1);
     let v2 = script("v2", &h.log, |_, _| Answer::Out).failing_starts(|n| n == 1);
@@ -725,7 +720,7 @@ fn a_backoff_holds_no_call_permit() {
         permits: permits.clone(),
         ..Setup::default()
     };
-    let mut retrying = Harness::start(slow, "v1", |o, n| match (o, n) {
+    let mut retrying = Harness::start(slow, |o, n| match (o, n) {
         (0, 1) => Answer::Retryable,
         _ => Answer::Out,
     });
@@ -733,7 +728,7 @@ fn a_backoff_holds_no_call_permit() {
         permits,
         ..Setup::default()
     };
-    let mut flowing = Harness::start(fast, "v1", |_, _| Answer::Out);
+    let mut flowing = Harness::start(fast, |_, _| Answer::Out);
     retrying.send(0..1);
     while retrying.log().len() < 2 {
         std::thread::sleep(Duration::from_millis(5));
