@@ -241,7 +241,9 @@
     (if (i32.eqz (local.get $n)) (then (return (i32.const 28)))) ;; EINVAL
     (if (global.get $in_realloc) (then (return (i32.const 52)))) ;; ENOSYS: no host calls here
     (local.set $wait (i64.const -1))
-    (local.set $best (i32.const -1))
+    ;; With no fd subscription every one is a clock, so the first is a
+    ;; valid answer even when all wait forever (a timeout of 2^64-1).
+    (local.set $best (i32.const 0))
     (block $done
       (loop $next
         (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
